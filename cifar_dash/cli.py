@@ -1,0 +1,129 @@
+"""Command line: python -m cifar_dash {stages,train,evaluate,predict,results-table}."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _stages(args):
+    from . import results, stages
+
+    rows = [("key", "title", "reported", "measured", "status")]
+    for r in results.load_all(args.checkpoints):
+        measured = f"{100 * r.accuracy:.2f}%" if r.accuracy is not None else "-"
+        rows.append((r.stage.key, r.stage.title, f"{r.stage.reported_accuracy:.2f}%", measured,
+                     r.status + (f" ({r.error})" if r.error else "")))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
+    assert len(rows) - 1 == len(stages.STAGES)
+    return 0
+
+
+def _train(args):
+    from . import train
+
+    out = train.train(args.stage, epochs=args.epochs, limit=args.limit, data_path=args.data, backbone=args.backbone,
+                      backbone_weights=args.backbone_weights, out_dir=args.out, resume=args.resume,
+                      evaluate=not args.no_evaluate, mixed_precision=args.mixed_precision)
+    print(f"artifacts in {out}")
+    return 0
+
+
+def _evaluate(args):
+    from . import evaluate
+
+    evaluate.evaluate(args.stage, out_dir=args.out, data_path=args.data, limit=args.limit)
+    return 0
+
+
+def _predict(args):
+    from . import images, predict, results
+
+    loaded = [predict.load_stage(r.stage.key, args.checkpoints) for r in results.load_all(args.checkpoints)
+              if r.status in ("trained", "stale")]
+    if not loaded:
+        print("no trained stages: run `python -m cifar_dash train mlp` first", file=sys.stderr)
+        return 1
+    status = 0
+    for path in args.images:
+        try:
+            arr = images.to_model_input(Path(path).read_bytes(), name=path)
+        except (images.ImageError, OSError) as e:
+            print(f"{path}: {e}", file=sys.stderr)
+            status = 1
+            continue
+        print(path)
+        for s in loaded:
+            top = predict.top_k(predict.predict(s, arr[None]))[0]
+            print(f"  {s.key:22s} " + "  ".join(f"{name} {p:.1%}" for name, p in top))
+    return status
+
+
+def _results_table(args):
+    from . import report
+
+    print(report.results_markdown(args.checkpoints))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .stages import KEYS
+
+    p = argparse.ArgumentParser(prog="python -m cifar_dash", description=__doc__)
+    p.add_argument("--checkpoints", type=Path, default=None, help="checkpoints folder (default: ./checkpoints)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("stages", help="list the stages with reported and measured accuracy").set_defaults(fn=_stages)
+
+    t = sub.add_parser("train", help="train a stage (then evaluate it) and publish checkpoints/STAGE/")
+    t.add_argument("stage", choices=KEYS)
+    t.add_argument("--epochs", type=int, help="epochs for every phase of the recipe (default: the recipe's)")
+    t.add_argument("--limit", type=int, help="train on the first N training images, test on the first N test images")
+    t.add_argument("--data", help="CIFAR-10 .npz, cifar-10-batches-py folder or tar.gz (default: $CIFAR10_PATH, "
+                                  "else the Keras download)")
+    t.add_argument("--backbone", help="ResNet stages: resnet50v2 (default) or resnet50")
+    t.add_argument("--backbone-weights", help="local ImageNet weights file for the backbone "
+                                              "(default: $CIFAR_DASH_<BACKBONE>_WEIGHTS, else Keras' download)")
+    t.add_argument("--out", type=Path, help="output folder (default: checkpoints/STAGE)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
+    t.add_argument("--no-evaluate", action="store_true", help="publish the model without evaluating it")
+    t.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPUs); weights stay float32")
+    t.set_defaults(fn=_train)
+
+    e = sub.add_parser("evaluate", help="evaluate checkpoints/STAGE/model.keras on the test set")
+    e.add_argument("stage", choices=KEYS)
+    e.add_argument("--data")
+    e.add_argument("--out", type=Path)
+    e.add_argument("--limit", type=int)
+    e.set_defaults(fn=_evaluate)
+
+    pr = sub.add_parser("predict", help="top-3 of every trained stage for each image")
+    pr.add_argument("images", nargs="+")
+    pr.set_defaults(fn=_predict)
+
+    sub.add_parser("results-table", help="README's results table, generated from metrics.json files"
+                   ).set_defaults(fn=_results_table)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.checkpoints:
+        import os
+
+        os.environ["CIFAR_DASH_CHECKPOINTS"] = str(args.checkpoints)
+    from . import artifacts, data, images, models, train
+
+    try:
+        return args.fn(args)
+    except (data.DataError, artifacts.ArtifactError, models.BackboneWeightsError, images.ImageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except train.Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,110 @@
+"""Evaluate a trained stage on the CIFAR-10 test set and write metrics.json + test_predictions.npz."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import artifacts, metrics, models, runtime, stages
+from . import data as data_mod
+
+
+def predict_probs(model, x, batch_size: int = 256, tta: bool = False) -> np.ndarray:
+    """Softmax probabilities for raw uint8 images; with ``tta`` averaged with the horizontally flipped view."""
+    x = np.asarray(x, dtype=np.float32)
+    probs = model.predict(x, batch_size=batch_size, verbose=0)
+    if tta:
+        probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2
+    return np.asarray(probs, dtype=np.float32)
+
+
+def inference_ms(model, x, tta: bool = False, batch1_reps: int = 20) -> dict:
+    """Milliseconds per image at batch 1 (median of repeated calls) and at batch 256 (best of two)."""
+    x1 = np.asarray(x[:1], dtype=np.float32)
+    for _ in range(3):
+        model.predict_on_batch(x1)
+    times = []
+    for _ in range(batch1_reps):
+        t = time.perf_counter()
+        model.predict_on_batch(x1)
+        times.append(time.perf_counter() - t)
+    n = min(256, len(x))
+    xb = np.asarray(x[:n], dtype=np.float32)
+    model.predict_on_batch(xb)
+    best = min(_timed(model.predict_on_batch, xb) for _ in range(2))
+    factor = 2 if tta else 1
+    return {"batch_1_ms": factor * 1000 * float(np.median(times)), "batch_256_ms_per_image": factor * 1000 * best / n,
+            "batch_256_n": n}
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys.stderr) -> dict:
+    """Evaluate ``model`` and write metrics.json and test_predictions.npz into ``out`` (atomically)."""
+    tta = bool(train_info.get("recipe", {}).get("tta", False))
+    t = time.perf_counter()
+    probs = predict_probs(model, x_test, tta=tta)
+    eval_seconds = time.perf_counter() - t
+    result = metrics.summarize(probs, y_test)
+    total, trainable = models.count_params(model)
+    result.update({
+        "stage": train_info["stage"],
+        "run_id": train_info.get("run_id"),
+        "params": total,
+        "trainable_params": train_info.get("trainable_params", trainable),
+        "inference": inference_ms(model, x_test, tta=tta),
+        "eval_seconds": round(eval_seconds, 2),
+        "tta": tta,
+        "epochs": train_info.get("epochs"),
+        "train_seconds": train_info.get("train_seconds"),
+        "train_images_per_second": train_info.get("train_images_per_second"),
+        "n_train": train_info.get("n_train"),
+        "limit": train_info.get("limit"),
+        "recipe": train_info.get("recipe"),
+        "backbone": train_info.get("backbone"),
+        "backbone_weights": train_info.get("backbone_weights"),
+        "train_machine": train_info.get("train_runtime", {}).get("machine"),
+        "train_runtime": train_info.get("train_runtime"),
+        "eval_runtime": runtime.info(),
+        "machine": runtime.info()["machine"],
+        "keras_version": runtime.info()["versions"]["keras"],
+        "backend": runtime.info()["backend"],
+        "data_fingerprint": train_info.get("data_fingerprint"),
+        "train_data_fingerprint": train_info.get("train_data_fingerprint"),
+        "test_data_fingerprint": train_info.get("test_data_fingerprint"),
+        "evaluated": time.time(),
+    })
+    artifacts.save_predictions(out / artifacts.PREDICTIONS, probs, np.asarray(y_test), np.arange(len(y_test)))
+    artifacts.write_json(out / artifacts.METRICS, result)
+    print(f"{train_info['stage']}: test accuracy {result['test_accuracy']:.4f} on {result['n_test']} images "
+          f"(ECE {result['calibration']['ece']:.4f}, {result['inference']['batch_1_ms']:.1f} ms/image at batch 1)",
+          file=stream)
+    return result
+
+
+def evaluate(stage_key: str, out_dir=None, data_path=None, limit: int | None = None, stream=sys.stderr) -> dict:
+    """Re-evaluate the stage's published model.keras (e.g. on another machine) and rewrite its metrics."""
+    stage = stages.get(stage_key)
+    out = Path(out_dir) if out_dir else artifacts.stage_dir(stage.key)
+    info = artifacts.read_json(out / artifacts.TRAIN_INFO)
+    if limit is None:
+        limit = info.get("limit")
+    model = artifacts.load_model(out / artifacts.MODEL)
+    cifar = data_mod.load(data_path)
+    prints = cifar.fingerprints()
+    trained_on = info.get("train_data_fingerprint")
+    if trained_on and trained_on != prints["train"]:
+        print(f"warning: training-set fingerprint {prints['train'][:12]} differs from the one the model was trained on "
+              f"({trained_on[:12]})", file=stream)
+    x_test, y_test = cifar.x_test, cifar.y_test
+    if limit:
+        x_test, y_test = x_test[:limit], y_test[:limit]
+    info = dict(info, data_fingerprint=prints["all"], test_data_fingerprint=prints["test"])
+    return evaluate_into(model, info, x_test, y_test, out, stream=stream)

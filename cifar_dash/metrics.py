@@ -1,0 +1,71 @@
+"""Classification metrics in plain NumPy (no framework), so tests can check them against hand counts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .data import CLASS_NAMES, NUM_CLASSES
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """cm[i, j] = number of images of true class i predicted as class j."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return cm
+
+
+def per_class(cm: np.ndarray) -> list[dict]:
+    tp = np.diag(cm).astype(float)
+    predicted = cm.sum(axis=0).astype(float)
+    actual = cm.sum(axis=1).astype(float)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return [
+        {"class": CLASS_NAMES[i] if len(cm) == NUM_CLASSES else str(i), "precision": float(precision[i]),
+         "recall": float(recall[i]), "f1": float(f1[i]), "support": int(actual[i])}
+        for i in range(len(cm))
+    ]
+
+
+def calibration(probs: np.ndarray, y_true, n_bins: int = 15) -> dict:
+    """Expected calibration error over equal-width confidence bins (top-1 confidence vs top-1 accuracy)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # bin i holds confidences in (edges[i], edges[i+1]]; confidence 0 falls in bin 0
+    idx = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    bins, ece, n = [], 0.0, len(y_true)
+    for i in range(n_bins):
+        m = idx == i
+        count = int(m.sum())
+        acc = float(correct[m].mean()) if count else None
+        conf = float(confidence[m].mean()) if count else None
+        if count:
+            ece += count / n * abs(acc - conf)
+        bins.append({"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": count,
+                     "accuracy": acc, "confidence": conf})
+    return {
+        "ece": float(ece),
+        "n_bins": n_bins,
+        "bins": bins,
+        "mean_confidence": float(confidence.mean()) if n else None,
+        "mean_confidence_correct": float(confidence[correct].mean()) if correct.any() else None,
+        "mean_confidence_wrong": float(confidence[~correct].mean()) if (~correct).any() else None,
+    }
+
+
+def summarize(probs: np.ndarray, y_true) -> dict:
+    y_true = np.asarray(y_true).reshape(-1)
+    y_pred = np.asarray(probs).argmax(axis=1)
+    cm = confusion_matrix(y_true, y_pred)
+    return {
+        "test_accuracy": float((y_pred == y_true).mean()),
+        "n_test": int(len(y_true)),
+        "per_class": per_class(cm),
+        "confusion_matrix": cm.tolist(),
+        "calibration": calibration(probs, y_true),
+    }

@@ -1,0 +1,182 @@
+"""Model builders, one per architecture. Every model takes raw uint8-valued 32x32x3 images and does its own
+scaling / ImageNet preprocessing inside, so callers never preprocess (one input contract)."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from .data import NUM_CLASSES
+from .layers import CaffePreprocess
+
+
+class BackboneWeightsError(RuntimeError):
+    """ImageNet weights could be neither downloaded nor read from a local file."""
+
+
+def _input():
+    return keras.Input(shape=(32, 32, 3), name="image")
+
+
+def _augment(x, specs, seed):
+    for spec in specs:
+        kind, _, arg = spec.partition(":")
+        if kind == "flip":
+            x = layers.RandomFlip("horizontal", seed=seed, name="aug_flip")(x)
+        elif kind == "rotation":
+            x = layers.RandomRotation(float(arg), fill_mode="reflect", seed=seed, name="aug_rotation")(x)
+        elif kind == "zoom":
+            x = layers.RandomZoom(float(arg), fill_mode="reflect", seed=seed, name="aug_zoom")(x)
+        elif kind == "translation":
+            f = float(arg)
+            x = layers.RandomTranslation(f, f, fill_mode="reflect", seed=seed, name="aug_translation")(x)
+        else:
+            raise ValueError(f"unknown augmentation {spec!r}")
+    return x
+
+
+def _dense(units, name, activation="relu"):
+    return layers.Dense(units, activation=activation, kernel_initializer="glorot_uniform", name=name)
+
+
+def _classifier(x):
+    return layers.Dense(NUM_CLASSES, activation="softmax", kernel_initializer="glorot_uniform", name="probs")(x)
+
+
+def mlp(recipe, **_):
+    inp = _input()
+    x = layers.Rescaling(1 / 255, name="scale")(inp)
+    x = layers.Flatten(name="flatten")(x)
+    x = _dense(256, "dense_1")(x)
+    x = _dense(128, "dense_2")(x)
+    return keras.Model(inp, _classifier(x), name="mlp")
+
+
+def deep_mlp(recipe, **_):
+    inp = _input()
+    x = layers.Rescaling(1 / 255, name="scale")(inp)
+    x = layers.Flatten(name="flatten")(x)
+    for i in range(4):
+        x = _dense(512, f"dense_{i + 1}")(x)
+    return keras.Model(inp, _classifier(x), name="deep_mlp")
+
+
+def _conv_bn(x, filters, name):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def cnn(recipe, **_):
+    inp = _input()
+    x = _augment(inp, recipe.augmentation, recipe.seed)
+    x = layers.Rescaling(1 / 255, name="scale")(x)
+    for i, filters in enumerate((32, 64, 128)):
+        x = _conv_bn(x, filters, f"block{i + 1}")
+        x = layers.MaxPooling2D(name=f"block{i + 1}_pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = _dense(256, "fc")(x)
+    x = layers.Dropout(0.5, name="dropout")(x)
+    return keras.Model(inp, _classifier(x), name="cnn")
+
+
+def vgg(recipe, **_):
+    inp = _input()
+    x = _augment(inp, recipe.augmentation, recipe.seed)
+    x = layers.Rescaling(1 / 255, name="scale")(x)
+    for i, filters in enumerate((32, 64, 128)):
+        x = _conv_bn(x, filters, f"block{i + 1}a")
+        x = _conv_bn(x, filters, f"block{i + 1}b")
+        x = layers.MaxPooling2D(name=f"block{i + 1}_pool")(x)
+        x = layers.Dropout(0.2 + 0.1 * i, name=f"block{i + 1}_dropout")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = _dense(256, "fc")(x)
+    x = layers.Dropout(0.5, name="dropout")(x)
+    return keras.Model(inp, _classifier(x), name="vgg_aug")
+
+
+_APPLICATIONS = {
+    "mobilenetv2": lambda shape, weights: keras.applications.MobileNetV2(
+        input_shape=shape, alpha=1.0, include_top=False, weights=weights),
+    "resnet50v2": lambda shape, weights: keras.applications.ResNet50V2(
+        input_shape=shape, include_top=False, weights=weights),
+    "resnet50": lambda shape, weights: keras.applications.ResNet50(
+        input_shape=shape, include_top=False, weights=weights),
+}
+
+
+def backbone(name: str, side: int, weights="imagenet"):
+    """An ImageNet backbone. ``weights``: "imagenet" (Keras download), a local .weights.h5/.h5 path, or None."""
+    shape = (side, side, 3)
+    try:
+        return _APPLICATIONS[name](shape, weights)
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}") from None
+    except Exception as e:
+        from .stages import BACKBONE_WEIGHT_ENV
+
+        raise BackboneWeightsError(
+            f"could not load {name} ImageNet weights from {weights!r} ({type(e).__name__}: {e}). "
+            f"Pass --backbone-weights PATH or set {BACKBONE_WEIGHT_ENV.get(name, 'the backbone weights variable')}."
+        ) from e
+
+
+def _preprocess(name, x):
+    if name == "resnet50":
+        return CaffePreprocess(name="imagenet_preprocess", dtype="float32")(x)
+    # mobilenet_v2 and resnet_v2 preprocess_input: scale to [-1, 1]
+    return layers.Rescaling(1 / 127.5, offset=-1.0, name="imagenet_preprocess")(x)
+
+
+def transfer(recipe, backbone_weights="imagenet", **_):
+    """ImageNet backbone on upsampled CIFAR; the head depends on the backbone's size (MobileNetV2 gets the seed's
+    Dense(128) head of about 164 k parameters, ResNet a dropout + linear head)."""
+    name = recipe.backbone
+    factor = recipe.backbone_input // 32
+    base = backbone(name, recipe.backbone_input, backbone_weights)
+    base.name = "backbone"
+    inp = _input()
+    x = _augment(inp, recipe.augmentation, recipe.seed)
+    x = layers.UpSampling2D(size=factor, interpolation=recipe.interpolation, name="upsample")(x)
+    x = _preprocess(name, x)
+    x = base(x, training=None if recipe.backbone_bn_training else False)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if name == "mobilenetv2":
+        x = _dense(128, "head_dense")(x)
+        x = layers.Dropout(0.5, name="head_dropout")(x)
+    else:
+        x = layers.Dropout(0.3, name="head_dropout")(x)
+    return keras.Model(inp, _classifier(x), name=f"{name}_transfer")
+
+
+def set_trainable(model, trainable: str) -> None:
+    """Apply a Phase.trainable spec: "all", "head" or "from:LAYER" (backbone layers from LAYER on train)."""
+    try:
+        base = model.get_layer("backbone")
+    except ValueError:
+        base = None
+    if base is None or trainable == "all":
+        model.trainable = True
+        return
+    model.trainable = True
+    if trainable == "head":
+        base.trainable = False
+        return
+    if not trainable.startswith("from:"):
+        raise ValueError(f"unknown trainable spec {trainable!r}")
+    first = trainable[5:]
+    names = [layer.name for layer in base.layers]
+    if first not in names:
+        raise ValueError(f"backbone has no layer {first!r}")
+    start = names.index(first)
+    base.trainable = True
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= start
+
+
+def count_params(model) -> tuple[int, int]:
+    import math
+
+    total = sum(math.prod(w.shape) for w in model.weights)
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    return int(total), int(trainable)

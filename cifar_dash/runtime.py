@@ -1,0 +1,68 @@
+"""What ran the code: machine, accelerator, library versions. Recorded next to every figure."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from functools import lru_cache
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def accelerator() -> str | None:
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            devs = [d for d in jax.devices() if d.platform != "cpu"]
+            return devs[0].device_kind if devs else None
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            if gpus:
+                return tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    except Exception:
+        return None
+    return None
+
+
+@lru_cache(maxsize=1)
+def info() -> dict:
+    import keras
+
+    backend = keras.backend.backend()
+    versions = {"python": sys.version.split()[0], "keras": keras.__version__}
+    try:
+        mod = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend))
+        versions[backend] = mod.__version__
+    except Exception:
+        pass
+    gpu = accelerator()
+    cpu = cpu_name()
+    return {
+        "machine": f"{gpu} GPU" if gpu else f"CPU: {cpu} ({os.cpu_count()} cores)",
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "gpu": gpu,
+        "backend": backend,
+        "versions": versions,
+        "platform": platform.platform(),
+    }

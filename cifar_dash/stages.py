@@ -1,0 +1,193 @@
+"""The one table of stages: what each stage changes, why, the seed's reported figure, and its full recipe.
+
+Adding a stage is one entry in STAGES (plus a builder in models.py when it needs a new architecture).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import models
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    epochs: int
+    learning_rate: float
+    # "all": every layer trains; "head": the ImageNet backbone is frozen; "from:LAYER": backbone trains from LAYER on
+    trainable: str = "all"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    phases: tuple[Phase, ...]
+    batch_size: int = 128
+    optimizer: str = "adam"  # adam | adamw | sgd_nesterov
+    weight_decay: float = 0.0  # decoupled (AdamW) or Keras weight_decay for SGD
+    lr_schedule: str = "constant"  # constant | reduce_on_plateau | onecycle
+    plateau_factor: float = 0.5
+    plateau_patience: int = 1
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # 0 = no MixUp; else lambda ~ Beta(alpha, alpha)
+    augmentation: tuple[str, ...] = ()  # Keras preprocessing layers inside the model, active only in training
+    backbone: str | None = None  # mobilenetv2 | resnet50v2 | resnet50
+    backbone_input: int = 32  # side the image is upsampled to before the backbone
+    interpolation: str = "bilinear"
+    backbone_bn_training: bool = False  # BatchNorm of the backbone updates its statistics while fine-tuning
+    validation_size: int = 5000  # held out from the end of the training set; the test set is never used to tune
+    tta: bool = False  # average predictions over a horizontal flip at test time
+    seed: int = 0
+
+    @property
+    def epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    def with_epochs(self, epochs: int) -> Recipe:
+        """Every phase runs ``epochs`` epochs (smoke runs and the dashboard's epoch field)."""
+        return dataclasses.replace(self, phases=tuple(dataclasses.replace(p, epochs=epochs) for p in self.phases))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Stage:
+    key: str
+    title: str
+    reported_accuracy: float  # the seed deck's figure, percent
+    changed: str  # one line: what changes from the previous stage and why
+    seed_says: str
+    build: Callable = field(repr=False)
+    recipe: Recipe = field(default_factory=lambda: Recipe(phases=(Phase("train", 1, 1e-3),)))
+    backbone_options: tuple[str, ...] = ()
+
+
+BACKBONE_WEIGHT_ENV = {
+    "mobilenetv2": "CIFAR_DASH_MOBILENETV2_WEIGHTS",
+    "resnet50v2": "CIFAR_DASH_RESNET50V2_WEIGHTS",
+    "resnet50": "CIFAR_DASH_RESNET50_WEIGHTS",
+}
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "mlp", "Basic MLP + Xavier init", 46.19,
+        "Flatten the 32x32x3 image into 3,072 numbers and learn Dense layers with Glorot (Xavier) init.",
+        "Flattening destroys spatial structure, so the model leans on background colour more than on shape.",
+        models.mlp,
+        Recipe(phases=(Phase("train", 20, 1e-3),), batch_size=128),
+    ),
+    Stage(
+        "deep_mlp", "Deep & wide MLP", 42.89,
+        "Four 512-wide hidden layers (2.37 M parameters), no regularisation, trained long: it memorises.",
+        "About 2.3 million parameters memorise the training set, noise included, so test accuracy goes down.",
+        models.deep_mlp,
+        Recipe(phases=(Phase("train", 40, 1e-3),), batch_size=128),
+    ),
+    Stage(
+        "cnn", "CNN (Conv + Pool + BatchNorm + Dropout)", 70.71,
+        "Keep the 2-D structure: Conv2D + MaxPooling extract features, BatchNorm stabilises, "
+        "Dropout 0.5 fights overfitting.",
+        "Conv2D + MaxPooling extract features while shrinking space; BatchNormalization stabilises training; "
+        "Dropout 50% stops the MLP's overfitting.",
+        models.cnn,
+        Recipe(phases=(Phase("train", 12, 1e-3),), batch_size=128),
+    ),
+    Stage(
+        "vgg_aug", "VGG style + augmentation", 76.33,
+        "Deeper Conv-Conv-Pool (VGG) blocks, and random flip, rotation and zoom so every epoch sees new images.",
+        "Random flip, rotation and zoom with a deeper Conv-Conv-Pool network block overfitting; validation accuracy "
+        "rises steadily.",
+        models.vgg,
+        Recipe(
+            phases=(Phase("train", 20, 1e-3),), batch_size=128, lr_schedule="reduce_on_plateau", plateau_patience=2,
+            augmentation=("flip", "rotation:0.05", "zoom:0.1"),
+        ),
+    ),
+    Stage(
+        "mobilenetv2_frozen", "MobileNetV2 transfer, base frozen", 80.22,
+        "Borrow ImageNet features: MobileNetV2 on images upsampled 3x to 96x96, base frozen, only a 164 k head trains.",
+        "MobileNetV2 pre-trained on ImageNet; images upsampled 3x to 96x96; base frozen, so only about 160 thousand "
+        "parameters train, and training is fast.",
+        models.transfer,
+        Recipe(
+            phases=(Phase("head", 10, 1e-3, trainable="head"),), batch_size=128,
+            backbone="mobilenetv2", backbone_input=96,
+        ),
+        backbone_options=("mobilenetv2",),
+    ),
+    Stage(
+        "mobilenetv2_finetune", "MobileNetV2 fine-tuned", 82.16,
+        "Warm up the new head, then unfreeze the deeper MobileNetV2 blocks and train them at a very low rate (1e-5).",
+        "Step 1: warm up the new classifier head. Step 2: unfreeze the deeper layers and train with a very low "
+        "learning rate (1e-5).",
+        models.transfer,
+        Recipe(
+            phases=(
+                Phase("head", 5, 1e-3, trainable="head"),
+                Phase("finetune", 3, 1e-5, trainable="from:block_12_expand"),
+            ),
+            batch_size=64, backbone="mobilenetv2", backbone_input=96,
+        ),
+        backbone_options=("mobilenetv2",),
+    ),
+    Stage(
+        "resnet50v2", "ResNet50V2 + LR scheduling", 93.90,
+        "A 23 M-parameter ImageNet ResNet at 160x160, fully fine-tuned; ReduceLROnPlateau halves the rate when "
+        "validation accuracy stalls; random shifts.",
+        "About 23 million parameters; images upsampled 5x to 160x160; ReduceLROnPlateau halves the learning rate "
+        "whenever accuracy stalls; translation (shift) augmentation added.",
+        models.transfer,
+        Recipe(
+            phases=(Phase("finetune", 5, 1e-4, trainable="all"),), batch_size=64,
+            lr_schedule="reduce_on_plateau", plateau_factor=0.5, plateau_patience=1,
+            augmentation=("flip", "translation:0.1"), backbone="resnet50v2", backbone_input=160,
+            backbone_bn_training=True,
+        ),
+        backbone_options=("resnet50v2", "resnet50"),
+    ),
+    Stage(
+        "resnet50v2_sota", "Final: MixUp + AdamW + label smoothing", 94.38,
+        "Same network and budget, modern tricks: MixUp blends image pairs, AdamW decouples weight decay, "
+        "label smoothing curbs over-confidence.",
+        "Same budget, no extra training time: MixUp (blend two images and their labels), AdamW (decoupled weight "
+        "decay), label smoothing (less over-confidence).",
+        models.transfer,
+        Recipe(
+            phases=(Phase("finetune", 5, 1e-4, trainable="all"),), batch_size=64, optimizer="adamw",
+            weight_decay=0.05, lr_schedule="reduce_on_plateau", plateau_factor=0.5, plateau_patience=1,
+            label_smoothing=0.1, mixup_alpha=0.2, augmentation=("flip", "translation:0.1"),
+            backbone="resnet50v2", backbone_input=160, backbone_bn_training=True,
+        ),
+        backbone_options=("resnet50v2", "resnet50"),
+    ),
+)
+
+_BY_KEY = {s.key: s for s in STAGES}
+KEYS = tuple(_BY_KEY)
+
+
+def get(key: str) -> Stage:
+    try:
+        return _BY_KEY[key]
+    except KeyError:
+        raise KeyError(f"unknown stage {key!r}; stages are: {', '.join(KEYS)}") from None
+
+
+def recipe_for(stage: Stage, epochs: int | None = None, backbone: str | None = None) -> Recipe:
+    recipe = stage.recipe
+    if epochs:
+        recipe = recipe.with_epochs(epochs)
+    if backbone and backbone != recipe.backbone:
+        if backbone not in stage.backbone_options:
+            options = " or ".join(stage.backbone_options) or "none"
+            raise ValueError(f"stage {stage.key} takes backbone {options}, not {backbone}")
+        recipe = dataclasses.replace(recipe, backbone=backbone)
+    return recipe
+
+
+def build(stage: Stage, recipe: Recipe, backbone_weights="imagenet"):
+    """The stage's Keras model: raw uint8 32x32x3 in, 10 softmax probabilities out."""
+    return stage.build(recipe, backbone_weights=backbone_weights)

@@ -1,0 +1,354 @@
+"""Train a stage's recipe: resumable after a kill, progress another process can poll, artifacts published
+atomically. Keras APIs only, so it runs under any Keras backend (TensorFlow by default, JAX on a GPU box)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from . import artifacts, models, runtime, stages
+from . import data as data_mod
+from .artifacts import write_json
+from .data import NUM_CLASSES
+
+PROGRESS = "progress.json"
+STATE = "state.json"
+WORK_MODEL = "model.keras"
+
+
+class Cancelled(Exception):
+    pass
+
+
+class Batches(keras.utils.PyDataset):
+    """Shuffled mini-batches of raw images and one-hot (optionally MixUp-blended) labels."""
+
+    def __init__(self, x, y, batch_size, mixup_alpha=0.0, seed=0):
+        super().__init__()
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.mixup_alpha = mixup_alpha
+        self.seed = seed
+        self.epoch = 0
+        self._order = None
+        self.on_epoch_end()
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self._order = np.random.default_rng((self.seed, epoch)).permutation(len(self.x))
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + (self._order is not None))
+
+    def __getitem__(self, i):
+        idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
+        xb = self.x[idx].astype("float32")
+        yb = np.eye(NUM_CLASSES, dtype="float32")[self.y[idx]]
+        if self.mixup_alpha > 0:
+            rng = np.random.default_rng((self.seed, self.epoch, i, 1))
+            lam = rng.beta(self.mixup_alpha, self.mixup_alpha, size=(len(idx), 1)).astype("float32")
+            perm = rng.permutation(len(idx))
+            xb = lam[:, :, None, None] * xb + (1 - lam[:, :, None, None]) * xb[perm]
+            yb = lam * yb + (1 - lam) * yb[perm]
+        return xb, yb
+
+
+def make_optimizer(recipe: stages.Recipe, learning_rate: float):
+    if recipe.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if recipe.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "sgd_nesterov":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True,
+                                    weight_decay=recipe.weight_decay or None)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def compile_for_phase(model, recipe, phase):
+    models.set_trainable(model, phase.trainable)
+    model.compile(
+        optimizer=make_optimizer(recipe, phase.learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+def _fmt_seconds(s):
+    if s is None or not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress(keras.callbacks.Callback):
+    """Writes progress.json (for the dashboard) and draws a progress bar on stderr."""
+
+    def __init__(self, path, stage, total_epochs, steps, val_steps, epoch_offset_seconds, stream=sys.stderr):
+        super().__init__()
+        self.path, self.stage = Path(path), stage
+        self.total_epochs, self.steps, self.val_steps = total_epochs, steps, val_steps
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.phase = ""
+        self.epoch = 0
+        self.step_times = []
+        self.last_write = 0.0
+        self.train_seconds_before = epoch_offset_seconds
+        self.last_line_fraction = -1
+
+    def write(self, state, **extra):
+        payload = {
+            "stage": self.stage, "state": state, "pid": os.getpid(), "phase": self.phase,
+            "epoch": self.epoch + 1, "epochs": self.total_epochs, "updated": time.time(), **extra,
+        }
+        write_json(self.path, payload)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.epoch_start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.time()
+        self.step_times.append(now)
+        if len(self.step_times) > 50:
+            self.step_times.pop(0)
+        span = self.step_times[-1] - self.step_times[0]
+        rate = (len(self.step_times) - 1) / span if len(self.step_times) > 2 and span > 0 else None
+        remaining_steps = (self.steps - batch - 1) + (self.total_epochs - self.epoch - 1) * self.steps
+        eta = remaining_steps / rate if rate else None
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        if now - self.last_write > 0.5 or batch + 1 == self.steps:
+            self.last_write = now
+            self.write("running", step=batch + 1, steps=self.steps, metrics=logs, eta_seconds=eta)
+        self._bar(batch + 1, logs, eta)
+
+    def _bar(self, step, logs, eta):
+        frac = step / self.steps
+        text = (f"{self.stage} {self.phase} epoch {self.epoch + 1}/{self.total_epochs} step {step}/{self.steps} "
+                f"loss {logs.get('loss', float('nan')):.4f} acc {logs.get('accuracy', float('nan')):.4f} "
+                f"ETA {_fmt_seconds(eta)}")
+        if self.tty:
+            width = 24
+            filled = int(frac * width)
+            print(f"\r[{'=' * filled}{'.' * (width - filled)}] {text}", end="", file=self.stream, flush=True)
+        elif int(frac * 4) != self.last_line_fraction:
+            self.last_line_fraction = int(frac * 4)
+            print(text, file=self.stream, flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        line = (f"epoch {epoch + 1}/{self.total_epochs} ({self.phase}) loss {logs.get('loss', 0):.4f} "
+                f"acc {logs.get('accuracy', 0):.4f} val_loss {logs.get('val_loss', 0):.4f} "
+                f"val_acc {logs.get('val_accuracy', 0):.4f} {time.time() - self.epoch_start:.0f}s")
+        print(("\r" if self.tty else "") + line, file=self.stream, flush=True)
+        self.last_line_fraction = -1
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch: history row, the full model with optimizer state, and state.json, all atomic."""
+
+    def __init__(self, work, state, phase_index):
+        super().__init__()
+        self.work, self.state, self.phase_index = Path(work), state, phase_index
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.time() - self.t0
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row = {"epoch": epoch + 1, "phase": self.state["phases"][self.phase_index], "seconds": round(seconds, 2),
+               "learning_rate": lr}
+        row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
+        self.state["history"].append(row)
+        self.state["epochs_done"] = epoch + 1
+        self.state["train_seconds"] += seconds
+        with artifacts.atomic_path(self.work / WORK_MODEL) as tmp:
+            self.model.save(tmp)
+        write_json(self.work / STATE, self.state)
+
+
+class CancelOnSignal(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested:
+            self.model.stop_training = True
+
+
+def _config_key(stage_key, recipe, limit, fingerprint):
+    return {"stage": stage_key, "recipe": recipe.to_dict(), "limit": limit, "data_fingerprint": fingerprint}
+
+
+def train(stage_key: str, epochs: int | None = None, limit: int | None = None, data_path=None,
+          backbone: str | None = None, backbone_weights=None, out_dir=None, resume: bool = False,
+          evaluate: bool = True, mixed_precision: bool = False, stream=sys.stderr) -> Path:
+    """Train ``stage_key`` and publish its artifacts into ``out_dir`` (default checkpoints/STAGE). Returns out_dir."""
+    stage = stages.get(stage_key)
+    recipe = stages.recipe_for(stage, epochs, backbone)
+    out = Path(out_dir) if out_dir else artifacts.stage_dir(stage.key)
+    work = artifacts.work_dir(stage.key, out)
+    work.mkdir(parents=True, exist_ok=True)
+    progress_path = work / PROGRESS
+
+    def fail(state, message):
+        write_json(progress_path, {"stage": stage.key, "state": state, "pid": os.getpid(), "message": message,
+                                   "updated": time.time()})
+
+    try:
+        write_json(progress_path, {"stage": stage.key, "state": "loading", "pid": os.getpid(), "updated": time.time()})
+        cifar = data_mod.load(data_path)
+        prints = cifar.fingerprints()
+        fingerprint = prints["train"]
+        (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data_mod.split(cifar, limit, recipe.validation_size)
+        keras.utils.set_random_seed(recipe.seed)
+        config = _config_key(stage.key, recipe, limit, fingerprint)
+        state = None
+        if resume and (work / STATE).exists() and (work / WORK_MODEL).exists():
+            old = json.loads((work / STATE).read_text())
+            if old.get("config") == json.loads(json.dumps(config)):
+                state = old
+                print(f"resuming {stage.key} after epoch {state['epochs_done']}/{recipe.epochs}", file=stream)
+            else:
+                print(f"not resuming {stage.key}: the earlier run used other settings; starting afresh", file=stream)
+        if state is None:
+            for f in (STATE, WORK_MODEL):
+                (work / f).unlink(missing_ok=True)
+            state = {"config": config, "run_id": uuid.uuid4().hex, "phases": [p.name for p in recipe.phases],
+                     "epochs_done": 0, "train_seconds": 0.0, "history": [], "started": time.time(),
+                     "backbone_weights": str(backbone_weights) if backbone_weights else None}
+            resolved_weights = resolve_backbone_weights(recipe, backbone_weights)
+            if mixed_precision:  # bfloat16 compute, float32 variables: for GPUs; recorded in train_info
+                keras.mixed_precision.set_global_policy("mixed_bfloat16")
+            model = stages.build(stage, recipe, backbone_weights=resolved_weights)
+            state["backbone_weights"] = describe_weights(recipe, resolved_weights)
+        else:
+            model = artifacts.load_model_compiled(work / WORK_MODEL)
+
+        train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed)
+        val_y = np.eye(NUM_CLASSES, dtype="float32")[y_val]
+        canceller = CancelOnSignal()
+        progress = Progress(progress_path, stage.key, recipe.epochs, len(train_batches),
+                            math.ceil(len(x_val) / 256), state["train_seconds"], stream)
+        start_epoch = 0
+        for i, phase in enumerate(recipe.phases):
+            end_epoch = start_epoch + phase.epochs
+            if state["epochs_done"] >= end_epoch:
+                start_epoch = end_epoch
+                continue
+            resuming_mid_phase = state["epochs_done"] > start_epoch
+            if not resuming_mid_phase:
+                compile_for_phase(model, recipe, phase)
+            elif model.optimizer is None:
+                compile_for_phase(model, recipe, phase)
+            progress.phase = phase.name
+            callbacks = [canceller, progress, EpochCheckpoint(work, state, i)]
+            if recipe.lr_schedule == "reduce_on_plateau":
+                callbacks.append(keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_accuracy", mode="max", factor=recipe.plateau_factor,
+                    patience=recipe.plateau_patience, min_lr=1e-7, verbose=0))
+            train_batches.set_epoch(state["epochs_done"])
+            model.fit(train_batches, validation_data=(x_val, val_y), validation_batch_size=256,
+                      epochs=end_epoch, initial_epoch=state["epochs_done"], callbacks=callbacks, verbose=0)
+            if canceller.requested:
+                raise Cancelled()
+            start_epoch = end_epoch
+
+        final = work / "final"
+        shutil.rmtree(final, ignore_errors=True)
+        final.mkdir()
+        keras.mixed_precision.set_global_policy("float32")
+        clean = stages.build(stage, recipe, backbone_weights=None)
+        clean.set_weights(model.get_weights())
+        clean.save(final / artifacts.MODEL)
+        n_images = len(x_tr) * recipe.epochs
+        info = {
+            "stage": stage.key, "run_id": state["run_id"], "title": stage.title,
+            "epochs": recipe.epochs, "train_seconds": round(state["train_seconds"], 2),
+            "train_images_per_second": round(n_images / state["train_seconds"], 1) if state["train_seconds"] else None,
+            "n_train": len(x_tr), "n_validation": len(x_val), "limit": limit,
+            "recipe": recipe.to_dict(), "backbone": recipe.backbone, "backbone_weights": state["backbone_weights"],
+            "data_fingerprint": prints["all"], "train_data_fingerprint": fingerprint,
+            "test_data_fingerprint": prints["test"], "data_source": cifar.source, "mixed_precision": mixed_precision,
+            "started": state["started"], "finished": time.time(), "train_runtime": runtime.info(),
+        }
+        total, trainable = models.count_params(model)
+        info["params"], info["trainable_params"] = total, trainable
+        write_json(final / artifacts.TRAIN_INFO, info)
+        write_json(final / artifacts.HISTORY,
+                   {"stage": stage.key, "run_id": state["run_id"], "epochs": state["history"]})
+        if evaluate:
+            from . import evaluate as evaluate_mod
+
+            write_json(progress_path, {"stage": stage.key, "state": "evaluating", "pid": os.getpid(),
+                                       "updated": time.time(), "epoch": recipe.epochs, "epochs": recipe.epochs})
+            evaluate_mod.evaluate_into(clean, info, x_te, y_te, final, stream=stream)
+        publish(final, out)
+        for f in (STATE, WORK_MODEL):
+            (work / f).unlink(missing_ok=True)
+        shutil.rmtree(final, ignore_errors=True)
+        write_json(progress_path, {"stage": stage.key, "state": "done", "pid": os.getpid(), "updated": time.time(),
+                                   "epoch": recipe.epochs, "epochs": recipe.epochs, "out": str(out)})
+        return out
+    except Cancelled:
+        fail("cancelled", "cancelled on request; the previous checkpoint is untouched (resume with --resume)")
+        raise
+    except BaseException as e:
+        fail("failed", f"{type(e).__name__}: {e}")
+        raise
+
+
+def publish(src: Path, out: Path) -> None:
+    """Move finished artifacts into ``out``, one atomic rename each, metrics last so readers never see new metrics
+    with an old model. A model retrained without evaluation leaves stale metrics that readers detect by run_id."""
+    out.mkdir(parents=True, exist_ok=True)
+    order = [artifacts.MODEL, artifacts.TRAIN_INFO, artifacts.HISTORY, artifacts.PREDICTIONS, artifacts.METRICS]
+    for name in order:
+        if (src / name).exists():
+            os.replace(src / name, out / name)
+
+
+def resolve_backbone_weights(recipe, explicit):
+    """An explicit path, else $CIFAR_DASH_<BACKBONE>_WEIGHTS, else "imagenet" (the Keras download)."""
+    if not recipe.backbone:
+        return None
+    path = explicit or os.environ.get(stages.BACKBONE_WEIGHT_ENV[recipe.backbone])
+    if path == "none":  # random init: smoke tests and from-scratch experiments
+        return None
+    if path:
+        if not Path(path).exists():
+            raise models.BackboneWeightsError(f"backbone weights file {path} does not exist")
+        return str(path)
+    return "imagenet"
+
+
+def describe_weights(recipe, weights):
+    if not recipe.backbone:
+        return None
+    if weights in (None, "imagenet"):
+        return {"source": weights or "random"}
+    return {"source": "file", "file": Path(weights).name, "sha256": artifacts.file_sha256(Path(weights))}
+
+
+def describe(recipe) -> dict:
+    return asdict(recipe)
