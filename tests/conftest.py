@@ -1,0 +1,57 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def make_cifar(n_train=600, n_test=200, seed=0):
+    """Synthetic CIFAR-shaped data with a learnable signal: each class has its own mean colour."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(30, 226, size=(10, 3))
+
+    def make(n):
+        y = rng.integers(0, 10, size=n).astype(np.uint8)
+        x = colours[y][:, None, None, :] + rng.normal(0, 25, size=(n, 32, 32, 3))
+        return np.clip(x, 0, 255).astype(np.uint8), y
+
+    x_train, y_train = make(n_train)
+    x_test, y_test = make(n_test)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+@pytest.fixture(scope="session")
+def cifar_npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "cifar.npz"
+    np.savez(path, **make_cifar())
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR_DASH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def trained_root(tmp_path_factory, cifar_npz):
+    """Fixture checkpoints made in the test session: mlp, deep_mlp and cnn trained briefly on synthetic data."""
+    from cifar_dash import train
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    old = os.environ.get("CIFAR_DASH_CACHE")
+    os.environ["CIFAR_DASH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        for key, epochs in (("mlp", 3), ("deep_mlp", 2), ("cnn", 1)):
+            train.train(key, epochs=epochs, limit=400, data_path=cifar_npz, out_dir=root / key)
+    finally:
+        if old is None:
+            os.environ.pop("CIFAR_DASH_CACHE", None)
+        else:
+            os.environ["CIFAR_DASH_CACHE"] = old
+    return root

@@ -1,0 +1,55 @@
+import io
+import os
+import subprocess
+import sys
+
+from PIL import Image
+
+from tests.conftest import ROOT
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _run(*args, root=None):
+    env = dict(ENV)
+    if root:
+        env["CIFAR_DASH_CHECKPOINTS"] = str(root)
+    return subprocess.run([sys.executable, "-m", "cifar_dash", *args], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_stages_lists_all_with_measured(trained_root):
+    r = _run("stages", root=trained_root)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 1 + 8
+    mlp = next(line for line in lines if line.startswith("mlp "))
+    assert "46.19%" in mlp and "trained" in mlp
+    assert "untrained" in next(line for line in lines if line.startswith("vgg_aug"))
+
+
+def test_predict_prints_top3_per_stage(trained_root, tmp_path):
+    img = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (220, 30, 30)).save(img)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"")
+    r = _run("predict", str(img), str(bad), root=trained_root)
+    assert r.returncode == 1  # one file was bad
+    assert "bad.png: " in r.stderr and "empty" in r.stderr
+    out = r.stdout.splitlines()
+    assert out[0].endswith("red.png")
+    rows = [line for line in out[1:] if line.startswith("  ")]
+    assert [row.split()[0] for row in rows] == ["mlp", "deep_mlp", "cnn"]
+    assert all(row.count("%") == 3 for row in rows)
+
+
+def test_bad_data_path_is_a_clear_error(tmp_path):
+    r = _run("train", "mlp", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "missing.npz: no such file" in r.stderr
+
+
+def test_results_table_from_metrics(trained_root):
+    r = _run("results-table", root=trained_root)
+    assert r.returncode == 0
+    assert "| `mlp` | 46.19% |" in r.stdout and "| `resnet50v2` | 93.90% | untrained |" in r.stdout
+    _ = io  # keep import for image helpers

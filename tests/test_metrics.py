@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from cifar_dash import metrics
+
+
+def test_confusion_matrix_matches_hand_count():
+    y_true = [0, 0, 1, 1, 1, 2, 2, 2, 2]
+    y_pred = [0, 1, 1, 1, 0, 2, 2, 1, 2]
+    cm = metrics.confusion_matrix(y_true, y_pred, num_classes=3)
+    # counted by hand: row = true, column = predicted
+    assert cm.tolist() == [[1, 1, 0], [1, 2, 0], [0, 1, 3]]
+
+
+def test_per_class_precision_recall_f1_by_hand():
+    cm = np.array([[1, 1, 0], [1, 2, 0], [0, 1, 3]])
+    rows = metrics.per_class(cm)
+    # class 1: tp 2, predicted 4, actual 3
+    assert rows[1]["precision"] == pytest.approx(2 / 4)
+    assert rows[1]["recall"] == pytest.approx(2 / 3)
+    assert rows[1]["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert rows[2]["precision"] == pytest.approx(1.0) and rows[2]["support"] == 4
+
+
+def test_ece_by_hand():
+    # four predictions: confidences 0.95, 0.95 (one right, one wrong) and 0.55, 0.55 (both right)
+    probs = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.55, 0.45]])
+    y = np.array([0, 1, 0, 0])
+    cal = metrics.calibration(probs, y, n_bins=10)
+    # bin (0.9, 1.0]: acc 0.5 conf 0.95 -> |0.45| * 2/4; bin (0.5, 0.6]: acc 1 conf 0.55 -> 0.45 * 2/4
+    assert cal["ece"] == pytest.approx(0.45)
+    counts = [b["count"] for b in cal["bins"]]
+    assert counts[9] == 2 and counts[5] == 2 and sum(counts) == 4
+    assert cal["mean_confidence_wrong"] == pytest.approx(0.95)
+    assert cal["mean_confidence_correct"] == pytest.approx((0.95 + 0.55 + 0.55) / 3)
+
+
+def test_summarize_accuracy():
+    probs = np.eye(10)[[0, 1, 2, 3]]
+    out = metrics.summarize(probs, [0, 1, 2, 0])
+    assert out["test_accuracy"] == 0.75 and out["n_test"] == 4
+    assert out["confusion_matrix"][3][3] == 0 and out["confusion_matrix"][0][3] == 1

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+
+from cifar_dash import models, stages
+
+SEED_ORDER = ["mlp", "deep_mlp", "cnn", "vgg_aug", "mobilenetv2_frozen", "mobilenetv2_finetune", "resnet50v2",
+              "resnet50v2_sota"]
+SEED_REPORTED = [46.19, 42.89, 70.71, 76.33, 80.22, 82.16, 93.90, 94.38]
+
+
+def test_table_order_and_reported_figures():
+    assert list(stages.KEYS[:8]) == SEED_ORDER
+    assert [s.reported_accuracy for s in stages.STAGES[:8]] == SEED_REPORTED
+    for s in stages.STAGES:
+        assert s.title and s.changed and s.recipe.epochs > 0
+
+
+def _build(key, **kw):
+    s = stages.get(key)
+    r = stages.recipe_for(s, **kw)
+    m = stages.build(s, r, backbone_weights=None)
+    models.set_trainable(m, r.phases[0].trainable)
+    return m, r
+
+
+def test_parameter_counts_against_the_seed():
+    m, _ = _build("deep_mlp")
+    total, _ = models.count_params(m)
+    assert abs(total - 2.3e6) <= 0.1 * 2.3e6
+    m, _ = _build("mobilenetv2_frozen")
+    _, trainable = models.count_params(m)
+    assert abs(trainable - 160e3) <= 0.1 * 160e3
+    for backbone in ("resnet50v2", "resnet50"):
+        m, _ = _build("resnet50v2", backbone=backbone)
+        total, _ = models.count_params(m)
+        assert 23e6 <= total <= 26e6
+
+
+def test_mlp_uses_glorot_and_cnn_has_bn_and_half_dropout():
+    m, _ = _build("mlp")
+    dense = [layer for layer in m.layers if layer.__class__.__name__ == "Dense"]
+    assert all(d.kernel_initializer.__class__.__name__ == "GlorotUniform" for d in dense)
+    m, _ = _build("cnn")
+    kinds = [layer.__class__.__name__ for layer in m.layers]
+    assert {"Conv2D", "MaxPooling2D", "BatchNormalization"} <= set(kinds)
+    assert any(layer.__class__.__name__ == "Dropout" and layer.rate == 0.5 for layer in m.layers)
+
+
+def test_recipes_are_faithful_to_the_seed():
+    vgg = stages.get("vgg_aug").recipe
+    assert {a.split(":")[0] for a in vgg.augmentation} == {"flip", "rotation", "zoom"}
+    ft = stages.get("mobilenetv2_finetune").recipe
+    assert ft.phases[0].trainable == "head" and ft.phases[1].learning_rate == 1e-5
+    assert stages.get("mobilenetv2_frozen").recipe.backbone_input == 96
+    r = stages.get("resnet50v2").recipe
+    assert r.backbone == "resnet50v2" and r.backbone_input == 160 and r.lr_schedule == "reduce_on_plateau"
+    assert r.plateau_factor == 0.5 and any(a.startswith("translation") for a in r.augmentation)
+    sota = stages.get("resnet50v2_sota").recipe
+    assert sota.mixup_alpha > 0 and sota.optimizer == "adamw" and sota.label_smoothing > 0
+    assert sota.epochs == r.epochs  # same budget
+    with pytest.raises(ValueError):
+        stages.recipe_for(stages.get("mlp"), backbone="resnet50")
+    with pytest.raises(KeyError, match="unknown stage"):
+        stages.get("nope")
+
+
+def test_finetune_unfreezes_only_deeper_layers():
+    m, r = _build("mobilenetv2_finetune")
+    _, head_only = models.count_params(m)
+    models.set_trainable(m, r.phases[1].trainable)
+    _, deeper = models.count_params(m)
+    base = m.get_layer("backbone")
+    assert head_only < deeper < models.count_params(m)[0]
+    assert not base.get_layer("Conv1").trainable and base.get_layer("block_16_project").trainable
+
+
+@pytest.mark.parametrize("key", ["mlp", "cnn", "vgg_aug"])
+def test_one_input_contract_raw_uint8(key):
+    m, _ = _build(key)
+    x = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3)).astype(np.uint8)
+    p = np.asarray(m.predict(x.astype("float32"), verbose=0))
+    assert p.shape == (4, 10)
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-5)
+    # augmentation is off at inference: same input, same output
+    np.testing.assert_allclose(p, m.predict(x.astype("float32"), verbose=0), rtol=1e-5)
+
+
+def test_caffe_preprocess_matches_keras():
+    import keras
+
+    from cifar_dash.layers import CaffePreprocess
+
+    x = np.random.default_rng(1).uniform(0, 255, size=(2, 8, 8, 3)).astype("float32")
+    ours = keras.ops.convert_to_numpy(CaffePreprocess()(x))
+    ref = keras.applications.resnet50.preprocess_input(x.copy())
+    np.testing.assert_allclose(ours, ref, atol=1e-4)

@@ -1,0 +1,144 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cifar_dash import artifacts, evaluate, results, stages, train
+from tests.conftest import ROOT
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _assert_valid_artifacts(folder, n_test, key):
+    m = json.loads((folder / "metrics.json").read_text())
+    for field in ("stage", "test_accuracy", "n_test", "per_class", "confusion_matrix", "calibration", "params",
+                  "trainable_params", "inference", "epochs", "train_seconds", "recipe", "keras_version", "backend",
+                  "machine", "data_fingerprint"):
+        assert field in m, field
+    assert m["stage"] == key and m["n_test"] == n_test
+    cm = np.array(m["confusion_matrix"])
+    assert cm.sum() == n_test
+    p = artifacts.load_predictions(folder / "test_predictions.npz")
+    assert p.probs.shape == (n_test, 10)
+    # the stored accuracy is the one the stored predictions give
+    assert m["test_accuracy"] == pytest.approx(float((p.predicted == p.labels).mean()))
+    assert np.trace(cm) == int((p.predicted == p.labels).sum())
+    assert m["inference"]["batch_1_ms"] > 0
+    hist = json.loads((folder / "history.json").read_text())["epochs"]
+    assert len(hist) == m["epochs"] and {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(hist[0])
+    return m
+
+
+@pytest.mark.parametrize("key", stages.KEYS)
+def test_smoke_train_and_evaluate_every_stage(key, cifar_npz, tmp_path):
+    out = tmp_path / key
+    train.train(key, epochs=1, limit=24, data_path=cifar_npz, backbone_weights="none", out_dir=out)
+    m = _assert_valid_artifacts(out, 24, key)
+    assert m["epochs"] == len(stages.get(key).recipe.phases)
+    # evaluate on its own rewrites the same artifacts from the stored model
+    again = evaluate.evaluate(key, out_dir=out, data_path=cifar_npz)
+    assert again["test_accuracy"] == pytest.approx(m["test_accuracy"])
+    assert results.load_result(key, tmp_path).status == "trained"
+
+
+def test_mlp_learns_the_synthetic_signal(trained_root):
+    m = json.loads((trained_root / "mlp" / "metrics.json").read_text())
+    assert m["test_accuracy"] > 0.3  # 10 colour classes; chance is 0.1
+
+
+def test_progress_file_and_state_after_done(cifar_npz, tmp_path):
+    out = tmp_path / "mlp"
+    train.train("mlp", epochs=2, limit=100, data_path=cifar_npz, out_dir=out)
+    progress = json.loads((artifacts.work_dir("mlp", out) / train.PROGRESS).read_text())
+    assert progress["state"] == "done" and progress["epoch"] == 2
+
+
+def test_failed_run_leaves_last_good_model_intact(cifar_npz, tmp_path):
+    out = tmp_path / "mlp"
+    train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out)
+    before = artifacts.file_sha256(out / "model.keras")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(Exception):
+        train.train("mlp", epochs=1, limit=100, data_path=bad, out_dir=out)
+    assert artifacts.file_sha256(out / "model.keras") == before
+    assert results.load_result("mlp", tmp_path).status == "trained"
+    progress = json.loads((artifacts.work_dir("mlp", out) / train.PROGRESS).read_text())
+    assert progress["state"] == "failed" and "bad.npz" in progress["message"]
+
+
+def test_resume_after_kill(cifar_npz, tmp_path):
+    out = tmp_path / "mlp"
+    env = {**ENV, "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "cifar_dash", "train", "mlp", "--epochs", "40", "--limit", "600",
+           "--data", str(cifar_npz), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    state_file = artifacts.work_dir("mlp", out) / train.STATE
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state_file.exists() and json.loads(state_file.read_text())["epochs_done"] >= 2:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = json.loads(state_file.read_text())["epochs_done"]
+    assert 2 <= done_before < 40 and not (out / "model.keras").exists()
+    r = subprocess.run(cmd + ["--resume"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming mlp after epoch {done_before}" in r.stderr
+    hist = json.loads((out / "history.json").read_text())["epochs"]
+    assert [h["epoch"] for h in hist] == list(range(1, 41))
+
+
+def test_cancel_with_sigterm_keeps_state(cifar_npz, tmp_path):
+    out = tmp_path / "mlp"
+    env = {**ENV, "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "cifar_dash", "train", "mlp", "--epochs", "200", "--limit", "600",
+           "--data", str(cifar_npz), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    progress = artifacts.work_dir("mlp", out) / train.PROGRESS
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if progress.exists() and json.loads(progress.read_text()).get("state") == "running":
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert json.loads(progress.read_text())["state"] == "cancelled"
+    assert not (out / "model.keras").exists()
+
+
+def test_one_step_under_jax(cifar_npz, tmp_path):
+    pytest.importorskip("jax")
+    out = tmp_path / "cnn"
+    env = {**ENV, "KERAS_BACKEND": "jax", "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "cifar_dash", "train", "cnn", "--epochs", "1", "--limit", "64",
+                        "--data", str(cifar_npz), "--out", str(out)], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["backend"] == "jax" and m["n_test"] == 64
+
+
+def test_missing_backbone_weights_file_is_a_clear_error(cifar_npz, tmp_path):
+    from cifar_dash.models import BackboneWeightsError
+
+    with pytest.raises(BackboneWeightsError, match="does not exist"):
+        train.train("mobilenetv2_frozen", epochs=1, limit=24, data_path=cifar_npz,
+                    backbone_weights=str(tmp_path / "nope.h5"), out_dir=tmp_path / "m")
+
+
+def test_mixup_batches_blend_images_and_labels():
+    x = np.stack([np.full((32, 32, 3), 0, np.uint8), np.full((32, 32, 3), 200, np.uint8)] * 8)
+    y = np.array([0, 1] * 8)
+    b = train.Batches(x, y, batch_size=16, mixup_alpha=0.4, seed=3)
+    xb, yb = b[0]
+    np.testing.assert_allclose(yb.sum(axis=1), 1, rtol=1e-6)
+    # pixel value / 200 equals the weight of class 1 in the label, image by image
+    np.testing.assert_allclose(xb[:, 0, 0, 0] / 200, yb[:, 1], atol=1e-5)
+    assert ((yb > 0) & (yb < 1)).any()
