@@ -1,0 +1,111 @@
+"""Comparisons computed from stored test predictions (never by re-running models)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .data import CLASS_NAMES
+
+
+def stage_rows(results) -> list[dict]:
+    """One row per stage for the Journey table: reported vs measured and the evidence behind the figure."""
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        inf = m.get("inference") or {}
+        rows.append({
+            "stage": r.stage.key,
+            "title": r.stage.title,
+            "status": r.status,
+            "reported %": r.stage.reported_accuracy,
+            "measured %": round(100 * m["test_accuracy"], 2) if m else None,
+            "test images": m.get("n_test"),
+            "params": m.get("params"),
+            "trainable": m.get("trainable_params"),
+            "epochs": m.get("epochs"),
+            "train s": m.get("train_seconds"),
+            "ms/image (batch 1)": round(inf["batch_1_ms"], 2) if inf else None,
+            "ms/image (batch 256)": round(inf["batch_256_ms_per_image"], 3) if inf else None,
+            "ECE": round(m["calibration"]["ece"], 4) if m else None,
+            "train machine": m.get("train_machine"),
+            "backbone": m.get("backbone"),
+            "error": r.error,
+        })
+    return rows
+
+
+def cell_indices(preds, true_class: int, predicted_class: int) -> np.ndarray:
+    """Positions (into the stored predictions) of test images of ``true_class`` predicted as ``predicted_class``,
+    most confident first."""
+    mask = (preds.labels == true_class) & (preds.predicted == predicted_class)
+    idx = np.flatnonzero(mask)
+    return idx[np.argsort(-preds.confidence[idx], kind="stable")]
+
+
+def confident_mistakes(preds, n: int = 24) -> np.ndarray:
+    wrong = np.flatnonzero(preds.predicted != preds.labels)
+    return wrong[np.argsort(-preds.confidence[wrong], kind="stable")][:n]
+
+
+def aligned(a, b):
+    """Restrict two stages' predictions to the test images both evaluated (smoke runs may cover fewer)."""
+    common, ia, ib = np.intersect1d(a.indices, b.indices, return_indices=True)
+    return common, ia, ib
+
+
+def fixed_and_broken(earlier, later) -> dict:
+    """Test images the later stage gets right and the earlier got wrong (fixed), and the reverse (broken)."""
+    common, ia, ib = aligned(earlier, later)
+    ok_a = earlier.predicted[ia] == earlier.labels[ia]
+    ok_b = later.predicted[ib] == later.labels[ib]
+    return {"indices": common, "fixed": common[~ok_a & ok_b], "broken": common[ok_a & ~ok_b],
+            "both_right": int((ok_a & ok_b).sum()), "both_wrong": int((~ok_a & ~ok_b).sum())}
+
+
+def per_class_accuracy(preds) -> np.ndarray:
+    acc = np.zeros(len(CLASS_NAMES))
+    for c in range(len(CLASS_NAMES)):
+        m = preds.labels == c
+        acc[c] = (preds.predicted[m] == c).mean() if m.any() else np.nan
+    return acc
+
+
+def agreement_matrix(preds_by_stage: dict) -> tuple[list[str], np.ndarray]:
+    """Fraction of shared test images on which two stages predict the same class."""
+    keys = list(preds_by_stage)
+    mat = np.eye(len(keys))
+    for i, a in enumerate(keys):
+        for j in range(i + 1, len(keys)):
+            b = preds_by_stage[keys[j]]
+            _, ia, ib = aligned(preds_by_stage[a], b)
+            v = float((preds_by_stage[a].predicted[ia] == b.predicted[ib]).mean()) if len(ia) else np.nan
+            mat[i, j] = mat[j, i] = v
+    return keys, mat
+
+
+def most_disputed(preds_by_stage: dict, n: int = 24) -> list[dict]:
+    """Test images on which the stages disagree most: most distinct predicted labels, then lowest majority share."""
+    keys = list(preds_by_stage)
+    common = None
+    for p in preds_by_stage.values():
+        common = p.indices if common is None else np.intersect1d(common, p.indices)
+    if common is None or not len(common):
+        return []
+    votes = np.stack([preds_by_stage[k].predicted[np.searchsorted(preds_by_stage[k].indices, common)] for k in keys],
+                     axis=1)
+    labels = preds_by_stage[keys[0]].labels[np.searchsorted(preds_by_stage[keys[0]].indices, common)]
+    distinct = np.array([len(set(row)) for row in votes])
+    majority = np.array([np.bincount(row, minlength=10).max() for row in votes])
+    order = np.lexsort((majority, -distinct))[:n]
+    return [{"index": int(common[i]), "label": int(labels[i]), "votes": dict(zip(keys, map(int, votes[i]))),
+             "distinct": int(distinct[i])} for i in order]
+
+
+def disagreement(probs_by_stage: dict) -> dict:
+    """For one image: top-1 per stage, consensus label (majority), and whether the stages disagree."""
+    top = {k: int(np.argmax(p)) for k, p in probs_by_stage.items()}
+    if not top:
+        return {"top": {}, "consensus": None, "agree": True, "share": 0.0}
+    counts = np.bincount(list(top.values()), minlength=10)
+    return {"top": top, "consensus": int(counts.argmax()), "agree": len(set(top.values())) == 1,
+            "share": float(counts.max() / len(top))}

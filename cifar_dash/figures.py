@@ -1,0 +1,129 @@
+"""Plotly figure builders. Pure functions of stored artifacts, so they are tested without Streamlit."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .data import CLASS_NAMES
+
+REPORTED_COLOR = "#9aa5b1"
+MEASURED_COLOR = "#1f77b4"
+
+
+def _fmt_seconds(s):
+    if s is None:
+        return "-"
+    return f"{s / 3600:.1f} h" if s >= 5400 else (f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s")
+
+
+def growth_curve(results) -> go.Figure:
+    """The seed's accuracy growth curve: reported figure per stage beside our measured one."""
+    keys = [r.stage.key for r in results]
+    reported = [r.stage.reported_accuracy for r in results]
+    measured, hover = [], []
+    for r in results:
+        m = r.metrics
+        measured.append(100 * m["test_accuracy"] if m else None)
+        evidence = (f"measured {100 * m['test_accuracy']:.2f}% on {m['n_test']:,} test images<br>"
+                    f"{m.get('epochs')} epochs, {_fmt_seconds(m.get('train_seconds'))} on {m.get('train_machine')}"
+                    + (f"<br>backbone: {m.get('backbone')}" if m.get("backbone") else "")
+                    if m else f"not measured ({r.status})")
+        hover.append(f"<b>{r.stage.title}</b><br>{r.stage.changed}<br>reported {r.stage.reported_accuracy:.2f}%"
+                     f"<br>{evidence}")
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=keys, y=reported, name="reported (seed deck)", mode="lines+markers",
+                             line=dict(color=REPORTED_COLOR, dash="dash"), hovertext=hover, hoverinfo="text"))
+    fig.add_trace(go.Scatter(x=keys, y=measured, name="measured here", mode="lines+markers+text",
+                             line=dict(color=MEASURED_COLOR, width=3), marker=dict(size=10),
+                             text=[f"{v:.1f}" if v is not None else "" for v in measured], textposition="top center",
+                             hovertext=hover, hoverinfo="text", connectgaps=False))
+    fig.update_layout(yaxis_title="test accuracy (%)", xaxis_title="stage", hovermode="closest",
+                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.08))
+    return fig
+
+
+def cost_scatter(results, x: str = "params") -> go.Figure:
+    """Accuracy against cost (parameters or training seconds), log x axis."""
+    pts = [r for r in results if r.metrics and r.metrics.get(x)]
+    label = {"params": "parameters", "train_seconds": "training seconds"}[x]
+    fig = go.Figure(go.Scatter(
+        x=[r.metrics[x] for r in pts], y=[100 * r.metrics["test_accuracy"] for r in pts],
+        mode="markers+text", text=[r.stage.key for r in pts], textposition="top center", marker=dict(size=12),
+        hovertext=[f"{r.stage.title}<br>{label}: {r.metrics[x]:,.0f}<br>machine: {r.metrics.get('train_machine')}"
+                   for r in pts], hoverinfo="text"))
+    fig.update_layout(xaxis_type="log", xaxis_title=f"{label} (log scale)", yaxis_title="test accuracy (%)",
+                      margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+def training_curves(history: list[dict], metric: str = "accuracy") -> go.Figure:
+    epochs = [h["epoch"] for h in history]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=epochs, y=[h.get(metric) for h in history], name=f"train {metric}", mode="lines+markers"))
+    fig.add_trace(go.Scatter(x=epochs, y=[h.get(f"val_{metric}") for h in history], name=f"validation {metric}",
+                             mode="lines+markers"))
+    phases = [h.get("phase") for h in history]
+    for i in range(1, len(phases)):
+        if phases[i] != phases[i - 1]:
+            fig.add_vline(x=epochs[i] - 0.5, line_dash="dot", annotation_text=phases[i])
+    fig.update_layout(xaxis_title="epoch", yaxis_title=metric, margin=dict(l=10, r=10, t=30, b=10),
+                      legend=dict(orientation="h", y=1.1))
+    return fig
+
+
+def confusion_heatmap(cm, normalize: bool = False) -> go.Figure:
+    cm = np.asarray(cm, dtype=float)
+    z = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
+    text = [[f"{v:.2f}" if normalize else f"{int(v)}" for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(z=z, x=list(CLASS_NAMES), y=list(CLASS_NAMES), text=text, texttemplate="%{text}",
+                               colorscale="Blues", hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
+    fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                      margin=dict(l=10, r=10, t=30, b=10), height=520)
+    return fig
+
+
+def per_class_bars(per_class: list[dict]) -> go.Figure:
+    fig = go.Figure()
+    for k in ("precision", "recall", "f1"):
+        fig.add_trace(go.Bar(x=[r["class"] for r in per_class], y=[r[k] for r in per_class], name=k))
+    fig.update_layout(barmode="group", yaxis_range=[0, 1], margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+def reliability_diagram(calibration: dict) -> go.Figure:
+    bins = [b for b in calibration["bins"] if b["count"]]
+    centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=centers, y=[b["accuracy"] for b in bins], width=1 / calibration["n_bins"],
+                         name="accuracy", customdata=[b["count"] for b in bins],
+                         hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.3f}<br>%{customdata} images<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line=dict(dash="dash")))
+    fig.update_layout(title=f"ECE {calibration['ece']:.4f}", xaxis_title="confidence", yaxis_title="accuracy",
+                      xaxis_range=[0, 1], yaxis_range=[0, 1], margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def per_class_delta(acc_a, acc_b, name_a: str, name_b: str) -> go.Figure:
+    delta = 100 * (np.asarray(acc_b) - np.asarray(acc_a))
+    fig = go.Figure(go.Bar(x=list(CLASS_NAMES), y=delta, marker_color=["#2ca02c" if d >= 0 else "#d62728" for d in delta],
+                           text=[f"{d:+.1f}" for d in delta], textposition="outside"))
+    fig.update_layout(yaxis_title=f"accuracy change, {name_b} - {name_a} (points)", margin=dict(l=10, r=10, t=30, b=10))
+    return fig
+
+
+def agreement_heatmap(keys, mat) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=mat, x=keys, y=keys, zmin=0, zmax=1, colorscale="Viridis",
+                               text=[[f"{v:.2f}" for v in row] for row in mat], texttemplate="%{text}"))
+    fig.update_layout(yaxis_autorange="reversed", margin=dict(l=10, r=10, t=30, b=10), height=480)
+    return fig
+
+
+def probability_bars(probs) -> go.Figure:
+    fig = go.Figure(go.Bar(x=np.asarray(probs), y=list(CLASS_NAMES), orientation="h"))
+    fig.update_layout(xaxis_range=[0, 1], height=260, margin=dict(l=10, r=10, t=10, b=10))
+    return fig
+
+
+def live_curves(progress_history: list[dict]) -> go.Figure:
+    return training_curves(progress_history, "accuracy")

@@ -1,0 +1,176 @@
+"""Background training jobs: `python -m cifar_dash train` as a subprocess, one per stage at a time.
+
+The dashboard never trains in its own process. A job is a JSON record plus a log file under the cache folder; its
+live state comes from the progress.json and state.json the training command writes, so any process can poll it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import artifacts, stages, train
+
+ACTIVE_STATES = ("starting", "loading", "running", "evaluating")
+_POPEN: dict[int, subprocess.Popen] = {}  # children of this process, kept to reap them
+
+
+class JobRunning(RuntimeError):
+    """This stage already has a live training job."""
+
+
+@dataclass
+class JobStatus:
+    stage: str
+    state: str  # idle | starting | loading | running | evaluating | done | failed | cancelled | killed
+    job: dict | None = None
+    progress: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    message: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+def jobs_dir() -> Path:
+    d = artifacts.cache_root() / "jobs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _record_path(stage: str) -> Path:
+    return jobs_dir() / f"{stage}.json"
+
+
+def _alive(pid: int) -> bool:
+    p = _POPEN.get(pid)
+    if p is not None:
+        return p.poll() is None
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return True
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def start(stage: str, epochs: int | None = None, limit: int | None = None, data_path: str | None = None,
+          resume: bool = False, extra_env: dict | None = None) -> dict:
+    """Start training ``stage`` in the background. Raises JobRunning when one is already live."""
+    stages.get(stage)
+    current = status(stage)
+    if current.active:
+        raise JobRunning(f"{stage} is already training (pid {current.job['pid']}, started "
+                         f"{time.strftime('%H:%M:%S', time.localtime(current.job['started']))}); "
+                         "wait for it or cancel it first")
+    lock = jobs_dir() / f"{stage}.lock"
+    try:  # two clicks in the same instant: only one gets the lock
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        if time.time() - lock.stat().st_mtime < 30:
+            raise JobRunning(f"{stage} is being started by another request") from None
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    try:
+        out = artifacts.stage_dir(stage)
+        log = jobs_dir() / f"{stage}.log"
+        cmd = [sys.executable, "-m", "cifar_dash", "train", stage, "--out", str(out)]
+        if epochs:
+            cmd += ["--epochs", str(int(epochs))]
+        if limit:
+            cmd += ["--limit", str(int(limit))]
+        if data_path:
+            cmd += ["--data", str(data_path)]
+        if resume:
+            cmd += ["--resume"]
+        env = {**os.environ, "PYTHONPATH": str(artifacts.project_root()), "PYTHONUNBUFFERED": "1",
+               **(extra_env or {})}
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=artifacts.project_root(), env=env, start_new_session=True)
+        _POPEN[proc.pid] = proc
+        record = {"stage": stage, "pid": proc.pid, "cmd": cmd, "started": time.time(), "log": str(log),
+                  "out": str(out), "epochs": epochs, "limit": limit}
+        artifacts.write_json(_record_path(stage), record)
+        return record
+    finally:
+        os.close(fd)
+        lock.unlink(missing_ok=True)
+
+
+def status(stage: str) -> JobStatus:
+    job = _read(_record_path(stage))
+    if not job:
+        return JobStatus(stage, "idle")
+    work = artifacts.work_dir(stage, Path(job["out"]))
+    progress = _read(work / train.PROGRESS) or {}
+    if progress.get("pid") != job["pid"]:
+        progress = {}  # written by an earlier run
+    state_file = _read(work / train.STATE) or {}
+    history = state_file.get("history", []) if progress else []
+    alive = _alive(job["pid"])
+    state = progress.get("state", "starting")
+    message = progress.get("message")
+    if not alive and state in ACTIVE_STATES:
+        code = _POPEN[job["pid"]].returncode if job["pid"] in _POPEN else None
+        state = "killed"
+        message = (f"the training process ended unexpectedly (exit code {code}); the last good checkpoint is "
+                   "untouched and the run can be resumed") if code is not None else (
+                   "the training process is gone (killed or machine restarted); the last good checkpoint is untouched "
+                   "and the run can be resumed")
+        if "Traceback" in tail_log(stage, 40):
+            message += ". Log: " + tail_log(stage, 3).strip().splitlines()[-1]
+    return JobStatus(stage, state, job, progress, history, message)
+
+
+def cancel(stage: str) -> bool:
+    st = status(stage)
+    if not st.active:
+        return False
+    try:
+        os.killpg(st.job["pid"], signal.SIGTERM)  # training stops after the current batch and says "cancelled"
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait(stage: str, timeout: float = 600, poll: float = 0.5) -> JobStatus:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = status(stage)
+        if not st.active:
+            return st
+        time.sleep(poll)
+    return status(stage)
+
+
+def tail_log(stage: str, lines: int = 30) -> str:
+    job = _read(_record_path(stage))
+    if not job:
+        return ""
+    try:
+        text = Path(job["log"]).read_text(errors="replace")
+    except OSError:
+        return ""
+    text = text.replace("\r", "\n")
+    return "\n".join(line for line in text.splitlines()[-lines:])
+
+
+def all_status() -> dict[str, JobStatus]:
+    return {s.key: status(s.key) for s in stages.STAGES}

@@ -1,0 +1,181 @@
+"""Streamlit glue shared by the pages: cached readers of the stored artifacts and the training sidebar.
+All computation lives in cifar_dash; this file only caches and arranges."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import streamlit as st
+
+from cifar_dash import artifacts, data, figures, jobs, predict, results, stages
+
+
+def _stamp(key: str) -> tuple:
+    folder = artifacts.stage_dir(key)
+    out = []
+    for name in (artifacts.METRICS, artifacts.HISTORY, artifacts.TRAIN_INFO, artifacts.MODEL, artifacts.PREDICTIONS,
+                 artifacts.ROBUSTNESS):
+        try:
+            out.append(os.stat(folder / name).st_mtime_ns)
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _result(key: str, root: str, stamp: tuple) -> results.StageResult:
+    return results.load_result(key)
+
+
+def all_results() -> list[results.StageResult]:
+    root = str(artifacts.checkpoints_root())
+    return [_result(s.key, root, _stamp(s.key)) for s in stages.STAGES]
+
+
+def trained_results() -> list[results.StageResult]:
+    return [r for r in all_results() if r.status in ("trained", "stale")]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _predictions(key: str, root: str, stamp: tuple):
+    return results.predictions(key)
+
+
+def stage_predictions(key: str):
+    return _predictions(key, str(artifacts.checkpoints_root()), _stamp(key))
+
+
+@st.cache_resource(show_spinner="Loading model...", max_entries=16)
+def _model(key: str, root: str, stamp: tuple):
+    return predict.load_stage(key)
+
+
+def stage_model(key: str):
+    return _model(key, str(artifacts.checkpoints_root()), _stamp(key))
+
+
+@st.cache_resource(show_spinner="Loading CIFAR-10 test images...")
+def _test_set(source: str | None):
+    try:
+        d = data.load(source)
+        return d.x_test, d.y_test, None
+    except data.DataError as e:
+        return None, None, str(e)
+
+
+def test_set():
+    """(x_test, y_test, error). Galleries need the images; predictions alone come from the stored files."""
+    return _test_set(os.environ.get(data.ENV_VAR))
+
+
+def upscale(img: np.ndarray, factor: int = 3) -> np.ndarray:
+    return np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
+
+
+def gallery(indices, captions, columns: int = 8, empty: str = "No images."):
+    x_test, _, err = test_set()
+    if err:
+        st.warning(f"Test images unavailable: {err}")
+        return
+    indices = list(indices)
+    if not indices:
+        st.caption(empty)
+        return
+    for start in range(0, len(indices), columns):
+        cols = st.columns(columns)
+        for col, i, cap in zip(cols, indices[start:start + columns], captions[start:start + columns]):
+            col.image(upscale(x_test[i]), caption=cap, width="stretch")
+
+
+def stage_label(key: str) -> str:
+    s = stages.get(key)
+    return f"{key} — {s.title}"
+
+
+def fmt_seconds(s) -> str:
+    return figures._fmt_seconds(s)
+
+
+def status_badge(r: results.StageResult) -> str:
+    if r.status == "trained":
+        return f"{100 * r.accuracy:.2f}% measured"
+    if r.status == "stale":
+        return f"{100 * r.accuracy:.2f}% (stale: {r.error})"
+    if r.status == "error":
+        return f"error: {r.error}"
+    return "not trained yet"
+
+
+# ---- training sidebar -------------------------------------------------------------------------------------------
+
+def training_sidebar():
+    with st.sidebar:
+        st.subheader("Retrain a stage")
+        keys = list(stages.KEYS)
+        key = st.selectbox("Stage", keys, key="train_stage", format_func=stage_label)
+        recipe = stages.get(key).recipe
+        phases = " + ".join(f"{p.epochs} {p.name}" for p in recipe.phases)
+        epochs = st.number_input("Epochs per phase (0 = recipe)", min_value=0, max_value=500, value=0, step=1,
+                                 key="train_epochs", help=f"The recipe runs {phases} epochs.")
+        limit = st.number_input("Limit images (0 = all 50,000)", min_value=0, max_value=50000, value=0, step=100,
+                                key="train_limit", help="Train on the first N training images and test on the "
+                                                        "first N test images: a quick smoke run.")
+        if limit:
+            st.caption("A limited run replaces this stage's checkpoint with a smaller, weaker model when it finishes.")
+        if st.button("Start training", key="train_start", type="primary"):
+            try:
+                jobs.start(key, epochs=int(epochs) or None, limit=int(limit) or None,
+                           data_path=os.environ.get(data.ENV_VAR))
+                st.toast(f"Started training {key}")
+            except jobs.JobRunning as e:
+                st.warning(str(e))
+        _job_panel()
+
+
+@st.fragment(run_every=2)
+def _job_panel():
+    statuses = jobs.all_status()
+    active = {k for k, s in statuses.items() if s.active}
+    finished = st.session_state.get("_active_jobs", set()) - active
+    st.session_state["_active_jobs"] = active
+    if finished:  # a job just ended: redraw every chart from the new artifacts
+        st.rerun(scope="app")
+    shown = [s for s in statuses.values() if s.state != "idle"]
+    if not shown:
+        st.caption("No training jobs yet.")
+        return
+    for s in sorted(shown, key=lambda s: -(s.job or {}).get("started", 0)):
+        _job_card(s)
+
+
+def _job_card(s: jobs.JobStatus):
+    p = s.progress
+    box = st.container(border=True)
+    head = f"**{s.stage}** · {s.state}"
+    if s.active and p.get("epochs"):
+        head += f" · epoch {p.get('epoch')}/{p.get('epochs')}"
+    box.markdown(head)
+    if s.active:
+        if p.get("steps"):
+            done = ((p["epoch"] - 1) * p["steps"] + p.get("step", 0)) / (p["epochs"] * p["steps"])
+            box.progress(min(max(done, 0.0), 1.0),
+                         text=f"step {p.get('step')}/{p.get('steps')} · ETA {fmt_seconds(p.get('eta_seconds'))}")
+            m = p.get("metrics") or {}
+            if m:
+                box.caption(f"loss {m.get('loss', float('nan')):.3f} · accuracy {m.get('accuracy', float('nan')):.3f}")
+        if box.button("Cancel", key=f"cancel_{s.stage}"):
+            jobs.cancel(s.stage)
+            box.info("Cancelling after the current batch...")
+        if s.history:
+            box.plotly_chart(figures.training_curves(s.history), key=f"live_{s.stage}_{len(s.history)}",
+                             config={"displayModeBar": False})
+    elif s.state == "done":
+        r = results.load_result(s.stage)
+        box.success(f"Finished {time.strftime('%H:%M', time.localtime(p.get('updated', 0)))}: "
+                    f"{status_badge(r)}")
+    elif s.state in ("failed", "cancelled", "killed"):
+        box.error(f"{s.message or s.state}. The previous checkpoint is untouched.")
+    with box.expander("Log"):
+        st.code(jobs.tail_log(s.stage, 25) or "(empty)", language=None)

@@ -1,0 +1,102 @@
+import pandas as pd
+import streamlit as st
+
+from cifar_dash import analysis, figures, stages
+from cifar_dash.data import CLASS_NAMES
+from pages import _shared
+
+st.title("Stage explorer")
+res = {r.stage.key: r for r in _shared.all_results()}
+trained = [k for k, r in res.items() if r.metrics]
+key = st.selectbox("Stage", list(stages.KEYS), index=list(stages.KEYS).index(trained[-1]) if trained else 0,
+                   format_func=_shared.stage_label, key="explorer_stage")
+r = res[key]
+s = r.stage
+
+left, right = st.columns([2, 3])
+with left:
+    st.subheader(s.title)
+    st.markdown(f"**What changes:** {s.changed}")
+    st.markdown(f"**The seed says:** {s.seed_says}")
+    st.metric("Test accuracy", f"{100 * r.accuracy:.2f}%" if r.metrics else "—",
+              delta=f"{100 * r.accuracy - s.reported_accuracy:+.2f} vs reported {s.reported_accuracy:.2f}%"
+              if r.metrics else None)
+with right:
+    recipe = (r.metrics or {}).get("recipe") or s.recipe.to_dict()
+    st.markdown("**Recipe" + (" actually used**" if r.metrics else " (not trained yet)**"))
+    phases = recipe.pop("phases", [])
+    st.dataframe(pd.DataFrame(phases), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame([{"setting": k, "value": str(v)} for k, v in recipe.items()]), hide_index=True,
+                 width="stretch", height=240)
+
+if r.status == "error":
+    st.error(r.error)
+    st.stop()
+if not r.metrics:
+    st.info(f"{key} is not trained yet: start it from the sidebar, or `python -m cifar_dash train {key}`.")
+    st.stop()
+if r.status == "stale":
+    st.warning(r.error)
+
+m = r.metrics
+ev = (f"{m['n_test']:,} test images · {m.get('epochs')} epochs · {_shared.fmt_seconds(m.get('train_seconds'))} "
+      f"training on {m.get('train_machine')} · {m['params']:,} parameters ({m['trainable_params']:,} trainable) · "
+      f"Keras {m.get('keras_version')} ({m.get('backend')})")
+if m.get("backbone"):
+    w = m.get("backbone_weights") or {}
+    ev += f" · backbone {m['backbone']}" + (f" ({w.get('file')})" if isinstance(w, dict) and w.get("file") else "")
+st.caption(ev)
+
+st.subheader("Training curves")
+tab_acc, tab_loss = st.tabs(["accuracy", "loss"])
+with tab_acc:
+    st.plotly_chart(figures.training_curves(r.history, "accuracy"), key="curve_acc")
+with tab_loss:
+    st.plotly_chart(figures.training_curves(r.history, "loss"), key="curve_loss")
+if r.history:
+    last = r.history[-1]
+    gap = last.get("accuracy", 0) - last.get("val_accuracy", 0)
+    st.caption(f"Last epoch: train accuracy {last.get('accuracy', 0):.3f}, validation {last.get('val_accuracy', 0):.3f} "
+               f"(gap {gap:+.3f}). Training accuracy is measured with augmentation/MixUp on, where the recipe has them.")
+
+st.subheader("Confusion matrix")
+normalize = st.toggle("Row-normalised", key="cm_norm")
+event = st.plotly_chart(figures.confusion_heatmap(m["confusion_matrix"], normalize), key="cm_chart",
+                        on_select="rerun", selection_mode="points")
+points = (event or {}).get("selection", {}).get("points", []) if event else []
+preds = _shared.stage_predictions(key)
+cm = pd.DataFrame(m["confusion_matrix"]).to_numpy()
+off = cm.copy()
+for i in range(len(off)):
+    off[i, i] = 0
+default_true, default_pred = divmod(int(off.argmax()), len(CLASS_NAMES))
+if points:
+    default_true = CLASS_NAMES.index(points[0]["y"])
+    default_pred = CLASS_NAMES.index(points[0]["x"])
+c1, c2 = st.columns(2)
+true_c = c1.selectbox("True class", CLASS_NAMES, index=default_true, key=f"cell_true_{default_true}_{default_pred}")
+pred_c = c2.selectbox("Predicted as", CLASS_NAMES, index=default_pred, key=f"cell_pred_{default_true}_{default_pred}")
+ti, pi = CLASS_NAMES.index(true_c), CLASS_NAMES.index(pred_c)
+idx = analysis.cell_indices(preds, ti, pi)
+st.markdown(f"**{len(idx)}** test images of *{true_c}* predicted as *{pred_c}* (most confident first; click a cell "
+            "in the matrix or pick the classes).")
+shown = idx[:32]
+_shared.gallery(preds.indices[shown], [f"{CLASS_NAMES[preds.labels[j]]} → {CLASS_NAMES[preds.predicted[j]]} "
+                                       f"{preds.confidence[j]:.0%}" for j in shown])
+
+c1, c2 = st.columns(2)
+with c1:
+    st.subheader("Per-class precision, recall, F1")
+    st.plotly_chart(figures.per_class_bars(m["per_class"]), key="per_class")
+    st.dataframe(pd.DataFrame(m["per_class"]).round(3), hide_index=True, width="stretch")
+with c2:
+    st.subheader("Calibration")
+    st.plotly_chart(figures.reliability_diagram(m["calibration"]), key="reliability")
+    cal = m["calibration"]
+    st.caption(f"Mean confidence {cal['mean_confidence']:.3f}; on right answers "
+               f"{cal['mean_confidence_correct'] or 0:.3f}, on wrong answers {cal['mean_confidence_wrong'] or 0:.3f}.")
+
+st.subheader("Most confident mistakes")
+worst = analysis.confident_mistakes(preds, 24)
+_shared.gallery(preds.indices[worst], [f"true {CLASS_NAMES[preds.labels[j]]}, said {CLASS_NAMES[preds.predicted[j]]} "
+                                       f"{preds.confidence[j]:.0%}" for j in worst], empty="No mistakes.")

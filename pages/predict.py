@@ -1,0 +1,95 @@
+import hashlib
+
+import numpy as np
+import streamlit as st
+
+from cifar_dash import analysis, figures, images, predict
+from cifar_dash.data import CLASS_NAMES
+from pages import _shared
+
+st.title("Upload & predict")
+st.caption("Every trained stage looks at the same 32x32 image. Where they disagree, the cell is marked.")
+trained = [r.stage.key for r in _shared.trained_results()]
+if not trained:
+    st.info("No stage is trained yet: train one from the sidebar first.")
+    st.stop()
+
+files = st.file_uploader("Images (PNG, JPEG, WebP, BMP, GIF)", type=list(images.UPLOAD_EXTENSIONS),
+                         accept_multiple_files=True, key="uploads")
+c1, c2 = st.columns([1, 3])
+n_random = c1.number_input("Random test images", 1, 32, 4, key="n_random")
+if c2.button("Draw random test images", key="draw"):
+    x_test, _, err = _shared.test_set()
+    if err:
+        st.warning(f"Test images unavailable: {err}")
+    else:
+        st.session_state["drawn"] = np.random.default_rng().choice(len(x_test), int(n_random), replace=False).tolist()
+if st.session_state.get("drawn") and st.button("Clear test images", key="clear_drawn"):
+    st.session_state["drawn"] = []
+
+items = []  # (name, 32x32 array, original bytes or None, true label or None)
+ok, errors = images.to_model_inputs([(f.name, f.getvalue()) for f in files or []])
+for name, msg in errors:
+    st.error(msg)
+uploaded = {f.name: f.getvalue() for f in files or []}
+items += [(name, arr, uploaded.get(name), None) for name, arr in ok]
+x_test, y_test, _ = _shared.test_set()
+for i in st.session_state.get("drawn", []):
+    if x_test is not None and i < len(x_test):
+        items.append((f"test image {i}", x_test[i], None, int(y_test[i])))
+
+if not items:
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _probs(key: str, stamp: tuple, digest: str, _batch: np.ndarray) -> np.ndarray:
+    return predict.predict(_shared.stage_model(key), _batch)
+
+
+batch = np.stack([it[1] for it in items])
+digest = hashlib.sha256(batch.tobytes()).hexdigest()
+probs = {}
+for key in trained:
+    try:
+        probs[key] = _probs(key, _shared._stamp(key), digest, batch)
+    except Exception as e:  # a damaged model file: that stage shows the error, the rest work
+        st.error(f"{key}: {e}")
+stage_keys = list(probs)
+show_details = st.toggle("Show top-3 and probability bars", key="details")
+
+header = st.columns([1, 1] + [1] * len(stage_keys))
+header[0].markdown("**image**")
+header[1].markdown("**what the models see**")
+for col, key in zip(header[2:], stage_keys):
+    col.markdown(f"**{key}**")
+
+for n, (name, arr, raw, label) in enumerate(items):
+    per_stage = {k: probs[k][n] for k in stage_keys}
+    d = analysis.disagreement(per_stage)
+    row = st.columns([1, 1] + [1] * len(stage_keys))
+    row[0].image(raw if raw is not None else _shared.upscale(arr, 3), caption=name, width="stretch")
+    row[1].image(_shared.upscale(arr, 4), caption="32x32 input" + (f" · true: {CLASS_NAMES[label]}" if label is not None
+                                                                    else ""), width="stretch")
+    for col, key in zip(row[2:], stage_keys):
+        p = per_stage[key]
+        top = int(np.argmax(p))
+        mark = ""
+        if label is not None:
+            mark = "✅ " if top == label else "❌ "
+        elif not d["agree"] and top != d["consensus"]:
+            mark = "⚠️ "
+        col.markdown(f"{mark}**{CLASS_NAMES[top]}**  \n{p[top]:.0%}")
+        if show_details:
+            col.caption(" · ".join(f"{c} {q:.0%}" for c, q in predict.top_k(p[None], 3)[0]))
+    verdict = (f"All {len(stage_keys)} stages agree: **{CLASS_NAMES[d['consensus']]}**." if d["agree"] else
+               f"Stages disagree; majority **{CLASS_NAMES[d['consensus']]}** ({d['share']:.0%} of stages).")
+    st.caption(verdict)
+    if show_details:
+        with st.expander(f"Probability bars for {name}"):
+            cols = st.columns(min(4, len(stage_keys)))
+            for i, key in enumerate(stage_keys):
+                cols[i % len(cols)].markdown(key)
+                cols[i % len(cols)].plotly_chart(figures.probability_bars(per_stage[key]), key=f"bars_{n}_{key}",
+                                                 config={"displayModeBar": False})
+    st.divider()
