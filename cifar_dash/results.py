@@ -41,6 +41,10 @@ def load_result(key: str, root: Path | None = None) -> StageResult:
         for field in ("test_accuracy", "confusion_matrix", "per_class", "calibration"):
             if field not in metrics:
                 raise artifacts.ArtifactError(f"{folder / artifacts.METRICS} lacks {field!r}")
+        n = len(artifacts.load_predictions(folder / artifacts.PREDICTIONS).labels)
+        if n != metrics.get("n_test"):
+            raise artifacts.ArtifactError(f"{folder / artifacts.PREDICTIONS} holds {n} predictions, metrics say "
+                                          f"{metrics.get('n_test')}")
     except artifacts.ArtifactError as e:
         return StageResult(stage, "error", error=str(e), folder=folder)
     status = "trained"

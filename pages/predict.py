@@ -29,7 +29,7 @@ if st.session_state.get("drawn") and st.button("Clear test images", key="clear_d
 
 items = []  # (name, 32x32 array, original bytes or None, true label or None)
 ok, errors = images.to_model_inputs([(f.name, f.getvalue()) for f in files or []])
-for name, msg in errors:
+for _name, msg in errors:
     st.error(msg)
 uploaded = {f.name: f.getvalue() for f in files or []}
 items += [(name, arr, uploaded.get(name), None) for name, arr in ok]

@@ -64,7 +64,9 @@ def test_failed_run_leaves_last_good_model_intact(cifar_npz, tmp_path):
     before = artifacts.file_sha256(out / "model.keras")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"garbage")
-    with pytest.raises(Exception):
+    from cifar_dash.data import DataError
+
+    with pytest.raises(DataError):
         train.train("mlp", epochs=1, limit=100, data_path=bad, out_dir=out)
     assert artifacts.file_sha256(out / "model.keras") == before
     assert results.load_result("mlp", tmp_path).status == "trained"

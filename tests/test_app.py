@@ -1,0 +1,148 @@
+"""AppTest per page, on fixture checkpoints trained in the test session."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from cifar_dash import analysis, results
+from cifar_dash.data import CLASS_NAMES
+from tests.conftest import ROOT
+
+PAGES = ["pages/explorer.py", "pages/compare.py", "pages/predict.py", "pages/training.py"]
+
+
+@pytest.fixture
+def app_env(trained_root, cifar_npz, monkeypatch):
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(trained_root))
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    return trained_root
+
+
+def _app():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _charts(at):
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _arr(v):
+    """Plotly encodes numpy arrays as base64 typed arrays; decode them (plain lists pass through)."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(x) for x in str(v.get("shape", len(a))).split(",")])
+    return np.asarray(v, dtype=float)
+
+
+def _texts(at):
+    return [m.value for m in at.markdown] + [c.value for c in at.caption]
+
+
+def test_journey_growth_curve_has_reported_and_measured(app_env):
+    at = _app()
+    curve = _charts(at)[0]
+    reported, measured = curve["data"][0], curve["data"][1]
+    assert reported["y"][:3] == [46.19, 42.89, 70.71]
+    mlp = json.loads((app_env / "mlp" / "metrics.json").read_text())
+    assert measured["x"][0] == "mlp" and measured["y"][0] == pytest.approx(100 * mlp["test_accuracy"])
+    assert measured["y"][3] is None  # vgg_aug is not trained in the fixture
+    assert "Glorot" in reported["hovertext"][0]
+    table = at.dataframe[0].value
+    assert list(table["stage"][:3]) == ["mlp", "deep_mlp", "cnn"]
+    assert table["measured %"][0] == pytest.approx(round(100 * mlp["test_accuracy"], 2))
+    assert any("vgg_aug" in i.value and "not trained" in i.value for i in at.info)
+
+
+def test_every_page_renders_with_zero_trained_stages(tmp_path, cifar_npz, monkeypatch):
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(tmp_path / "empty"))
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    at = _app()
+    assert len([i for i in at.info if "not trained yet" in i.value]) == 8
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+
+
+def test_one_corrupt_stage_shows_an_error_and_the_rest_work(trained_root, cifar_npz, tmp_path, monkeypatch):
+    root = tmp_path / "ck"
+    shutil.copytree(trained_root, root)
+    (root / "cnn" / "metrics.json").write_text("{ not json")
+    (root / "deep_mlp" / "test_predictions.npz").write_bytes(b"junk")
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    at = _app()
+    assert any("cnn" in e.value and "corrupt" in e.value for e in at.error)
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+    at.switch_page("pages/explorer.py").run()
+    at.selectbox(key="explorer_stage").set_value("cnn").run()
+    assert any("corrupt" in e.value for e in at.error)
+
+
+def test_explorer_confusion_matrix_and_cell_gallery(app_env):
+    at = _app()
+    at.switch_page("pages/explorer.py").run()
+    at.selectbox(key="explorer_stage").set_value("mlp").run()
+    assert not at.exception
+    metrics = json.loads((app_env / "mlp" / "metrics.json").read_text())
+    heat = next(c for c in _charts(at) if c["data"][0]["type"] == "heatmap")
+    np.testing.assert_array_equal(_arr(heat["data"][0]["z"]), metrics["confusion_matrix"])
+    preds = results.predictions("mlp")
+    true_box = next(s for s in at.selectbox if s.label == "True class")
+    pred_box = next(s for s in at.selectbox if s.label == "Predicted as")
+    true_box.set_value(CLASS_NAMES[0])
+    pred_box.set_value(CLASS_NAMES[0]).run()
+    n = int(((preds.labels == 0) & (preds.predicted == 0)).sum())
+    assert any(t.startswith(f"**{n}** test images of *airplane* predicted as *airplane*") for t in _texts(at))
+    n_wrong = int((preds.labels != preds.predicted).sum())
+    assert len(at.get("image")) == min(n, 32) + min(n_wrong, 24)  # the cell's gallery + most confident mistakes
+    curves = [c for c in _charts(at) if c["data"][0].get("name") == "train accuracy"]
+    assert _arr(curves[0]["data"][0]["y"]) == pytest.approx([h["accuracy"] for h in results.load_result("mlp").history])
+
+
+def test_compare_counts_fixed_and_broken(app_env):
+    at = _app()
+    at.switch_page("pages/compare.py").run()
+    at.selectbox(key="cmp_a").set_value("mlp")
+    at.selectbox(key="cmp_b").set_value("cnn").run()
+    assert not at.exception
+    fb = analysis.fixed_and_broken(results.predictions("mlp"), results.predictions("cnn"))
+    values = {m.label: m.value for m in at.metric}
+    assert values["Fixed by the later stage"] == f"{len(fb['fixed']):,}"
+    assert values["Broken by the later stage"] == f"{len(fb['broken']):,}"
+    agreement = next(c for c in _charts(at) if c["data"][0]["type"] == "heatmap")
+    assert agreement["data"][0]["x"] == ["mlp", "deep_mlp", "cnn"]
+    assert np.allclose(np.diag(_arr(agreement["data"][0]["z"])), 1)
+
+
+def test_predict_draws_test_images_one_prediction_per_stage(app_env):
+    at = _app()
+    at.switch_page("pages/predict.py").run()
+    at.number_input(key="n_random").set_value(3)
+    at.button(key="draw").click().run()
+    assert not at.exception
+    cells = [m for m in _texts(at) if "**" in m and "%" in m and ("✅" in m or "❌" in m)]
+    assert len(cells) == 3 * 3  # 3 images x 3 trained stages
+    assert sum("stages agree" in t or "Stages disagree" in t for t in _texts(at)) == 3
+    at.toggle(key="details").set_value(True).run()
+    assert not at.exception
+    assert any(t.count("%") == 3 for t in _texts(at))  # top-3 line
+
+
+def test_training_page_and_sidebar_render(app_env):
+    at = _app()
+    assert at.button(key="train_start").label == "Start training"
+    assert at.selectbox(key="train_stage").value == "mlp"
+    at.switch_page("pages/training.py").run()
+    assert not at.exception
+    assert list(at.dataframe[0].value["stage"]) == ["mlp", "deep_mlp", "cnn", "vgg_aug", "mobilenetv2_frozen",
+                                                    "mobilenetv2_finetune", "resnet50v2", "resnet50v2_sota"]

@@ -1,0 +1,61 @@
+import json
+import shutil
+
+import pytest
+
+from cifar_dash import artifacts, jobs, results
+
+
+@pytest.fixture
+def root(trained_root, tmp_path, monkeypatch, cifar_npz):
+    r = tmp_path / "ck"
+    shutil.copytree(trained_root, r)
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(r))
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    return r
+
+
+def test_job_runs_in_background_and_publishes(root, cifar_npz):
+    before = json.loads((root / "mlp" / "metrics.json").read_text())["run_id"]
+    rec = jobs.start("mlp", epochs=2, limit=300, data_path=str(cifar_npz))
+    with pytest.raises(jobs.JobRunning, match="already training"):
+        jobs.start("mlp", epochs=1, limit=100)
+    st = jobs.wait("mlp", timeout=240)
+    assert st.state == "done", (st.message, jobs.tail_log("mlp"))
+    after = json.loads((root / "mlp" / "metrics.json").read_text())
+    assert after["run_id"] != before and after["n_test"] == 200 and after["epochs"] == 2  # 200 synthetic test images
+    assert results.load_result("mlp").status == "trained"
+    assert rec["pid"] == st.progress["pid"]
+    assert "test accuracy" in jobs.tail_log("mlp")
+
+
+def test_cancel_keeps_the_previous_checkpoint(root, cifar_npz):
+    model_before = artifacts.file_sha256(root / "mlp" / "model.keras")
+    jobs.start("mlp", epochs=300, limit=400, data_path=str(cifar_npz))
+    for _ in range(400):
+        if jobs.status("mlp").state == "running":
+            break
+        jobs.time.sleep(0.1)
+    assert jobs.cancel("mlp")
+    st = jobs.wait("mlp", timeout=120)
+    assert st.state == "cancelled" and "untouched" in st.message
+    assert artifacts.file_sha256(root / "mlp" / "model.keras") == model_before
+
+
+def test_killed_job_is_reported(root, cifar_npz):
+    import os
+    import signal
+
+    jobs.start("mlp", epochs=300, limit=400, data_path=str(cifar_npz))
+    for _ in range(400):
+        if jobs.status("mlp").state == "running":
+            break
+        jobs.time.sleep(0.1)
+    os.killpg(jobs.status("mlp").job["pid"], signal.SIGKILL)
+    st = jobs.wait("mlp", timeout=60)
+    assert st.state == "killed" and "resumed" in st.message
+    assert results.load_result("mlp").status == "trained"
+
+
+def test_idle_stage():
+    assert jobs.status("vgg_aug").state == "idle" and not jobs.cancel("vgg_aug")
