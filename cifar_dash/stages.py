@@ -93,7 +93,7 @@ STAGES: tuple[Stage, ...] = (
         "Conv2D + MaxPooling extract features while shrinking space; BatchNormalization stabilises training; "
         "Dropout 50% stops the MLP's overfitting.",
         models.cnn,
-        Recipe(phases=(Phase("train", 12, 1e-3),), batch_size=128),
+        Recipe(phases=(Phase("train", 15, 5e-4),), batch_size=128),
     ),
     Stage(
         "vgg_aug", "VGG style + augmentation", 76.33,

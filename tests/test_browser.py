@@ -1,0 +1,129 @@
+"""Real browser: headless Debian Chromium driven by Playwright against `streamlit run app.py`."""
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)"),
+]
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained_root, cifar_npz, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser") / "checkpoints"
+    shutil.copytree(trained_root, root)
+    port = _free_port()
+    env = {**os.environ, "CIFAR_DASH_CHECKPOINTS": str(root), "CIFAR10_PATH": str(cifar_npz),
+           "CIFAR_DASH_CACHE": str(tmp_path_factory.mktemp("browser_cache")), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.headless", "true", "--server.address", "127.0.0.1"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1500, "height": 1000})
+        pg.set_default_timeout(90_000)
+        yield pg
+        browser.close()
+
+
+def _no_exception(pg):
+    assert pg.locator("[data-testid='stException']").count() == 0, pg.locator("[data-testid='stException']").first.inner_text()
+
+
+@pytest.mark.parametrize("path, heading", [
+    ("", "CIFAR-10, from a 46% MLP to 94%"),
+    ("explorer", "Stage explorer"),
+    ("compare", "Compare stages"),
+    ("predict", "Upload & predict"),
+    ("training", "Training jobs"),
+])
+def test_every_page_opens(page, server, path, heading):
+    page.goto(f"{server}/{path}")
+    page.get_by_role("heading", name=heading).wait_for()
+    page.get_by_text("Retrain a stage").wait_for()  # the sidebar is on every page
+    if path == "":
+        page.locator(".js-plotly-plot").first.wait_for()
+    _no_exception(page)
+
+
+def test_upload_png_gives_one_prediction_per_stage(page, server, tmp_path):
+    img = tmp_path / "red_square.png"
+    Image.new("RGB", (120, 80), (230, 20, 20)).save(img)
+    page.goto(f"{server}/predict")
+    page.get_by_role("heading", name="Upload & predict").wait_for()
+    page.locator("input[type='file']").set_input_files(str(img))
+    verdict = page.get_by_text("stages agree").or_(page.get_by_text("Stages disagree"))
+    verdict.first.wait_for()
+    main = page.locator("[data-testid='stMain']")
+    for key in ("mlp", "deep_mlp", "cnn"):
+        assert main.get_by_text(key, exact=True).count() >= 1
+    cells = main.locator("[data-testid='stMarkdownContainer']").filter(has_text="%")
+    assert cells.count() == 3  # one prediction per trained stage
+    _no_exception(page)
+
+
+def test_bad_upload_gets_a_clear_message(page, server, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    page.goto(f"{server}/predict")
+    page.get_by_role("heading", name="Upload & predict").wait_for()
+    page.locator("input[type='file']").set_input_files(str(bad))
+    page.get_by_text("broken.png: ").first.wait_for()
+    _no_exception(page)
+
+
+def test_sidebar_retrain_runs_to_the_end(page, server):
+    page.goto(f"{server}/")
+    page.get_by_role("heading", name="CIFAR-10, from a 46% MLP to 94%").wait_for()
+    side = page.locator("[data-testid='stSidebar']")
+    side.get_by_role("spinbutton", name="Epochs per phase (0 = recipe)").fill("1")
+    side.get_by_role("spinbutton", name="Epochs per phase (0 = recipe)").press("Enter")
+    side.get_by_role("spinbutton", name="Limit images (0 = all 50,000)").fill("200")
+    side.get_by_role("spinbutton", name="Limit images (0 = all 50,000)").press("Enter")
+    page.wait_for_timeout(500)
+    side.get_by_role("button", name="Start training").click()
+    side.get_by_text("Finished").wait_for(timeout=180_000)
+    assert "measured" in side.get_by_text("Finished").inner_text()
+    _no_exception(page)
+    _ = io
