@@ -65,7 +65,13 @@ def _predict(args):
 def _results_table(args):
     from . import report
 
-    print(report.results_markdown(args.checkpoints))
+    table = report.results_markdown(args.checkpoints)
+    if args.write:
+        path = Path(args.write)
+        path.write_text(report.replace_in(path.read_text(), table))
+        print(f"updated the results table in {path}")
+    else:
+        print(table)
     return 0
 
 
@@ -103,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.set_defaults(fn=_predict)
 
-    sub.add_parser("results-table", help="README's results table, generated from metrics.json files"
-                   ).set_defaults(fn=_results_table)
+    rt = sub.add_parser("results-table", help="README's results table, generated from metrics.json files")
+    rt.add_argument("--write", help="replace the table between the markers in this file (README.md)")
+    rt.set_defaults(fn=_results_table)
     return p
 
 

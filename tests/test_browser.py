@@ -68,7 +68,8 @@ def page(server):
 
 
 def _no_exception(pg):
-    assert pg.locator("[data-testid='stException']").count() == 0, pg.locator("[data-testid='stException']").first.inner_text()
+    errors = pg.locator("[data-testid='stException']")
+    assert errors.count() == 0, errors.first.inner_text()
 
 
 @pytest.mark.parametrize("path, heading", [

@@ -53,3 +53,20 @@ def test_results_table_from_metrics(trained_root):
     assert r.returncode == 0
     assert "| `mlp` | 46.19% |" in r.stdout and "| `resnet50v2` | 93.90% | untrained |" in r.stdout
     _ = io  # keep import for image helpers
+
+
+def test_readme_results_table_is_generated_from_the_shipped_metrics(monkeypatch):
+    from cifar_dash import report
+
+    monkeypatch.delenv("CIFAR_DASH_CHECKPOINTS", raising=False)
+    readme = (ROOT / "README.md").read_text()
+    table = report.results_markdown(ROOT / "checkpoints")
+    assert report.replace_in(readme, table) == readme, "run `python -m cifar_dash results-table --write README.md`"
+
+
+def test_readme_commands_match_ci():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_cmd = ".venv/bin/python -m pytest -q"
+    assert test_cmd in readme and test_cmd in ci
+    assert "pip install -r requirements.txt" in readme and "pip install -q -r requirements.txt" in ci
