@@ -15,9 +15,15 @@ from . import data as data_mod
 def predict_probs(model, x, batch_size: int = 256, tta: bool = False) -> np.ndarray:
     """Softmax probabilities for raw uint8 images; with ``tta`` averaged with the horizontally flipped view."""
     x = np.asarray(x, dtype=np.float32)
-    probs = model.predict(x, batch_size=batch_size, verbose=0)
+
+    def run(batch):
+        if len(batch) <= batch_size:  # one batch: skip predict()'s per-call dataset set-up (~50 ms)
+            return np.asarray(model.predict_on_batch(batch))
+        return model.predict(batch, batch_size=batch_size, verbose=0)
+
+    probs = run(x)
     if tta:
-        probs = (probs + model.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2
+        probs = (probs + run(x[:, :, ::-1])) / 2
     return np.asarray(probs, dtype=np.float32)
 
 

@@ -1,0 +1,113 @@
+"""Speed and memory of the dashboard on this machine: prints figures, asserts nothing.
+
+    python benchmarks/bench_app.py [--reps 5]
+
+- cold start: a fresh `streamlit run app.py` until the Journey page's first script run has finished (HTTP health +
+  one AppTest run in a fresh process)
+- warm render time of each page (AppTest, median of --reps runs after one warm-up)
+- upload-to-predictions latency for 1 and 16 images through every trained stage (models already loaded)
+- peak RSS with every trained stage loaded
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+PAGES = ["app.py", "pages/explorer.py", "pages/compare.py", "pages/predict.py", "pages/training.py"]
+
+
+def cold_start() -> float:
+    code = ("import time; t=time.perf_counter(); from streamlit.testing.v1 import AppTest; "
+            f"at=AppTest.from_file({str(ROOT / 'app.py')!r}, default_timeout=300); at.run(); "
+            "assert not at.exception; print(time.perf_counter()-t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def warm_pages(reps: int) -> dict:
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.run()
+    times = {}
+    for page in PAGES:
+        runs = []
+        for i in range(reps + 1):
+            if page == "app.py":
+                t = time.perf_counter()
+                at.run()
+            else:
+                at.switch_page(page)
+                t = time.perf_counter()
+                at.run()
+            if i:
+                runs.append(time.perf_counter() - t)
+            assert not at.exception, (page, at.exception)
+        times[page] = statistics.median(runs)
+    return times
+
+
+def predictions(reps: int) -> dict:
+    import numpy as np
+
+    from cifar_dash import data, predict, results
+
+    keys = [r.stage.key for r in results.load_all() if r.status in ("trained", "stale")]
+    t = time.perf_counter()
+    loaded = [predict.load_stage(k) for k in keys]
+    load_s = time.perf_counter() - t
+    x = data.load().x_test
+    out = {"stages": keys, "load_all_models_s": load_s}
+    for n in (1, 16):
+        batch = x[:n]
+        for s in loaded:  # warm-up
+            predict.predict(s, batch)
+        runs = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            for s in loaded:
+                predict.predict(s, batch)
+            runs.append(time.perf_counter() - t)
+        out[f"{n}_images_all_stages_s"] = statistics.median(runs)
+        out[f"{n}_images_per_stage_s"] = {}
+        for s in loaded:
+            t = time.perf_counter()
+            predict.predict(s, batch)
+            out[f"{n}_images_per_stage_s"][s.key] = time.perf_counter() - t
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    from cifar_dash import runtime
+
+    print(f"machine: {runtime.info()['machine']}; keras {runtime.info()['versions']}")
+    print(f"cold start (fresh process, imports + first Journey run): {cold_start():.2f} s")
+    for page, s in warm_pages(args.reps).items():
+        print(f"warm render {page:22s} {1000 * s:8.1f} ms (median of {args.reps})")
+    p = predictions(args.reps)
+    print(f"loading {len(p['stages'])} models: {p['load_all_models_s']:.2f} s")
+    for n in (1, 16):
+        print(f"upload-to-predictions, {n:2d} image(s) through all {len(p['stages'])} stages: "
+              f"{1000 * p[f'{n}_images_all_stages_s']:.1f} ms")
+        for k, v in p[f"{n}_images_per_stage_s"].items():
+            print(f"    {k:22s} {1000 * v:8.1f} ms")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS with all stages loaded: {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
