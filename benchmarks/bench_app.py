@@ -59,7 +59,6 @@ def warm_pages(reps: int) -> dict:
 
 
 def predictions(reps: int) -> dict:
-    import numpy as np
 
     from cifar_dash import data, predict, results
 

@@ -62,6 +62,13 @@ def _predict(args):
     return status
 
 
+def _robustness(args):
+    from . import robustness
+
+    robustness.run(args.stage, limit=args.limit or None, data_path=args.data)
+    return 0
+
+
 def _results_table(args):
     from . import report
 
@@ -108,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="top-3 of every trained stage for each image")
     pr.add_argument("images", nargs="+")
     pr.set_defaults(fn=_predict)
+
+    rb = sub.add_parser("robustness", help="accuracy under grayscale, flips, shifts, noise, blur, JPEG, colour-only "
+                                           "and shape-only views; writes checkpoints/STAGE/robustness.json")
+    rb.add_argument("stage", choices=KEYS)
+    rb.add_argument("--limit", type=int, default=2000, help="first N test images (default 2000; 0 = all)")
+    rb.add_argument("--data")
+    rb.set_defaults(fn=_robustness)
 
     rt = sub.add_parser("results-table", help="README's results table, generated from metrics.json files")
     rt.add_argument("--write", help="replace the table between the markers in this file (README.md)")

@@ -127,3 +127,30 @@ def probability_bars(probs) -> go.Figure:
 
 def live_curves(progress_history: list[dict]) -> go.Figure:
     return training_curves(progress_history, "accuracy")
+
+
+def robustness_chart(rows: dict[str, dict]) -> go.Figure:
+    """Accuracy per input condition, one bar group per condition, one colour per stage."""
+    fig = go.Figure()
+    for key, rb in rows.items():
+        names = list(rb["accuracy"])
+        fig.add_trace(go.Bar(x=names, y=[100 * rb["accuracy"][n] for n in names], name=key,
+                             hovertemplate=f"{key}<br>%{{x}}: %{{y:.1f}}%<extra></extra>"))
+    fig.update_layout(barmode="group", yaxis_title="test accuracy (%)", margin=dict(l=10, r=10, t=30, b=10),
+                      legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def calibration_chart(results) -> go.Figure:
+    """ECE and mean confidence on right and wrong answers, per stage."""
+    pts = [r for r in results if r.metrics]
+    keys = [r.stage.key for r in pts]
+    cal = [r.metrics["calibration"] for r in pts]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=keys, y=[c["mean_confidence_correct"] for c in cal], name="mean confidence, right answers"))
+    fig.add_trace(go.Bar(x=keys, y=[c["mean_confidence_wrong"] for c in cal], name="mean confidence, wrong answers"))
+    fig.add_trace(go.Scatter(x=keys, y=[c["ece"] for c in cal], name="ECE", mode="lines+markers", yaxis="y2"))
+    fig.update_layout(barmode="group", yaxis=dict(title="confidence", range=[0, 1]),
+                      yaxis2=dict(title="ECE", overlaying="y", side="right", rangemode="tozero"),
+                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.12))
+    return fig

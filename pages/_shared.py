@@ -39,6 +39,49 @@ def trained_results() -> list[results.StageResult]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
+def _robustness(key: str, root: str, stamp: tuple):
+    from cifar_dash import claims
+
+    return claims.robustness_of(results.load_result(key))
+
+
+def robustness_by_stage() -> dict:
+    root = str(artifacts.checkpoints_root())
+    out = {}
+    for r in trained_results():
+        rb = _robustness(r.stage.key, root, _stamp(r.stage.key))
+        if rb:
+            out[r.stage.key] = rb
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def _saliency(key: str, stamp: tuple, digest: str, _img: np.ndarray) -> np.ndarray:
+    from cifar_dash import saliency
+
+    loaded = stage_model(key)
+    return saliency.occlusion_map(loaded.model, _img, tta=loaded.tta)
+
+
+def saliency_row(img: np.ndarray, keys: list[str], columns=None):
+    """One occlusion map per stage over the same image, one colour scale for all."""
+    import hashlib
+
+    from cifar_dash import saliency
+    from cifar_dash.data import CLASS_NAMES
+
+    digest = hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
+    maps = {k: _saliency(k, _stamp(k), digest, img) for k in keys}
+    vmax = saliency.shared_scale([m["map"] for m in maps.values()])
+    cols = columns or st.columns(len(keys))
+    for col, k in zip(cols, keys):
+        m = maps[k]
+        col.image(saliency.overlay(img, m["map"], vmax), width="stretch",
+                  caption=f"{k}: {CLASS_NAMES[m['target']]} {m['probability']:.0%}")
+    return vmax
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
 def _predictions(key: str, root: str, stamp: tuple):
     return results.predictions(key)
 

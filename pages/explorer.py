@@ -84,6 +84,18 @@ shown = idx[:32]
 _shared.gallery(preds.indices[shown], [f"{CLASS_NAMES[preds.labels[j]]} → {CLASS_NAMES[preds.predicted[j]]} "
                                        f"{preds.confidence[j]:.0%}" for j in shown])
 
+if len(shown):
+    with st.expander("Where does each stage look? (occlusion maps for one image of this cell)"):
+        x_test, _, err = _shared.test_set()
+        if err:
+            st.warning(err)
+        else:
+            pick = st.selectbox("Test image", [int(preds.indices[j]) for j in shown], key="explain_pick")
+            keys = [t.stage.key for t in _shared.trained_results()]
+            _shared.saliency_row(x_test[pick], keys)
+            st.caption("Red = hiding this region lowers the stage's confidence in its own answer most; one colour "
+                       "scale across stages.")
+
 c1, c2 = st.columns(2)
 with c1:
     st.subheader("Per-class precision, recall, F1")

@@ -1,7 +1,7 @@
 import pandas as pd
 import streamlit as st
 
-from cifar_dash import analysis, figures
+from cifar_dash import analysis, claims, figures
 from pages import _shared
 
 st.title("CIFAR-10, from a 46% MLP to 94%")
@@ -32,3 +32,24 @@ axis = st.radio("Cost", ["params", "train_seconds"], horizontal=True, key="cost_
                 format_func=lambda v: {"params": "parameters", "train_seconds": "training seconds"}[v])
 st.plotly_chart(figures.cost_scatter(res, axis), key="cost_scatter")
 st.caption("Training seconds are wall-clock on the machine named in each stage's evidence; compare within one machine.")
+
+st.subheader("What the data says")
+st.caption("Each claim of the seed deck, checked against this project's measurements (computed from the stored "
+           "artifacts, not typed).")
+icons = {"supported": ":material/check_circle:", "contradicted": ":material/cancel:",
+         "not measured": ":material/help:"}
+for c in claims.evaluate_claims(res):
+    st.markdown(f"{icons[c.verdict]} **{c.claim}** — *{c.verdict}*. {c.evidence}")
+
+rb = _shared.robustness_by_stage()
+st.subheader("Robustness: accuracy when the input changes")
+if rb:
+    st.plotly_chart(figures.robustness_chart(rb), key="robustness")
+    st.caption("Colour only = heavy blur (shapes gone); shape only = grayscale edges (colours gone). Measured by "
+               "`python -m cifar_dash robustness STAGE` on the first test images (count in the hover of each file).")
+else:
+    st.info("No robustness sweep yet: run `python -m cifar_dash robustness STAGE`.")
+st.subheader("Calibration across stages")
+st.plotly_chart(figures.calibration_chart(res), key="calibration")
+st.caption("A well-calibrated model is less confident when it is wrong; ECE is the gap between confidence and "
+           "accuracy, averaged over 15 confidence bins.")

@@ -57,6 +57,9 @@ for key in trained:
         st.error(f"{key}: {e}")
 stage_keys = list(probs)
 show_details = st.toggle("Show top-3 and probability bars", key="details")
+show_saliency = st.toggle("Show where each stage looks (occlusion maps)", key="saliency",
+                          help="Red = hiding this region lowers the stage's confidence in its own answer most. "
+                               "Same colour scale for every stage of a row.")
 
 header = st.columns([1, 1] + [1] * len(stage_keys))
 header[0].markdown("**image**")
@@ -82,6 +85,10 @@ for n, (name, arr, raw, label) in enumerate(items):
         col.markdown(f"{mark}**{CLASS_NAMES[top]}**  \n{p[top]:.0%}")
         if show_details:
             col.caption(" · ".join(f"{c} {q:.0%}" for c, q in predict.top_k(p[None], 3)[0]))
+    if show_saliency:
+        cols = st.columns([1, 1] + [1] * len(stage_keys))
+        cols[1].caption("occlusion maps →")
+        _shared.saliency_row(arr, stage_keys, cols[2:])
     verdict = (f"All {len(stage_keys)} stages agree: **{CLASS_NAMES[d['consensus']]}**." if d["agree"] else
                f"Stages disagree; majority **{CLASS_NAMES[d['consensus']]}** ({d['share']:.0%} of stages).")
     st.caption(verdict)

@@ -146,3 +146,26 @@ def test_training_page_and_sidebar_render(app_env):
     assert not at.exception
     assert list(at.dataframe[0].value["stage"]) == ["mlp", "deep_mlp", "cnn", "vgg_aug", "mobilenetv2_frozen",
                                                     "mobilenetv2_finetune", "resnet50v2", "resnet50v2_sota"]
+
+
+def test_journey_states_each_seed_claim_with_a_verdict(app_env):
+    at = _app()
+    verdicts = [t for t in _texts(at) if "— *supported*" in t or "— *contradicted*" in t or "— *not measured*" in t]
+    assert len(verdicts) == 6
+    assert any("deep_mlp (2,366,474 parameters)" in t for t in verdicts)
+    calib = next(c for c in _charts(at) if any(d.get("name") == "ECE" for d in c["data"]))
+    ece = next(d for d in calib["data"] if d["name"] == "ECE")
+    mlp = json.loads((app_env / "mlp" / "metrics.json").read_text())
+    assert _arr(ece["y"])[0] == pytest.approx(mlp["calibration"]["ece"])
+
+
+def test_predict_shows_one_saliency_map_per_stage(app_env):
+    at = _app()
+    at.switch_page("pages/predict.py").run()
+    at.number_input(key="n_random").set_value(2)
+    at.button(key="draw").click().run()
+    before = len(at.get("image"))
+    at.toggle(key="saliency").set_value(True).run()
+    assert not at.exception
+    assert len(at.get("image")) == before + 2 * 3  # 2 images x 3 stages
+    assert sum("occlusion maps" in c for c in _texts(at)) == 2

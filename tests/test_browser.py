@@ -82,7 +82,7 @@ def _no_exception(pg):
 def test_every_page_opens(page, server, path, heading):
     page.goto(f"{server}/{path}")
     page.get_by_role("heading", name=heading).wait_for()
-    page.get_by_text("Retrain a stage").wait_for()  # the sidebar is on every page
+    page.locator("[data-testid='stSidebar']").get_by_text("Retrain a stage").wait_for()  # on every page
     if path == "":
         page.locator(".js-plotly-plot").first.wait_for()
     _no_exception(page)
@@ -101,6 +101,11 @@ def test_upload_png_gives_one_prediction_per_stage(page, server, tmp_path):
         assert main.get_by_text(key, exact=True).count() >= 1
     cells = main.locator("[data-testid='stMarkdownContainer']").filter(has_text="%")
     assert cells.count() == 3  # one prediction per trained stage
+    images_before = main.locator("[data-testid='stImage']").count()
+    main.get_by_text("Show where each stage looks").click()
+    page.get_by_text("occlusion maps").first.wait_for()
+    page.wait_for_function(f"document.querySelectorAll(\"[data-testid='stMain'] [data-testid='stImage']\").length"
+                           f" >= {images_before + 3}")
     _no_exception(page)
 
 

@@ -1,0 +1,126 @@
+"""The seed deck's claims, each checked against measured artifacts. Every sentence here is computed from
+metrics.json, history.json and robustness.json; a claim without the artifacts it needs says so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import artifacts
+
+
+@dataclass
+class Claim:
+    claim: str
+    verdict: str  # supported | contradicted | not measured
+    evidence: str
+
+
+def _by_key(results):
+    return {r.stage.key: r for r in results if r.metrics}
+
+
+def robustness_of(result) -> dict | None:
+    """The stage's robustness.json when it belongs to the current model (same run_id), else None."""
+    if result is None or result.folder is None:
+        return None
+    try:
+        rb = artifacts.read_json(result.folder / artifacts.ROBUSTNESS)
+    except artifacts.ArtifactError:
+        return None
+    if rb.get("run_id") and result.metrics and rb["run_id"] != result.metrics.get("run_id"):
+        return None
+    return rb
+
+
+def final_gap(result) -> float | None:
+    """Train minus validation accuracy at the last epoch."""
+    if not result or not result.history:
+        return None
+    last = result.history[-1]
+    return last["accuracy"] - last["val_accuracy"]
+
+
+def _pct(v):
+    return f"{100 * v:.1f}%"
+
+
+def colour_vs_shape(results) -> Claim:
+    text = "The MLP leans on background colour more than on shape."
+    r = _by_key(results)
+    mlp, cnn = robustness_of(r.get("mlp")), robustness_of(r.get("cnn"))
+    if not mlp:
+        return Claim(text, "not measured", "run `python -m cifar_dash robustness mlp` (and cnn) to measure it")
+    a = mlp["accuracy"]
+    keep_c, keep_s = a["colour only (blur radius 4)"] / a["clean"], a["shape only (grayscale edges)"] / a["clean"]
+    ev = (f"On {mlp['n_test']:,} test images the MLP keeps {_pct(keep_c)} of its clean accuracy ({_pct(a['clean'])}) "
+          f"when only colour survives (heavy blur) and {_pct(keep_s)} when only shape survives (grayscale edges).")
+    if cnn:
+        c = cnn["accuracy"]
+        ev += (f" The CNN keeps {_pct(c['colour only (blur radius 4)'] / c['clean'])} and "
+               f"{_pct(c['shape only (grayscale edges)'] / c['clean'])}.")
+    return Claim(text, "supported" if keep_c > keep_s else "contradicted", ev)
+
+
+def deep_mlp_overfits(results) -> Claim:
+    text = "A deep, wide MLP (about 2.3 M parameters) memorises the training set, so test accuracy goes down."
+    r = _by_key(results)
+    if "mlp" not in r or "deep_mlp" not in r:
+        return Claim(text, "not measured", "needs both mlp and deep_mlp trained")
+    a, b = r["mlp"], r["deep_mlp"]
+    ga, gb = final_gap(a), final_gap(b)
+    ev = (f"deep_mlp ({b.metrics['params']:,} parameters): train accuracy {_pct(b.history[-1]['accuracy'])}, "
+          f"validation {_pct(b.history[-1]['val_accuracy'])} (gap {100 * gb:.1f} points), test {_pct(b.accuracy)}; "
+          f"mlp ({a.metrics['params']:,}): gap {100 * ga:.1f} points, test {_pct(a.accuracy)}.")
+    return Claim(text, "supported" if b.accuracy < a.accuracy and gb > ga else "contradicted", ev)
+
+
+def augmentation_blocks_overfitting(results) -> Claim:
+    text = "Augmentation (flip, rotation, zoom) with VGG blocks blocks overfitting."
+    r = _by_key(results)
+    if "cnn" not in r or "vgg_aug" not in r:
+        return Claim(text, "not measured", "needs cnn and vgg_aug trained")
+    gc, gv = final_gap(r["cnn"]), final_gap(r["vgg_aug"])
+    ev = (f"Train minus validation accuracy at the last epoch: cnn {100 * gc:+.1f} points, vgg_aug {100 * gv:+.1f} "
+          f"points (vgg_aug's train accuracy is measured on augmented images); test accuracy "
+          f"{_pct(r['cnn'].accuracy)} -> {_pct(r['vgg_aug'].accuracy)}.")
+    return Claim(text, "supported" if gv < gc else "contradicted", ev)
+
+
+def frozen_is_small_and_fast(results) -> Claim:
+    text = "Freezing the ImageNet MobileNetV2 leaves about 160 thousand trainable parameters."
+    r = _by_key(results).get("mobilenetv2_frozen")
+    if not r:
+        return Claim(text, "not measured", "needs mobilenetv2_frozen trained")
+    m = r.metrics
+    ev = (f"{m['trainable_params']:,} of {m['params']:,} parameters train; {m['epochs']} epochs took "
+          f"{m['train_seconds'] / 60:.1f} min on {m.get('train_machine')}; test accuracy {_pct(r.accuracy)}.")
+    return Claim(text, "supported" if 0.9 * 160e3 <= m["trainable_params"] <= 1.1 * 160e3 else "contradicted", ev)
+
+
+def finetuning_helps(results) -> Claim:
+    text = "Unfreezing the deeper layers at a very low learning rate (1e-5) improves on the frozen base."
+    r = _by_key(results)
+    if "mobilenetv2_frozen" not in r or "mobilenetv2_finetune" not in r:
+        return Claim(text, "not measured", "needs both MobileNetV2 stages trained")
+    a, b = r["mobilenetv2_frozen"].accuracy, r["mobilenetv2_finetune"].accuracy
+    return Claim(text, "supported" if b > a else "contradicted",
+                 f"test accuracy {_pct(a)} frozen -> {_pct(b)} fine-tuned ({100 * (b - a):+.2f} points).")
+
+
+def label_smoothing_calibrates(results) -> Claim:
+    text = "Label smoothing (with MixUp) lowers over-confidence."
+    r = _by_key(results)
+    if "resnet50v2" not in r or "resnet50v2_sota" not in r:
+        return Claim(text, "not measured", "needs resnet50v2 and resnet50v2_sota trained")
+    ca, cb = r["resnet50v2"].metrics["calibration"], r["resnet50v2_sota"].metrics["calibration"]
+    ev = (f"mean confidence on wrong answers {ca['mean_confidence_wrong']:.3f} -> {cb['mean_confidence_wrong']:.3f}; "
+          f"ECE {ca['ece']:.4f} -> {cb['ece']:.4f}.")
+    return Claim(text, "supported" if cb["mean_confidence_wrong"] < ca["mean_confidence_wrong"] else "contradicted", ev)
+
+
+CHECKS = (colour_vs_shape, deep_mlp_overfits, augmentation_blocks_overfitting, frozen_is_small_and_fast,
+          finetuning_helps, label_smoothing_calibrates)
+
+
+def evaluate_claims(results) -> list[Claim]:
+    return [check(results) for check in CHECKS]

@@ -1,0 +1,69 @@
+"""Where each stage looks: occlusion sensitivity maps, one method for every stage so maps are comparable.
+
+Occlusion needs only forward passes, so it works for MLPs and CNNs alike and under any Keras backend: slide a grey
+patch over the image and record how much the probability of the stage's own top class drops. Gradient methods
+(Grad-CAM) would need backend-specific gradient code; occlusion answers the same question ("which pixels does the
+decision depend on?") with the same units (probability) for every stage, so one colour scale fits all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .evaluate import predict_probs
+
+
+def occlusion_batch(img: np.ndarray, patch: int = 8, stride: int = 4, fill: float | None = None):
+    """The occluded copies of ``img`` and the (y, x) corner of each patch."""
+    img = np.asarray(img, dtype=np.float32)
+    h, w = img.shape[:2]
+    fill_value = img.mean(axis=(0, 1)) if fill is None else np.full(3, fill, np.float32)
+    corners = [(y, x) for y in range(0, h - patch + 1, stride) for x in range(0, w - patch + 1, stride)]
+    batch = np.repeat(img[None], len(corners), axis=0)
+    for k, (y, x) in enumerate(corners):
+        batch[k, y:y + patch, x:x + patch] = fill_value
+    return batch, corners
+
+
+def occlusion_map(model, img: np.ndarray, patch: int = 8, stride: int = 4, target: int | None = None,
+                  tta: bool = False) -> dict:
+    """Probability drop of the target class (default: the stage's own top-1) per pixel, averaged over the patches
+    that covered it. Positive = hiding this region lowers the model's belief."""
+    img = np.asarray(img, dtype=np.float32)
+    base = predict_probs(model, img[None], tta=tta)[0]
+    target = int(np.argmax(base)) if target is None else int(target)
+    batch, corners = occlusion_batch(img, patch, stride)
+    probs = predict_probs(model, batch, batch_size=256, tta=tta)
+    drop = base[target] - probs[:, target]
+    heat = np.zeros(img.shape[:2], np.float64)
+    count = np.zeros(img.shape[:2], np.float64)
+    for d, (y, x) in zip(drop, corners):
+        heat[y:y + patch, x:x + patch] += d
+        count[y:y + patch, x:x + patch] += 1
+    heat = np.divide(heat, count, out=np.zeros_like(heat), where=count > 0)
+    return {"map": heat.astype(np.float32), "target": target, "probability": float(base[target])}
+
+
+_STOPS = np.array([[0, 0, 0.5], [0, 0.4, 1], [0, 0.9, 0.9], [1, 1, 0], [1, 0.5, 0], [0.8, 0, 0]])
+
+
+def colorize(values: np.ndarray, vmax: float) -> np.ndarray:
+    """Map values in [0, vmax] to RGB (blue -> red) without matplotlib."""
+    v = np.clip(np.asarray(values, np.float64) / max(vmax, 1e-9), 0, 1) * (len(_STOPS) - 1)
+    lo = np.floor(v).astype(int)
+    hi = np.minimum(lo + 1, len(_STOPS) - 1)
+    t = (v - lo)[..., None]
+    return ((1 - t) * _STOPS[lo] + t * _STOPS[hi]) * 255
+
+
+def overlay(img: np.ndarray, heat: np.ndarray, vmax: float, scale: int = 4, alpha: float = 0.55) -> np.ndarray:
+    """The image upscaled with the heat map blended on top, as uint8 RGB."""
+    big = np.repeat(np.repeat(np.asarray(img, np.float64), scale, 0), scale, 1)
+    colour = np.repeat(np.repeat(colorize(np.maximum(heat, 0), vmax), scale, 0), scale, 1)
+    weight = alpha * np.clip(np.repeat(np.repeat(np.maximum(heat, 0), scale, 0), scale, 1) / max(vmax, 1e-9), 0, 1)
+    return np.clip((1 - weight[..., None]) * big + weight[..., None] * colour, 0, 255).astype(np.uint8)
+
+
+def shared_scale(maps: list[np.ndarray]) -> float:
+    """One colour scale for all stages: the largest probability drop seen in any map (at least 0.05)."""
+    return max([0.05] + [float(np.max(m)) for m in maps])

@@ -1,0 +1,94 @@
+"""Saliency, robustness sweep and the seed's claims."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cifar_dash import artifacts, claims, figures, predict, results, robustness, saliency
+
+
+def test_occlusion_map_shape_finite_and_differs_between_stages(trained_root, monkeypatch, cifar_npz):
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(trained_root))
+    img = np.load(cifar_npz)["x_test"][0]
+    maps = {k: saliency.occlusion_map(predict.load_stage(k).model, img)["map"] for k in ("mlp", "cnn")}
+    for m in maps.values():
+        assert m.shape == (32, 32) and np.isfinite(m).all()
+    assert not np.allclose(maps["mlp"], maps["cnn"])
+    over = saliency.overlay(img, maps["cnn"], saliency.shared_scale(list(maps.values())))
+    assert over.shape == (128, 128, 3) and over.dtype == np.uint8
+
+
+def test_occlusion_map_against_a_hand_built_model():
+    """A 'model' whose class-0 probability is the mean of the top-left 8x8 block: hiding that block is all that
+    matters, and the drop is exactly computable."""
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Cropping2D(((0, 24), (0, 24)))(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Lambda(lambda t: keras.ops.concatenate([t[:, :1] / 255, 1 - t[:, :1] / 255] +
+                                                            [keras.ops.zeros_like(t[:, :1])] * 8, axis=1))(x)
+    model = keras.Model(inp, x)
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:8, :8] = 255  # class 0 with probability 1; image mean is 255/16
+    out = saliency.occlusion_map(model, img, patch=8, stride=8)
+    assert out["target"] == 0 and out["probability"] == pytest.approx(1.0)
+    drop = 1 - (255 / 16) / 255
+    assert out["map"][0, 0] == pytest.approx(drop, rel=1e-5)
+    assert np.allclose(out["map"][8:, :], 0) and np.allclose(out["map"][:, 8:], 0)
+
+
+def test_shift_functions():
+    x = np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3)
+    t = robustness.translate(x, 2)
+    np.testing.assert_array_equal(t[:, 2:, 2:], x[:, :30, :30])
+    g = robustness.grayscale(x)
+    assert (g[..., 0] == g[..., 1]).all()
+    edges = robustness.shape_only(np.tile(np.array([0, 255], np.uint8).repeat(16)[None, None, :, None],
+                                          (1, 32, 1, 3)))
+    assert edges[0, 10, 15:17, 0].min() == 255 and edges[0, 10, 0, 0] == 0  # edge at the step, none in flat area
+    assert robustness.colour_only(x).shape == x.shape and robustness.jpeg(x).shape == x.shape
+
+
+def test_robustness_command_writes_its_artifact_and_the_chart_shows_it(trained_root, tmp_path, cifar_npz,
+                                                                       monkeypatch):
+    import shutil
+
+    root = tmp_path / "ck"
+    shutil.copytree(trained_root, root)
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
+    out = robustness.run("mlp", limit=100, data_path=cifar_npz)
+    stored = json.loads((root / "mlp" / "robustness.json").read_text())
+    assert stored["n_test"] == 100 and set(stored["accuracy"]) == set(robustness.CONDITIONS)
+    assert stored["accuracy"]["clean"] == pytest.approx(out["accuracy"]["clean"])
+    preds = results.predictions("mlp")
+    assert stored["accuracy"]["clean"] == pytest.approx((preds.predicted[:100] == preds.labels[:100]).mean())
+    fig = figures.robustness_chart({"mlp": stored})
+    assert fig.data[0].name == "mlp" and len(fig.data[0].x) == len(robustness.CONDITIONS)
+    r = results.load_result("mlp")
+    assert claims.robustness_of(r)["n_test"] == 100
+    verdict = claims.colour_vs_shape(results.load_all())
+    assert verdict.verdict in ("supported", "contradicted") and "MLP keeps" in verdict.evidence
+
+
+def test_claims_are_computed_from_artifacts(trained_root, monkeypatch):
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(trained_root))
+    res = results.load_all()
+    found = {c.claim: c for c in claims.evaluate_claims(res)}
+    deep = next(c for k, c in found.items() if "deep" in k)
+    mlp, dm = results.load_result("mlp"), results.load_result("deep_mlp")
+    expected = "supported" if (dm.accuracy < mlp.accuracy and claims.final_gap(dm) > claims.final_gap(mlp)) \
+        else "contradicted"
+    assert deep.verdict == expected and f"{100 * dm.accuracy:.1f}%" in deep.evidence
+    assert next(c for k, c in found.items() if "Label smoothing" in k).verdict == "not measured"
+
+
+def test_robustness_of_ignores_a_sweep_of_an_older_model(trained_root, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "ck"
+    shutil.copytree(trained_root, root)
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
+    artifacts.write_json(root / "mlp" / "robustness.json", {"run_id": "old", "accuracy": {}, "n_test": 1})
+    assert claims.robustness_of(results.load_result("mlp")) is None
