@@ -11,7 +11,6 @@ import signal
 import sys
 import time
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -97,17 +96,16 @@ def _fmt_seconds(s):
 class Progress(keras.callbacks.Callback):
     """Writes progress.json (for the dashboard) and draws a progress bar on stderr."""
 
-    def __init__(self, path, stage, total_epochs, steps, val_steps, epoch_offset_seconds, stream=sys.stderr):
+    def __init__(self, path, stage, total_epochs, steps, stream=sys.stderr):
         super().__init__()
         self.path, self.stage = Path(path), stage
-        self.total_epochs, self.steps, self.val_steps = total_epochs, steps, val_steps
+        self.total_epochs, self.steps = total_epochs, steps
         self.stream = stream
         self.tty = stream.isatty()
         self.phase = ""
         self.epoch = 0
         self.step_times = []
         self.last_write = 0.0
-        self.train_seconds_before = epoch_offset_seconds
         self.last_line_fraction = -1
 
     def write(self, state, **extra):
@@ -248,8 +246,7 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
         train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed)
         val_y = np.eye(NUM_CLASSES, dtype="float32")[y_val]
         canceller = CancelOnSignal()
-        progress = Progress(progress_path, stage.key, recipe.epochs, len(train_batches),
-                            math.ceil(len(x_val) / 256), state["train_seconds"], stream)
+        progress = Progress(progress_path, stage.key, recipe.epochs, len(train_batches), stream)
         start_epoch = 0
         for i, phase in enumerate(recipe.phases):
             end_epoch = start_epoch + phase.epochs
@@ -257,9 +254,7 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
                 start_epoch = end_epoch
                 continue
             resuming_mid_phase = state["epochs_done"] > start_epoch
-            if not resuming_mid_phase:
-                compile_for_phase(model, recipe, phase)
-            elif model.optimizer is None:
+            if not resuming_mid_phase or model.optimizer is None:
                 compile_for_phase(model, recipe, phase)
             progress.phase = phase.name
             callbacks = [canceller, progress, EpochCheckpoint(work, state, i)]
@@ -349,6 +344,3 @@ def describe_weights(recipe, weights):
         return {"source": weights or "random"}
     return {"source": "file", "file": Path(weights).name, "sha256": artifacts.file_sha256(Path(weights))}
 
-
-def describe(recipe) -> dict:
-    return asdict(recipe)
