@@ -14,15 +14,31 @@ def _duration(seconds):
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
 
 
+def deviations(r) -> list[str]:
+    """How a shipped run differs from the stage's default recipe, read from its metrics (never typed)."""
+    m, default = r.metrics, r.stage.recipe
+    notes = []
+    if m.get("epochs") != default.epochs:
+        notes.append(f"{m.get('epochs')} of the recipe's {default.epochs} epochs")
+    if m.get("limit"):
+        notes.append(f"smoke run on {m['limit']:,} images")
+    if default.backbone and m.get("backbone") != default.backbone:
+        notes.append(f"{m.get('backbone')} backbone instead of {default.backbone}")
+    if r.status == "stale":
+        notes.append("model retrained since this evaluation")
+    return notes
+
+
 def results_markdown(root: Path | None = None) -> str:
     lines = [
-        "| stage | reported | measured (test images) | epochs | train time | train machine | backbone |",
-        "|---|---|---|---|---|---|---|",
+        "| stage | reported | measured (test images) | vs reported | epochs | train time | train machine | backbone "
+        "| differs from the default recipe |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results.load_all(root):
         s = r.stage
         if r.metrics is None:
-            lines.append(f"| `{s.key}` | {s.reported_accuracy:.2f}% | {r.status} | - | - | - | - |")
+            lines.append(f"| `{s.key}` | {s.reported_accuracy:.2f}% | {r.status} | - | - | - | - | - | - |")
             continue
         m = r.metrics
         backbone = m.get("backbone") or "-"
@@ -32,8 +48,10 @@ def results_markdown(root: Path | None = None) -> str:
         measured = f"{100 * m['test_accuracy']:.2f}% ({m['n_test']:,})"
         if r.status == "stale":
             measured += " stale"
-        lines.append(f"| `{s.key}` | {s.reported_accuracy:.2f}% | {measured} | {m.get('epochs', '-')} | "
-                     f"{_duration(m.get('train_seconds'))} | {m.get('train_machine', '-')} | {backbone} |")
+        delta = 100 * m["test_accuracy"] - s.reported_accuracy
+        lines.append(f"| `{s.key}` | {s.reported_accuracy:.2f}% | {measured} | {delta:+.2f} | {m.get('epochs', '-')} | "
+                     f"{_duration(m.get('train_seconds'))} | {m.get('train_machine', '-')} | {backbone} | "
+                     f"{'; '.join(deviations(r)) or '-'} |")
     return "\n".join(lines)
 
 

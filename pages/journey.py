@@ -1,7 +1,9 @@
+import os
+
 import pandas as pd
 import streamlit as st
 
-from cifar_dash import analysis, claims, figures
+from cifar_dash import analysis, claims, data, figures, jobs
 from pages import _shared
 
 st.title("CIFAR-10, from a 46% MLP to 94%")
@@ -22,8 +24,15 @@ st.dataframe(df, hide_index=True, width="stretch", column_config={
 missing = [r for r in res if r.status != "trained"]
 for r in missing:
     if r.status == "untrained":
-        st.info(f"**{r.stage.key}** is not trained yet. Pick it under *Retrain a stage* in the sidebar, or run "
+        c1, c2 = st.columns([5, 1])
+        c1.info(f"**{r.stage.key}** is not trained yet: {r.stage.recipe.epochs} epochs of its recipe, or run "
                 f"`python -m cifar_dash train {r.stage.key}`.")
+        if c2.button("Train now", key=f"train_now_{r.stage.key}"):
+            try:
+                jobs.start(r.stage.key, data_path=os.environ.get(data.ENV_VAR))
+                st.toast(f"Started training {r.stage.key}; progress is in the sidebar")
+            except jobs.JobRunning as e:
+                st.warning(str(e))
     else:
         st.error(f"**{r.stage.key}**: {r.error}")
 

@@ -52,6 +52,7 @@ def test_results_table_from_metrics(trained_root):
     r = _run("results-table", root=trained_root)
     assert r.returncode == 0
     assert "| `mlp` | 46.19% |" in r.stdout and "| `resnet50v2` | 93.90% | untrained |" in r.stdout
+    assert "smoke run on 400 images" in r.stdout  # the fixture runs used --limit 400
     _ = io  # keep import for image helpers
 
 
