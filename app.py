@@ -1,18 +1,71 @@
-"""cifar-dash: CIFAR-10 from a 46% MLP to 94%, stage by stage. Run with `streamlit run app.py`."""
+"""cifar-dash: CIFAR-10 from a 46% MLP to 94%, stage by stage. Run with `streamlit run app.py`.
 
+This file is the Journey page; the other pages are in pages/. Every page starts with _shared.page_setup(), which draws
+the navigation and the training sidebar, so any page URL works on its own."""
+
+import os
+
+import pandas as pd
 import streamlit as st
 
-st.set_page_config(page_title="cifar-dash", page_icon=":material/trending_up:", layout="wide")
+from cifar_dash import analysis, claims, data, figures, jobs
+from pages import _shared
 
-from pages import _shared  # noqa: E402  (after set_page_config)
+_shared.page_setup("Journey")
 
-pages = [
-    st.Page("pages/journey.py", title="Journey", icon=":material/trending_up:", default=True),
-    st.Page("pages/explorer.py", title="Stage explorer", icon=":material/search:"),
-    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
-    st.Page("pages/predict.py", title="Upload & predict", icon=":material/upload:"),
-    st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
-]
-page = st.navigation(pages)
-_shared.training_sidebar()
-page.run()
+st.title("CIFAR-10, from a 46% MLP to 94%")
+st.caption("Each stage changes one idea. Dashed grey: the seed deck's reported figure. Blue: what this project's "
+           "code measured on the 10,000 CIFAR-10 test images, with the evidence on hover.")
+res = _shared.all_results()
+st.plotly_chart(figures.growth_curve(res), key="growth_curve")
+
+rows = analysis.stage_rows(res)
+df = pd.DataFrame(rows).drop(columns=["error"])
+st.subheader("Stages")
+st.dataframe(df, hide_index=True, width="stretch", column_config={
+    "reported %": st.column_config.NumberColumn(format="%.2f"),
+    "measured %": st.column_config.NumberColumn(format="%.2f"),
+    "train s": st.column_config.NumberColumn(format="%.0f"),
+    "params": st.column_config.NumberColumn(format="%d"),
+})
+missing = [r for r in res if r.status != "trained"]
+for r in missing:
+    if r.status == "untrained":
+        c1, c2 = st.columns([5, 1])
+        c1.info(f"**{r.stage.key}** is not trained yet: {r.stage.recipe.epochs} epochs of its recipe, or run "
+                f"`python -m cifar_dash train {r.stage.key}`.")
+        if c2.button("Train now", key=f"train_now_{r.stage.key}"):
+            try:
+                jobs.start(r.stage.key, data_path=os.environ.get(data.ENV_VAR))
+                st.toast(f"Started training {r.stage.key}; progress is in the sidebar")
+            except jobs.JobRunning as e:
+                st.warning(str(e))
+    else:
+        st.error(f"**{r.stage.key}**: {r.error}")
+
+st.subheader("Accuracy against cost")
+axis = st.radio("Cost", ["params", "train_seconds"], horizontal=True, key="cost_axis",
+                format_func=lambda v: {"params": "parameters", "train_seconds": "training seconds"}[v])
+st.plotly_chart(figures.cost_scatter(res, axis), key="cost_scatter")
+st.caption("Training seconds are wall-clock on the machine named in each stage's evidence; compare within one machine.")
+
+st.subheader("What the data says")
+st.caption("Each claim of the seed deck, checked against this project's measurements (computed from the stored "
+           "artifacts, not typed).")
+icons = {"supported": ":material/check_circle:", "contradicted": ":material/cancel:",
+         "not measured": ":material/help:"}
+for c in claims.evaluate_claims(res):
+    st.markdown(f"{icons[c.verdict]} **{c.claim}** — *{c.verdict}*. {c.evidence}")
+
+rb = _shared.robustness_by_stage()
+st.subheader("Robustness: accuracy when the input changes")
+if rb:
+    st.plotly_chart(figures.robustness_chart(rb), key="robustness")
+    st.caption("Colour only = heavy blur (shapes gone); shape only = grayscale edges (colours gone). Measured by "
+               "`python -m cifar_dash robustness STAGE` on the first test images (count in the hover of each file).")
+else:
+    st.info("No robustness sweep yet: run `python -m cifar_dash robustness STAGE`.")
+st.subheader("Calibration across stages")
+st.plotly_chart(figures.calibration_chart(res), key="calibration")
+st.caption("A well-calibrated model is less confident when it is wrong; ECE is the gap between confidence and "
+           "accuracy, averaged over 15 confidence bins.")

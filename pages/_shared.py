@@ -151,6 +151,27 @@ def status_badge(r: results.StageResult) -> str:
     return "not trained yet"
 
 
+# ---- page frame: navigation + training sidebar ------------------------------------------------------------------
+
+NAV = (
+    ("app.py", "Journey", ":material/trending_up:"),
+    ("pages/explorer.py", "Stage explorer", ":material/search:"),
+    ("pages/compare.py", "Compare", ":material/compare_arrows:"),
+    ("pages/predict.py", "Upload & predict", ":material/upload:"),
+    ("pages/training.py", "Training", ":material/model_training:"),
+)
+
+
+def page_setup(title: str):
+    """First call of every page: page config, navigation links and the training controls in the sidebar."""
+    st.set_page_config(page_title=f"{title} · cifar-dash", page_icon=":material/trending_up:", layout="wide")
+    with st.sidebar:
+        for path, label, icon in NAV:
+            st.page_link(path, label=label, icon=icon)
+        st.divider()
+    training_sidebar()
+
+
 # ---- training sidebar -------------------------------------------------------------------------------------------
 
 def training_sidebar():
@@ -222,3 +243,7 @@ def _job_card(s: jobs.JobStatus):
         box.error(f"{s.message or s.state}. The previous checkpoint is untouched.")
     with box.expander("Log"):
         st.code(jobs.tail_log(s.stage, 25) or "(empty)", language=None)
+
+
+if __name__ == "__main__":  # opened as a page by URL: there is nothing to show here
+    st.switch_page("app.py")

@@ -5,6 +5,8 @@ from cifar_dash import analysis, figures
 from cifar_dash.data import CLASS_NAMES
 from pages import _shared
 
+_shared.page_setup("Compare")
+
 st.title("Compare stages")
 trained = [r.stage.key for r in _shared.trained_results()]
 if len(trained) < 2:

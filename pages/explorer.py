@@ -5,6 +5,8 @@ from cifar_dash import analysis, figures, stages
 from cifar_dash.data import CLASS_NAMES
 from pages import _shared
 
+_shared.page_setup("Stage explorer")
+
 st.title("Stage explorer")
 res = {r.stage.key: r for r in _shared.all_results()}
 trained = [k for k, r in res.items() if r.metrics]

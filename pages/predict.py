@@ -7,6 +7,8 @@ from cifar_dash import analysis, figures, images, predict
 from cifar_dash.data import CLASS_NAMES
 from pages import _shared
 
+_shared.page_setup("Upload & predict")
+
 st.title("Upload & predict")
 st.caption("Every trained stage looks at the same 32x32 image. Where they disagree, the cell is marked.")
 trained = [r.stage.key for r in _shared.trained_results()]

@@ -6,6 +6,8 @@ import streamlit as st
 from cifar_dash import jobs, stages
 from pages import _shared
 
+_shared.page_setup("Training")
+
 st.title("Training jobs")
 st.caption("Jobs run `python -m cifar_dash train STAGE` in the background (train, then evaluate). Start them from "
            "the sidebar; each stage runs one job at a time. A cancelled or failed job leaves the previous checkpoint "

@@ -144,6 +144,7 @@ def test_training_page_and_sidebar_render(app_env):
     assert at.selectbox(key="train_stage").value == "mlp"
     at.switch_page("pages/training.py").run()
     assert not at.exception
+    assert at.button(key="train_start").label == "Start training"  # the sidebar is on every page
     assert list(at.dataframe[0].value["stage"]) == ["mlp", "deep_mlp", "cnn", "vgg_aug", "mobilenetv2_frozen",
                                                     "mobilenetv2_finetune", "resnet50v2", "resnet50v2_sota"]
 

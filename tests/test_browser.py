@@ -56,15 +56,20 @@ def server(trained_root, cifar_npz, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1500, "height": 1000})
-        pg.set_default_timeout(90_000)
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(server, browser):
+    pg = browser.new_page(viewport={"width": 1500, "height": 1000})
+    pg.set_default_timeout(90_000)
+    return pg
 
 
 def _no_exception(pg):
@@ -86,6 +91,21 @@ def test_every_page_opens(page, server, path, heading):
     if path == "":
         page.locator(".js-plotly-plot").first.wait_for()
     _no_exception(page)
+
+
+def test_a_deep_link_opened_first_gets_navigation_and_sidebar(server, browser):
+    context = browser.new_context()  # a fresh session whose first request is a page URL
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(f"{server}/compare")
+    pg.get_by_role("heading", name="Compare stages").wait_for()
+    side = pg.locator("[data-testid='stSidebar']")
+    side.get_by_text("Retrain a stage").wait_for()
+    for label in ("Journey", "Stage explorer", "Compare", "Upload & predict", "Training"):
+        assert side.get_by_role("link", name=label).count() == 1
+    side.get_by_role("link", name="Journey").click()
+    pg.get_by_role("heading", name="CIFAR-10, from a 46% MLP to 94%").wait_for()
+    context.close()
 
 
 def test_upload_png_gives_one_prediction_per_stage(page, server, tmp_path):
