@@ -159,14 +159,17 @@ class Progress(keras.callbacks.Callback):
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: history row, the full model with optimizer state, and state.json, all atomic."""
 
-    def __init__(self, work, state, phase_index):
+    def __init__(self, work, state, phase_index, canceller=None):
         super().__init__()
         self.work, self.state, self.phase_index = Path(work), state, phase_index
+        self.canceller = canceller
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.canceller is not None and self.canceller.requested:
+            return  # a cancelled epoch is incomplete: resume must redo it, not count it
         seconds = time.time() - self.t0
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row = {"epoch": epoch + 1, "phase": self.state["phases"][self.phase_index], "seconds": round(seconds, 2),
@@ -257,7 +260,7 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
             if not resuming_mid_phase or model.optimizer is None:
                 compile_for_phase(model, recipe, phase)
             progress.phase = phase.name
-            callbacks = [canceller, progress, EpochCheckpoint(work, state, i)]
+            callbacks = [canceller, progress, EpochCheckpoint(work, state, i, canceller)]
             if recipe.lr_schedule == "reduce_on_plateau":
                 callbacks.append(keras.callbacks.ReduceLROnPlateau(
                     monitor="val_accuracy", mode="max", factor=recipe.plateau_factor,
