@@ -67,3 +67,75 @@ def overlay(img: np.ndarray, heat: np.ndarray, vmax: float, scale: int = 4, alph
 def shared_scale(maps: list[np.ndarray]) -> float:
     """One colour scale for all stages: the largest probability drop seen in any map (at least 0.05)."""
     return max([0.05] + [float(np.max(m)) for m in maps])
+
+
+class SaliencyUnavailable(RuntimeError):
+    """This method does not apply to this model or backend; the message says why."""
+
+
+def feature_layer(model):
+    """The last spatial feature map of a convolutional stage: the last 4-D output that is not pooling, dropout or
+    preprocessing (the nested ImageNet backbone counts as one layer). None for MLPs."""
+    skip = ("MaxPooling2D", "Dropout", "Rescaling", "UpSampling2D", "CaffePreprocess", "InputLayer")
+    for layer in reversed(model.layers):
+        if layer.__class__.__name__ in skip or layer.name.startswith("aug_"):
+            continue
+        try:
+            shape = layer._inbound_nodes[0].output_tensors[0].shape
+        except (IndexError, AttributeError):
+            continue
+        if len(shape) == 4:
+            return layer
+        if layer.__class__.__name__ == "Flatten" or len(shape) != 2:
+            continue
+    return None
+
+
+def gradcam_map(model, img: np.ndarray, target: int | None = None) -> dict:
+    """Grad-CAM on the last spatial feature map, upsampled to the image and scaled to its own maximum (0..1).
+    Needs the TensorFlow backend (gradients are backend-specific in Keras 3); raises SaliencyUnavailable otherwise."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise SaliencyUnavailable("Grad-CAM is implemented for the TensorFlow backend; use occlusion")
+    layer = feature_layer(model)
+    if layer is None:
+        raise SaliencyUnavailable(f"{model.name} has no convolutional feature map (an MLP); use occlusion")
+    import tensorflow as tf
+
+    feats_t = layer._inbound_nodes[0].output_tensors[0]
+    sub = keras.Model(model.inputs, [feats_t, model.outputs[0]])
+    x = tf.convert_to_tensor(np.asarray(img, np.float32)[None])
+    with tf.GradientTape() as tape:
+        feats, probs = sub(x, training=False)
+        t = int(tf.argmax(probs[0])) if target is None else int(target)
+        score = probs[:, t]
+    grads = tape.gradient(score, feats)[0].numpy()
+    feats = feats[0].numpy()
+    cam = np.maximum((feats * grads.mean(axis=(0, 1))).sum(axis=-1), 0)
+    from PIL import Image
+
+    up = np.asarray(Image.fromarray(cam.astype(np.float32), "F").resize(img.shape[:2][::-1], Image.BILINEAR))
+    peak = float(up.max())
+    return {"map": (up / peak if peak > 0 else up).astype(np.float32), "target": t,
+            "probability": float(probs[0, t]), "layer": layer.name, "grid": list(cam.shape)}
+
+
+METHODS = ("occlusion", "gradcam")
+
+
+def stage_map(model, img: np.ndarray, method: str = "occlusion", tta: bool = False) -> dict:
+    """One stage's map. "occlusion": probability drop (same units for every stage). "gradcam": Grad-CAM where the
+    stage has a convolutional feature map, occlusion elsewhere (MLPs), each map scaled to its own maximum so both
+    methods share one 0..1 colour scale."""
+    if method == "gradcam":
+        try:
+            return {**gradcam_map(model, img), "method": "Grad-CAM", "scaled": True}
+        except SaliencyUnavailable:
+            out = occlusion_map(model, img, tta=tta)
+            peak = float(out["map"].max())
+            out["map"] = np.maximum(out["map"], 0) / peak if peak > 0 else np.zeros_like(out["map"])
+            return {**out, "method": "occlusion", "scaled": True}
+    if method != "occlusion":
+        raise ValueError(f"unknown saliency method {method!r}; choose from {METHODS}")
+    return {**occlusion_map(model, img, tta=tta), "method": "occlusion", "scaled": False}

@@ -56,28 +56,37 @@ def robustness_by_stage() -> dict:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def _saliency(key: str, stamp: tuple, digest: str, _img: np.ndarray) -> np.ndarray:
+def _saliency(key: str, stamp: tuple, digest: str, method: str, _img: np.ndarray) -> dict:
     from cifar_dash import saliency
 
     loaded = stage_model(key)
-    return saliency.occlusion_map(loaded.model, _img, tta=loaded.tta)
+    return saliency.stage_map(loaded.model, _img, method=method, tta=loaded.tta)
 
 
-def saliency_row(img: np.ndarray, keys: list[str], columns=None):
-    """One occlusion map per stage over the same image, one colour scale for all."""
+SALIENCY_LABELS = {"occlusion": "Occlusion (probability drop, same units for every stage)",
+                   "gradcam": "Grad-CAM for convolutional stages, occlusion for MLPs (each map scaled 0-1)"}
+
+
+def saliency_method(key: str) -> str:
+    return st.radio("Saliency method", list(SALIENCY_LABELS), format_func=SALIENCY_LABELS.get, key=key,
+                    horizontal=True)
+
+
+def saliency_row(img: np.ndarray, keys: list[str], columns=None, method: str = "occlusion"):
+    """One map per stage over the same image, one colour scale for all."""
     import hashlib
 
     from cifar_dash import saliency
     from cifar_dash.data import CLASS_NAMES
 
     digest = hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
-    maps = {k: _saliency(k, _stamp(k), digest, img) for k in keys}
-    vmax = saliency.shared_scale([m["map"] for m in maps.values()])
+    maps = {k: _saliency(k, _stamp(k), digest, method, img) for k in keys}
+    vmax = 1.0 if method == "gradcam" else saliency.shared_scale([m["map"] for m in maps.values()])
     cols = columns or st.columns(len(keys))
     for col, k in zip(cols, keys):
         m = maps[k]
         col.image(saliency.overlay(img, m["map"], vmax), width="stretch",
-                  caption=f"{k}: {CLASS_NAMES[m['target']]} {m['probability']:.0%}")
+                  caption=f"{k}: {CLASS_NAMES[m['target']]} {m['probability']:.0%} ({m['method']})")
     return vmax
 
 

@@ -93,10 +93,10 @@ if len(shown):
             st.warning(err)
         else:
             pick = st.selectbox("Test image", [int(preds.indices[j]) for j in shown], key="explain_pick")
+            method = _shared.saliency_method("explorer_saliency_method")
             keys = [t.stage.key for t in _shared.trained_results()]
-            _shared.saliency_row(x_test[pick], keys)
-            st.caption("Red = hiding this region lowers the stage's confidence in its own answer most; one colour "
-                       "scale across stages.")
+            _shared.saliency_row(x_test[pick], keys, method=method)
+            st.caption("Red = the region the stage's answer depends on most; one colour scale across stages.")
 
 c1, c2 = st.columns(2)
 with c1:

@@ -62,6 +62,7 @@ show_details = st.toggle("Show top-3 and probability bars", key="details")
 show_saliency = st.toggle("Show where each stage looks (occlusion maps)", key="saliency",
                           help="Red = hiding this region lowers the stage's confidence in its own answer most. "
                                "Same colour scale for every stage of a row.")
+method = _shared.saliency_method("saliency_method") if show_saliency else "occlusion"
 
 header = st.columns([1, 1] + [1] * len(stage_keys))
 header[0].markdown("**image**")
@@ -90,7 +91,7 @@ for n, (name, arr, raw, label) in enumerate(items):
     if show_saliency:
         cols = st.columns([1, 1] + [1] * len(stage_keys))
         cols[1].caption("occlusion maps →")
-        _shared.saliency_row(arr, stage_keys, cols[2:])
+        _shared.saliency_row(arr, stage_keys, cols[2:], method=method)
     verdict = (f"All {len(stage_keys)} stages agree: **{CLASS_NAMES[d['consensus']]}**." if d["agree"] else
                f"Stages disagree; majority **{CLASS_NAMES[d['consensus']]}** ({d['share']:.0%} of stages).")
     st.caption(verdict)

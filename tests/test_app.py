@@ -170,3 +170,7 @@ def test_predict_shows_one_saliency_map_per_stage(app_env):
     assert not at.exception
     assert len(at.get("image")) == before + 2 * 3  # 2 images x 3 stages
     assert sum("occlusion maps" in c for c in _texts(at)) == 2
+    at.radio(key="saliency_method").set_value("gradcam").run()
+    assert not at.exception
+    captions = [i.proto.imgs[0].caption for i in at.get("image") if i.proto.imgs and "(" in i.proto.imgs[0].caption]
+    assert sum("(Grad-CAM)" in c for c in captions) == 2 and sum("(occlusion)" in c for c in captions) == 4

@@ -92,3 +92,20 @@ def test_robustness_of_ignores_a_sweep_of_an_older_model(trained_root, tmp_path,
     monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
     artifacts.write_json(root / "mlp" / "robustness.json", {"run_id": "old", "accuracy": {}, "n_test": 1})
     assert claims.robustness_of(results.load_result("mlp")) is None
+
+
+def test_gradcam_on_conv_stages_and_fallback_for_mlps(trained_root, monkeypatch, cifar_npz):
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(trained_root))
+    img = np.load(cifar_npz)["x_test"][1]
+    cnn = predict.load_stage("cnn").model
+    out = saliency.gradcam_map(cnn, img)
+    assert out["layer"] == "block3_relu" and out["grid"] == [8, 8]
+    assert out["map"].shape == (32, 32) and np.isfinite(out["map"]).all()
+    assert out["map"].min() >= 0 and out["map"].max() == pytest.approx(1.0)
+    assert out["target"] == int(np.argmax(predict.predict(predict.load_stage("cnn"), img[None])[0]))
+    mlp = predict.load_stage("mlp").model
+    with pytest.raises(saliency.SaliencyUnavailable, match="MLP"):
+        saliency.gradcam_map(mlp, img)
+    fallback = saliency.stage_map(mlp, img, method="gradcam")
+    assert fallback["method"] == "occlusion" and fallback["map"].max() <= 1.0 + 1e-6
+    assert saliency.stage_map(cnn, img, method="gradcam")["method"] == "Grad-CAM"
