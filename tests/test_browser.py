@@ -102,7 +102,7 @@ def test_a_deep_link_opened_first_gets_navigation_and_sidebar(server, browser):
     side = pg.locator("[data-testid='stSidebar']")
     side.get_by_text("Retrain a stage").wait_for()
     for label in ("Journey", "Stage explorer", "Compare", "Upload & predict", "Training"):
-        assert side.get_by_role("link", name=label).count() == 1
+        side.get_by_role("link", name=label, exact=True).wait_for()
     side.get_by_role("link", name="Journey").click()
     pg.get_by_role("heading", name="CIFAR-10, from a 46% MLP to 94%").wait_for()
     context.close()
