@@ -44,8 +44,9 @@ for r in missing:
         st.error(f"**{r.stage.key}**: {r.error}")
 
 st.subheader("Accuracy against cost")
-axis = st.radio("Cost", ["params", "train_seconds"], horizontal=True, key="cost_axis",
-                format_func=lambda v: {"params": "parameters", "train_seconds": "training seconds"}[v])
+axis = st.radio("Cost", ["params", "train_seconds", "flops_per_image"], horizontal=True, key="cost_axis",
+                format_func=lambda v: {"params": "parameters", "train_seconds": "training seconds",
+                                       "flops_per_image": "FLOPs per image (forward)"}[v])
 st.plotly_chart(figures.cost_scatter(res, axis), key="cost_scatter")
 st.caption("Training seconds are wall-clock on the machine named in each stage's evidence; compare within one machine.")
 

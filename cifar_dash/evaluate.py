@@ -64,6 +64,7 @@ def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys
         "stage": train_info["stage"],
         "run_id": train_info.get("run_id"),
         "params": total,
+        "flops_per_image": models.flops_per_image(model),
         "trainable_params": train_info.get("trainable_params", trainable),
         "inference": inference_ms(model, x_test, tta=tta),
         "eval_seconds": round(eval_seconds, 2),

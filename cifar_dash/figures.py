@@ -46,7 +46,7 @@ def growth_curve(results) -> go.Figure:
 def cost_scatter(results, x: str = "params") -> go.Figure:
     """Accuracy against cost (parameters or training seconds), log x axis."""
     pts = [r for r in results if r.metrics and r.metrics.get(x)]
-    label = {"params": "parameters", "train_seconds": "training seconds"}[x]
+    label = {"params": "parameters", "train_seconds": "training seconds", "flops_per_image": "FLOPs per image"}[x]
     fig = go.Figure(go.Scatter(
         x=[r.metrics[x] for r in pts], y=[100 * r.metrics["test_accuracy"] for r in pts],
         mode="markers+text", text=[r.stage.key for r in pts], textposition="top center", marker=dict(size=12),

@@ -16,3 +16,23 @@ class CaffePreprocess(keras.layers.Layer):
     def call(self, x):
         x = ops.flip(ops.cast(x, self.compute_dtype), axis=-1)
         return x - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="cifar_dash")
+class TriangularSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak`` over the first ``warmup`` fraction of ``total_steps``, then linear decay to 0
+    (the one-cycle shape fast CIFAR-10 training uses)."""
+
+    def __init__(self, peak, total_steps, warmup=0.2):
+        self.peak, self.total_steps, self.warmup = float(peak), int(total_steps), float(warmup)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        up = max(self.warmup * self.total_steps, 1.0)
+        down = max(self.total_steps - up, 1.0)
+        rise = step / up
+        fall = (self.total_steps - step) / down
+        return self.peak * ops.maximum(ops.minimum(rise, fall), 0.0)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup": self.warmup}

@@ -95,6 +95,57 @@ def vgg(recipe, **_):
     return keras.Model(inp, _classifier(x), name="vgg_aug")
 
 
+# CIFAR-10 training-set channel statistics (0..255 scale), for the from-scratch speedrun network
+CIFAR_MEAN = (125.307, 122.950, 113.865)
+CIFAR_STD = (62.993, 62.089, 66.705)
+
+
+def speedrun(recipe, **_):
+    """A small fast network in the spirit of airbench94 (Keller Jordan, 2024): a 2x2 stem conv, then three blocks of
+    Conv-Pool-BN-GELU-Conv-BN-GELU (widths 64/256/256), global max pool and a bias-free linear head scaled by 1/9.
+    (airbench's stem is a frozen patch-whitening conv; here it is learned.)"""
+    inp = _input()
+    x = _augment(inp, recipe.augmentation, recipe.seed)
+    x = layers.Normalization(mean=CIFAR_MEAN, variance=[s * s for s in CIFAR_STD], name="normalize")(x)
+    x = layers.Conv2D(24, 2, padding="valid", use_bias=True, name="stem_conv")(x)
+    x = layers.Activation("gelu", name="stem_gelu")(x)
+    for i, width in enumerate((64, 256, 256)):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv1")(x)
+        x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
+        x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, name=f"block{i + 1}_bn1")(x)
+        x = layers.Activation("gelu", name=f"block{i + 1}_gelu1")(x)
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv2")(x)
+        x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, name=f"block{i + 1}_bn2")(x)
+        x = layers.Activation("gelu", name=f"block{i + 1}_gelu2")(x)
+    x = layers.GlobalMaxPooling2D(name="pool")(x)
+    x = layers.Dense(NUM_CLASSES, use_bias=False, name="logits")(x)
+    x = layers.Rescaling(1 / 9, name="logit_scale")(x)
+    x = layers.Activation("softmax", name="probs")(x)
+    return keras.Model(inp, x, name="speedrun")
+
+
+def flops_per_image(model) -> int:
+    """Forward-pass floating-point operations for one image (2 x multiply-adds of Conv2D, DepthwiseConv2D and Dense
+    layers, nested models included). Training costs about three times this per image."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += flops_per_image(layer)
+            continue
+        kind = layer.__class__.__name__
+        if kind not in ("Conv2D", "DepthwiseConv2D", "Dense"):
+            continue
+        out = layer.output.shape
+        kernel = layer.kernel.shape
+        if kind == "Dense":
+            total += 2 * kernel[0] * kernel[1]
+        elif kind == "Conv2D":
+            total += 2 * kernel[0] * kernel[1] * kernel[2] * kernel[3] * out[1] * out[2]
+        else:  # depthwise: one kernel per input channel (times the depth multiplier)
+            total += 2 * kernel[0] * kernel[1] * kernel[2] * kernel[3] * out[1] * out[2]
+    return int(total)
+
+
 _APPLICATIONS = {
     "mobilenetv2": lambda shape, weights: keras.applications.MobileNetV2(
         input_shape=shape, alpha=1.0, include_top=False, weights=weights),

@@ -20,6 +20,7 @@ from . import artifacts, models, runtime, stages
 from . import data as data_mod
 from .artifacts import write_json
 from .data import NUM_CLASSES
+from .layers import TriangularSchedule
 
 PROGRESS = "progress.json"
 STATE = "state.json"
@@ -72,15 +73,18 @@ def make_optimizer(recipe: stages.Recipe, learning_rate: float):
     if recipe.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate, weight_decay=recipe.weight_decay)
     if recipe.optimizer == "sgd_nesterov":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True,
+        return keras.optimizers.SGD(learning_rate, momentum=recipe.momentum, nesterov=True,
                                     weight_decay=recipe.weight_decay or None)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
 
 
-def compile_for_phase(model, recipe, phase):
+def compile_for_phase(model, recipe, phase, steps_per_epoch):
     models.set_trainable(model, phase.trainable)
+    lr = phase.learning_rate
+    if recipe.lr_schedule == "onecycle":
+        lr = TriangularSchedule(phase.learning_rate, steps_per_epoch * phase.epochs)
     model.compile(
-        optimizer=make_optimizer(recipe, phase.learning_rate),
+        optimizer=make_optimizer(recipe, lr),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=["accuracy"],
     )
@@ -171,7 +175,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if self.canceller is not None and self.canceller.requested:
             return  # a cancelled epoch is incomplete: resume must redo it, not count it
         seconds = time.time() - self.t0
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))  # the schedule's value now
         row = {"epoch": epoch + 1, "phase": self.state["phases"][self.phase_index], "seconds": round(seconds, 2),
                "learning_rate": lr}
         row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
@@ -258,7 +262,7 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
                 continue
             resuming_mid_phase = state["epochs_done"] > start_epoch
             if not resuming_mid_phase or model.optimizer is None:
-                compile_for_phase(model, recipe, phase)
+                compile_for_phase(model, recipe, phase, len(train_batches))
             progress.phase = phase.name
             callbacks = [canceller, progress, EpochCheckpoint(work, state, i, canceller)]
             if recipe.lr_schedule == "reduce_on_plateau":
@@ -292,6 +296,7 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
         }
         total, trainable = models.count_params(model)
         info["params"], info["trainable_params"] = total, trainable
+        info["flops_per_image"] = models.flops_per_image(clean)
         write_json(final / artifacts.TRAIN_INFO, info)
         write_json(final / artifacts.HISTORY,
                    {"stage": stage.key, "run_id": state["run_id"], "epochs": state["history"]})

@@ -65,7 +65,9 @@ def test_every_page_renders_with_zero_trained_stages(tmp_path, cifar_npz, monkey
     monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(tmp_path / "empty"))
     monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
     at = _app()
-    assert len([i for i in at.info if "not trained yet" in i.value]) == 8
+    from cifar_dash import stages
+
+    assert len([i for i in at.info if "not trained yet" in i.value]) == len(stages.STAGES)
     for page in PAGES:
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
@@ -146,7 +148,8 @@ def test_training_page_and_sidebar_render(app_env):
     assert not at.exception
     assert at.button(key="train_start").label == "Start training"  # the sidebar is on every page
     assert list(at.dataframe[0].value["stage"]) == ["mlp", "deep_mlp", "cnn", "vgg_aug", "mobilenetv2_frozen",
-                                                    "mobilenetv2_finetune", "resnet50v2", "resnet50v2_sota"]
+                                                    "mobilenetv2_finetune", "resnet50v2", "resnet50v2_sota",
+                                                    "speedrun"]
 
 
 def test_journey_states_each_seed_claim_with_a_verdict(app_env):

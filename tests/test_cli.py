@@ -22,7 +22,9 @@ def test_stages_lists_all_with_measured(trained_root):
     r = _run("stages", root=trained_root)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert len(lines) == 1 + 8
+    from cifar_dash import stages
+
+    assert len(lines) == 1 + len(stages.STAGES)
     mlp = next(line for line in lines if line.startswith("mlp "))
     assert "46.19%" in mlp and "trained" in mlp
     assert "untrained" in next(line for line in lines if line.startswith("vgg_aug"))

@@ -9,7 +9,7 @@ SEED_REPORTED = [46.19, 42.89, 70.71, 76.33, 80.22, 82.16, 93.90, 94.38]
 
 
 def test_table_order_and_reported_figures():
-    assert list(stages.KEYS[:8]) == SEED_ORDER
+    assert list(stages.KEYS[:8]) == SEED_ORDER and stages.KEYS[8] == "speedrun"
     assert [s.reported_accuracy for s in stages.STAGES[:8]] == SEED_REPORTED
     for s in stages.STAGES:
         assert s.title and s.changed and s.recipe.epochs > 0
@@ -94,3 +94,31 @@ def test_caffe_preprocess_matches_keras():
     ours = keras.ops.convert_to_numpy(CaffePreprocess()(x))
     ref = keras.applications.resnet50.preprocess_input(x.copy())
     np.testing.assert_allclose(ours, ref, atol=1e-4)
+
+
+def test_speedrun_network_matches_its_reference():
+    m, r = _build("speedrun")
+    total, _ = models.count_params(m)
+    assert 1.8e6 <= total <= 2.2e6  # airbench94's net is about 2 M parameters
+    # about 0.36 PFLOP for 10 epochs of 50,000 images at 3x the forward cost -> about 240 MFLOP per image forward
+    assert 200e6 <= models.flops_per_image(m) <= 280e6
+    assert r.tta and r.label_smoothing == 0.2 and r.optimizer == "sgd_nesterov" and r.backbone is None
+
+
+def test_flops_of_a_dense_layer_by_hand():
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Flatten()(inp)
+    out = keras.layers.Dense(10)(x)
+    assert models.flops_per_image(keras.Model(inp, out)) == 2 * 3072 * 10
+    conv = keras.Model(inp, keras.layers.Conv2D(4, 3, padding="same")(inp))
+    assert models.flops_per_image(conv) == 2 * 3 * 3 * 3 * 4 * 32 * 32
+
+
+def test_onecycle_schedule_shape():
+    from cifar_dash.layers import TriangularSchedule
+
+    s = TriangularSchedule(0.2, 100, warmup=0.2)
+    values = [float(s(i)) for i in (0, 10, 20, 60, 100)]
+    assert values == pytest.approx([0.0, 0.1, 0.2, 0.1, 0.0])
