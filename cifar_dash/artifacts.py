@@ -19,6 +19,7 @@ HISTORY = "history.json"
 TRAIN_INFO = "train_info.json"
 PREDICTIONS = "test_predictions.npz"
 ROBUSTNESS = "robustness.json"
+RUNS = "runs.json"
 
 
 class ArtifactError(RuntimeError):

@@ -27,7 +27,7 @@ def _train(args):
 
     out = train.train(args.stage, epochs=args.epochs, limit=args.limit, data_path=args.data, backbone=args.backbone,
                       backbone_weights=args.backbone_weights, out_dir=args.out, resume=args.resume,
-                      evaluate=not args.no_evaluate, mixed_precision=args.mixed_precision)
+                      evaluate=not args.no_evaluate, mixed_precision=args.mixed_precision, seed=args.seed)
     print(f"artifacts in {out}")
     return 0
 
@@ -69,6 +69,18 @@ def _robustness(args):
     return 0
 
 
+def _runs(args):
+    from . import artifacts, report
+
+    summary = report.runs_summary(args.stage, args.folders)
+    out = artifacts.stage_dir(args.stage) / artifacts.RUNS
+    artifacts.write_json(out, summary)
+    sd = summary["std_test_accuracy"]
+    print(f"{args.stage}: {summary['n_runs']} runs, test accuracy {100 * summary['mean_test_accuracy']:.2f}%"
+          + (f" +- {100 * sd:.2f}" if sd is not None else "") + f"; written to {out}")
+    return 0
+
+
 def _results_table(args):
     from . import report
 
@@ -102,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="output folder (default: checkpoints/STAGE)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
     t.add_argument("--no-evaluate", action="store_true", help="publish the model without evaluating it")
+    t.add_argument("--seed", type=int, help="random seed (default: the recipe's); for run-to-run spread")
     t.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPUs); weights stay float32")
     t.set_defaults(fn=_train)
 
@@ -122,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--limit", type=int, default=2000, help="first N test images (default 2000; 0 = all)")
     rb.add_argument("--data")
     rb.set_defaults(fn=_robustness)
+
+    ru = sub.add_parser("runs", help="summarise runs of one stage with different seeds into checkpoints/STAGE/runs.json")
+    ru.add_argument("stage", choices=KEYS)
+    ru.add_argument("folders", nargs="+", type=Path, help="output folders of `train STAGE --seed N --out DIR`")
+    ru.set_defaults(fn=_runs)
 
     rt = sub.add_parser("results-table", help="README's results table, generated from metrics.json files")
     rt.add_argument("--write", help="replace the table between the markers in this file (README.md)")

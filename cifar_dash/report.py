@@ -29,6 +29,18 @@ def deviations(r) -> list[str]:
     return notes
 
 
+def _runs_note(r) -> str | None:
+    from . import artifacts
+
+    try:
+        summary = artifacts.read_json(r.folder / artifacts.RUNS)
+    except artifacts.ArtifactError:
+        return None
+    sd = summary.get("std_test_accuracy")
+    return (f"{summary['n_runs']} seeds: {100 * summary['mean_test_accuracy']:.2f}%"
+            + (f" ± {100 * sd:.2f}" if sd is not None else ""))
+
+
 def results_markdown(root: Path | None = None) -> str:
     lines = [
         "| stage | reported | measured (test images) | vs reported | epochs | train time | train machine | backbone "
@@ -48,6 +60,9 @@ def results_markdown(root: Path | None = None) -> str:
         measured = f"{100 * m['test_accuracy']:.2f}% ({m['n_test']:,})"
         if r.status == "stale":
             measured += " stale"
+        runs = _runs_note(r)
+        if runs:
+            measured += f"; {runs}"
         delta = 100 * m["test_accuracy"] - s.reported_accuracy
         lines.append(f"| `{s.key}` | {s.reported_accuracy:.2f}% | {measured} | {delta:+.2f} | {m.get('epochs', '-')} | "
                      f"{_duration(m.get('train_seconds'))} | {m.get('train_machine', '-')} | {backbone} | "
@@ -66,3 +81,27 @@ def replace_in(text: str, table: str) -> str:
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+
+
+def runs_summary(stage: str, folders: list[Path]) -> dict:
+    """Run-to-run spread of one recipe trained with different seeds: each folder holds a metrics.json."""
+    import statistics
+
+    from . import artifacts
+
+    runs = []
+    for f in folders:
+        m = artifacts.read_json(Path(f) / artifacts.METRICS)
+        if m.get("stage") != stage:
+            raise artifacts.ArtifactError(f"{f}: metrics are for {m.get('stage')!r}, not {stage!r}")
+        runs.append({"seed": (m.get("recipe") or {}).get("seed"), "test_accuracy": m["test_accuracy"],
+                     "n_test": m["n_test"], "train_seconds": m.get("train_seconds"), "epochs": m.get("epochs"),
+                     "machine": m.get("train_machine"), "run_id": m.get("run_id")})
+    if len({r["seed"] for r in runs}) != len(runs):
+        raise ValueError("two runs share a seed")
+    acc = [r["test_accuracy"] for r in runs]
+    secs = [r["train_seconds"] for r in runs if r["train_seconds"] is not None]
+    return {"stage": stage, "n_runs": len(runs), "runs": runs,
+            "mean_test_accuracy": statistics.fmean(acc),
+            "std_test_accuracy": statistics.stdev(acc) if len(acc) > 1 else None,
+            "mean_train_seconds": statistics.fmean(secs) if secs else None}

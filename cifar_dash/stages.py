@@ -190,8 +190,11 @@ def get(key: str) -> Stage:
         raise KeyError(f"unknown stage {key!r}; stages are: {', '.join(KEYS)}") from None
 
 
-def recipe_for(stage: Stage, epochs: int | None = None, backbone: str | None = None) -> Recipe:
+def recipe_for(stage: Stage, epochs: int | None = None, backbone: str | None = None,
+               seed: int | None = None) -> Recipe:
     recipe = stage.recipe
+    if seed is not None:
+        recipe = dataclasses.replace(recipe, seed=int(seed))
     if epochs:
         recipe = recipe.with_epochs(epochs)
     if backbone and backbone != recipe.backbone:

@@ -207,10 +207,11 @@ def _config_key(stage_key, recipe, limit, fingerprint):
 
 def train(stage_key: str, epochs: int | None = None, limit: int | None = None, data_path=None,
           backbone: str | None = None, backbone_weights=None, out_dir=None, resume: bool = False,
-          evaluate: bool = True, mixed_precision: bool = False, stream=sys.stderr) -> Path:
+          evaluate: bool = True, mixed_precision: bool = False, seed: int | None = None,
+          stream=sys.stderr) -> Path:
     """Train ``stage_key`` and publish its artifacts into ``out_dir`` (default checkpoints/STAGE). Returns out_dir."""
     stage = stages.get(stage_key)
-    recipe = stages.recipe_for(stage, epochs, backbone)
+    recipe = stages.recipe_for(stage, epochs, backbone, seed)
     out = Path(out_dir) if out_dir else artifacts.stage_dir(stage.key)
     work = artifacts.work_dir(stage.key, out)
     work.mkdir(parents=True, exist_ok=True)

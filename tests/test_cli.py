@@ -73,3 +73,25 @@ def test_readme_commands_match_ci():
     test_cmd = ".venv/bin/python -m pytest -q"
     assert test_cmd in readme and test_cmd in ci
     assert "pip install -r requirements.txt" in readme and "pip install -q -r requirements.txt" in ci
+
+
+def test_runs_summary_mean_and_std_by_hand(tmp_path):
+    import json
+
+    import pytest
+
+    from cifar_dash import report
+
+    folders = []
+    for seed, acc in ((0, 0.90), (1, 0.92), (2, 0.94)):
+        f = tmp_path / f"seed{seed}"
+        f.mkdir()
+        (f / "metrics.json").write_text(json.dumps({"stage": "speedrun", "test_accuracy": acc, "n_test": 10000,
+                                                    "train_seconds": 100 + seed, "recipe": {"seed": seed}}))
+        folders.append(f)
+    s = report.runs_summary("speedrun", folders)
+    assert s["n_runs"] == 3 and s["mean_test_accuracy"] == pytest.approx(0.92)
+    assert s["std_test_accuracy"] == pytest.approx(0.02)  # sample std of 0.90, 0.92, 0.94
+    assert s["mean_train_seconds"] == pytest.approx(101)
+    with pytest.raises(ValueError, match="share a seed"):
+        report.runs_summary("speedrun", [folders[0], folders[0]])
