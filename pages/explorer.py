@@ -1,7 +1,7 @@
 import pandas as pd
 import streamlit as st
 
-from cifar_dash import analysis, figures, stages
+from cifar_dash import analysis, artifacts, figures, stages
 from cifar_dash.data import CLASS_NAMES
 from pages import _shared
 
@@ -48,6 +48,15 @@ if m.get("backbone"):
     w = m.get("backbone_weights") or {}
     ev += f" · backbone {m['backbone']}" + (f" ({w.get('file')})" if isinstance(w, dict) and w.get("file") else "")
 st.caption(ev)
+try:
+    runs = artifacts.read_json(r.folder / artifacts.RUNS)
+    sd = runs.get("std_test_accuracy")
+    st.markdown(f"**Run-to-run:** {runs['n_runs']} seeds, test accuracy {100 * runs['mean_test_accuracy']:.2f}%"
+                + (f" ± {100 * sd:.2f} (sample standard deviation)" if sd is not None else "")
+                + (f", {runs['mean_train_seconds'] / 60:.1f} min training on average" if runs.get("mean_train_seconds")
+                   else "") + ".")
+except artifacts.ArtifactError:
+    pass
 
 st.subheader("Training curves")
 tab_acc, tab_loss = st.tabs(["accuracy", "loss"])
