@@ -135,6 +135,11 @@ def gallery(indices, captions, columns: int = 8, empty: str = "No images."):
     if not indices:
         st.caption(empty)
         return
+    keep = [k for k, i in enumerate(indices) if 0 <= i < len(x_test)]
+    if len(keep) < len(indices):
+        st.warning(f"{len(indices) - len(keep)} of these test images are not in the loaded data set "
+                   f"({len(x_test):,} test images); is CIFAR10_PATH the data the stages were evaluated on?")
+        indices, captions = [indices[k] for k in keep], [captions[k] for k in keep]
     for start in range(0, len(indices), columns):
         cols = st.columns(columns)
         for col, i, cap in zip(cols, indices[start:start + columns], captions[start:start + columns]):

@@ -153,3 +153,42 @@ def test_sidebar_retrain_runs_to_the_end(page, server):
     assert "measured" in side.get_by_text("Finished").inner_text()
     _no_exception(page)
     _ = io
+
+
+def test_every_page_opens_on_the_shipped_checkpoints(browser, tmp_path):
+    """The committed checkpoints/ as a user gets them (read only here: no training)."""
+    shared = ROOT.parent / "shared" / "data" / "cifar10.npz"
+    port = _free_port()
+    env = {**os.environ, "CIFAR10_PATH": str(shared if shared.exists() else tmp_path / "no-cifar.npz"),
+           "CIFAR_DASH_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("CIFAR_DASH_CHECKPOINTS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.headless", "true", "--server.address", "127.0.0.1"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(90_000)
+        for path, heading in [("", "CIFAR-10, from a 46% MLP to 94%"), ("explorer", "Stage explorer"),
+                              ("compare", "Compare stages"), ("predict", "Upload & predict"),
+                              ("training", "Training jobs")]:
+            pg.goto(f"{url}/{path}")
+            pg.get_by_role("heading", name=heading).wait_for()
+            pg.wait_for_timeout(1500)
+            _no_exception(pg)
+        img = tmp_path / "blue.png"
+        Image.new("RGB", (64, 64), (20, 40, 220)).save(img)
+        pg.goto(f"{url}/predict")
+        pg.locator("input[type='file']").set_input_files(str(img))
+        pg.get_by_text("stages agree").or_(pg.get_by_text("Stages disagree")).first.wait_for()
+        _no_exception(pg)
+        pg.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
