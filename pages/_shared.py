@@ -16,7 +16,7 @@ def _stamp(key: str) -> tuple:
     folder = artifacts.stage_dir(key)
     out = []
     for name in (artifacts.METRICS, artifacts.HISTORY, artifacts.TRAIN_INFO, artifacts.MODEL, artifacts.PREDICTIONS,
-                 artifacts.ROBUSTNESS):
+                 artifacts.ROBUSTNESS, artifacts.RUNS):
         try:
             out.append(os.stat(folder / name).st_mtime_ns)
         except OSError:
