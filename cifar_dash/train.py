@@ -302,8 +302,6 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
         write_json(final / artifacts.HISTORY,
                    {"stage": stage.key, "run_id": state["run_id"], "epochs": state["history"]})
         if evaluate:
-            from . import evaluate as evaluate_mod
-
             write_json(progress_path, {"stage": stage.key, "state": "evaluating", "pid": os.getpid(),
                                        "updated": time.time(), "epoch": recipe.epochs, "epochs": recipe.epochs})
             evaluate_mod.evaluate_into(clean, info, x_te, y_te, final, stream=stream)
