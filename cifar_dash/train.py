@@ -18,6 +18,7 @@ import numpy as np
 
 from . import artifacts, models, runtime, stages
 from . import data as data_mod
+from . import evaluate as evaluate_mod
 from .artifacts import write_json
 from .data import NUM_CLASSES
 from .layers import TriangularSchedule
