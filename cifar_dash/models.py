@@ -200,14 +200,20 @@ def transfer(recipe, backbone_weights="imagenet", **_):
     return keras.Model(inp, _classifier(x), name=f"{name}_transfer")
 
 
-def set_trainable(model, trainable: str) -> None:
-    """Apply a Phase.trainable spec: "all", "head" or "from:LAYER" (backbone layers from LAYER on train)."""
+def set_trainable(model, trainable: str, bn_trainable: bool = True) -> None:
+    """Apply a Phase.trainable spec: "all", "head" or "from:LAYER" (backbone layers from LAYER on train).
+
+    With ``bn_trainable=False`` the backbone's BatchNormalization layers stay frozen even where the backbone trains:
+    a trainable Keras 3 BatchNormalization normalises with batch statistics during fit, which shifts ImageNet features
+    under small batches (the Keras transfer-learning guide keeps them frozen for fine-tuning)."""
     try:
         base = model.get_layer("backbone")
     except ValueError:
         base = None
     if base is None or trainable == "all":
         model.trainable = True
+        if base is not None:
+            _freeze_bn(base, bn_trainable)
         return
     model.trainable = True
     if trainable == "head":
@@ -223,6 +229,14 @@ def set_trainable(model, trainable: str) -> None:
     base.trainable = True
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= start
+    _freeze_bn(base, bn_trainable)
+
+
+def _freeze_bn(base, bn_trainable):
+    if not bn_trainable:
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
 
 
 def count_params(model) -> tuple[int, int]:

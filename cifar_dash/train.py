@@ -80,7 +80,7 @@ def make_optimizer(recipe: stages.Recipe, learning_rate: float):
 
 
 def compile_for_phase(model, recipe, phase, steps_per_epoch):
-    models.set_trainable(model, phase.trainable)
+    models.set_trainable(model, phase.trainable, bn_trainable=recipe.backbone_bn_training)
     lr = phase.learning_rate
     if recipe.lr_schedule == "onecycle":
         lr = TriangularSchedule(phase.learning_rate, steps_per_epoch * phase.epochs)

@@ -72,6 +72,9 @@ def test_finetune_unfreezes_only_deeper_layers():
     base = m.get_layer("backbone")
     assert head_only < deeper < models.count_params(m)[0]
     assert not base.get_layer("Conv1").trainable and base.get_layer("block_16_project").trainable
+    models.set_trainable(m, r.phases[1].trainable, bn_trainable=r.backbone_bn_training)
+    assert not base.get_layer("block_16_project_BN").trainable  # BN stays frozen while fine-tuning
+    assert base.get_layer("block_16_project").trainable
 
 
 @pytest.mark.parametrize("key", ["mlp", "cnn", "vgg_aug"])
