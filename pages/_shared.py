@@ -250,7 +250,7 @@ def _job_card(s: jobs.JobStatus):
             box.plotly_chart(figures.training_curves(s.history), key=f"live_{s.stage}_{len(s.history)}",
                              config={"displayModeBar": False})
     elif s.state == "done":
-        r = results.load_result(s.stage)
+        r = next(x for x in all_results() if x.stage.key == s.stage)  # cached on the artifacts' mtimes
         box.success(f"Finished {time.strftime('%H:%M', time.localtime(p.get('updated', 0)))}: "
                     f"{status_badge(r)}")
     elif s.state in ("failed", "cancelled", "killed"):

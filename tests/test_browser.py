@@ -29,27 +29,30 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained_root, cifar_npz, tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser") / "checkpoints"
-    shutil.copytree(trained_root, root)
+def _start_streamlit(env, log_path):
+    """`streamlit run app.py` on a free port; returns (process, url) once it answers its health check."""
     port = _free_port()
-    env = {**os.environ, "CIFAR_DASH_CHECKPOINTS": str(root), "CIFAR10_PATH": str(cifar_npz),
-           "CIFAR_DASH_CACHE": str(tmp_path_factory.mktemp("browser_cache")), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.headless", "true", "--server.address", "127.0.0.1"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=ROOT, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
             urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-            break
+            return proc, url
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start")
+    proc.kill()
+    pytest.fail("streamlit did not start")
+
+
+@pytest.fixture(scope="module")
+def server(trained_root, cifar_npz, tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser") / "checkpoints"
+    shutil.copytree(trained_root, root)
+    env = {**os.environ, "CIFAR_DASH_CHECKPOINTS": str(root), "CIFAR10_PATH": str(cifar_npz),
+           "CIFAR_DASH_CACHE": str(tmp_path_factory.mktemp("browser_cache")), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc, url = _start_streamlit(env, tmp_path_factory.mktemp("log") / "streamlit.log")
     yield url
     proc.terminate()
     proc.wait(timeout=20)
@@ -158,21 +161,11 @@ def test_sidebar_retrain_runs_to_the_end(page, server):
 def test_every_page_opens_on_the_shipped_checkpoints(browser, tmp_path):
     """The committed checkpoints/ as a user gets them (read only here: no training)."""
     shared = ROOT.parent / "shared" / "data" / "cifar10.npz"
-    port = _free_port()
     env = {**os.environ, "CIFAR10_PATH": str(shared if shared.exists() else tmp_path / "no-cifar.npz"),
            "CIFAR_DASH_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("CIFAR_DASH_CHECKPOINTS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true", "--server.address", "127.0.0.1"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _start_streamlit(env, tmp_path / "streamlit.log")
     try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.set_default_timeout(90_000)
         for path, heading in [("", "CIFAR-10, from a 46% MLP to 94%"), ("explorer", "Stage explorer"),
