@@ -125,9 +125,6 @@ def probability_bars(probs) -> go.Figure:
     return fig
 
 
-def live_curves(progress_history: list[dict]) -> go.Figure:
-    return training_curves(progress_history, "accuracy")
-
 
 def robustness_chart(rows: dict[str, dict]) -> go.Figure:
     """Accuracy per input condition, one bar group per condition, one colour per stage."""
