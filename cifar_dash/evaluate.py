@@ -12,8 +12,30 @@ from . import artifacts, metrics, models, runtime, stages
 from . import data as data_mod
 
 
-def predict_probs(model, x, batch_size: int = 256, tta: bool = False) -> np.ndarray:
-    """Softmax probabilities for raw uint8 images; with ``tta`` averaged with the horizontally flipped view."""
+def tta_mode(tta) -> str:
+    """A recipe's ``tta`` value as "none", "flip" or "flip_shift" (older metrics store True for "flip")."""
+    if tta in (None, False, "none"):
+        return "none"
+    if tta is True or tta == "flip":
+        return "flip"
+    if tta == "flip_shift":
+        return "flip_shift"
+    raise ValueError(f"unknown test-time augmentation {tta!r}")
+
+
+TTA_VIEWS = {"none": 1, "flip": 2, "flip_shift": 6}
+
+
+def tta_of(info: dict):
+    """The test-time augmentation a train_info / metrics dict's recipe asks for."""
+    return tta_mode((info.get("recipe") or {}).get("tta", False))
+
+
+def predict_probs(model, x, batch_size: int = 256, tta=False) -> np.ndarray:
+    """Softmax probabilities for raw uint8 images. ``tta``: "flip" (or True) averages with the horizontally flipped
+    view; "flip_shift" averages that (weight 1/2) with the flip-averaged views shifted one pixel up-left and
+    down-right under reflect padding (weight 1/4 each), as airbench94 does."""
+    mode = tta_mode(tta)
     x = np.asarray(x, dtype=np.float32)
 
     def run(batch):
@@ -21,14 +43,24 @@ def predict_probs(model, x, batch_size: int = 256, tta: bool = False) -> np.ndar
             return np.asarray(model.predict_on_batch(batch))
         return model.predict(batch, batch_size=batch_size, verbose=0)
 
-    probs = run(x)
-    if tta:
-        probs = (probs + run(x[:, :, ::-1])) / 2
+    def mirrored(batch):
+        probs = run(batch)
+        if mode != "none":
+            probs = (probs + run(np.ascontiguousarray(batch[:, :, ::-1]))) / 2
+        return probs
+
+    probs = mirrored(x)
+    if mode == "flip_shift":
+        padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+        h, w = x.shape[1:3]
+        shifted = (mirrored(padded[:, :h, :w]) + mirrored(padded[:, 2:h + 2, 2:w + 2])) / 2
+        probs = (probs + shifted) / 2
     return np.asarray(probs, dtype=np.float32)
 
 
-def inference_ms(model, x, tta: bool = False, batch1_reps: int = 20) -> dict:
-    """Milliseconds per image at batch 1 (median of repeated calls) and at batch 256 (best of two)."""
+def inference_ms(model, x, tta=False, batch1_reps: int = 20) -> dict:
+    """Milliseconds per image at batch 1 (median of repeated calls) and at batch 256 (best of two), times the number
+    of test-time views."""
     x1 = np.asarray(x[:1], dtype=np.float32)
     for _ in range(3):
         model.predict_on_batch(x1)
@@ -41,7 +73,7 @@ def inference_ms(model, x, tta: bool = False, batch1_reps: int = 20) -> dict:
     xb = np.asarray(x[:n], dtype=np.float32)
     model.predict_on_batch(xb)
     best = min(_timed(model.predict_on_batch, xb) for _ in range(2))
-    factor = 2 if tta else 1
+    factor = TTA_VIEWS[tta_mode(tta)]
     return {"batch_1_ms": factor * 1000 * float(np.median(times)), "batch_256_ms_per_image": factor * 1000 * best / n,
             "batch_256_n": n}
 
@@ -54,7 +86,7 @@ def _timed(fn, *args):
 
 def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys.stderr) -> dict:
     """Evaluate ``model`` and write metrics.json and test_predictions.npz into ``out`` (atomically)."""
-    tta = bool(train_info.get("recipe", {}).get("tta", False))
+    tta = tta_of(train_info)
     t = time.perf_counter()
     probs = predict_probs(model, x_test, tta=tta)
     eval_seconds = time.perf_counter() - t

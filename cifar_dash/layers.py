@@ -20,19 +20,21 @@ class CaffePreprocess(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="cifar_dash")
 class TriangularSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to ``peak`` over the first ``warmup`` fraction of ``total_steps``, then linear decay to 0
-    (the one-cycle shape fast CIFAR-10 training uses)."""
+    """Piecewise-linear one-cycle rate: from ``start * peak`` up to ``peak`` over the first ``warmup`` fraction of
+    ``total_steps``, then down to ``end * peak`` at the last step (the shape fast CIFAR-10 training uses)."""
 
-    def __init__(self, peak, total_steps, warmup=0.2):
+    def __init__(self, peak, total_steps, warmup=0.2, start=0.0, end=0.0):
         self.peak, self.total_steps, self.warmup = float(peak), int(total_steps), float(warmup)
+        self.start, self.end = float(start), float(end)
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
         up = max(self.warmup * self.total_steps, 1.0)
         down = max(self.total_steps - up, 1.0)
-        rise = step / up
-        fall = (self.total_steps - step) / down
+        rise = self.start + (1.0 - self.start) * step / up
+        fall = self.end + (1.0 - self.end) * (self.total_steps - step) / down
         return self.peak * ops.maximum(ops.minimum(rise, fall), 0.0)
 
     def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup": self.warmup}
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup": self.warmup, "start": self.start,
+                "end": self.end}

@@ -101,27 +101,76 @@ CIFAR_STD = (62.993, 62.089, 66.705)
 
 
 def speedrun(recipe, **_):
-    """A small fast network in the spirit of airbench94 (Keller Jordan, 2024): a 2x2 stem conv, then three blocks of
-    Conv-Pool-BN-GELU-Conv-BN-GELU (widths 64/256/256), global max pool and a bias-free linear head scaled by 1/9.
-    (airbench's stem is a frozen patch-whitening conv; here it is learned.)"""
+    """A small fast network after airbench94 (Keller Jordan, 2024): a frozen 2x2 patch-whitening conv (set from the
+    training images by ``init_from_data``), then three blocks of Conv-Pool-BN-GELU-Conv-BN-GELU (widths 64/256/256,
+    BatchNorm without scale, convolutions identity-initialised in their first input-many filters), global max pool
+    and a bias-free linear head scaled by 1/9."""
     inp = _input()
     x = _augment(inp, recipe.augmentation, recipe.seed)
     x = layers.Normalization(mean=CIFAR_MEAN, variance=[s * s for s in CIFAR_STD], name="normalize")(x)
-    x = layers.Conv2D(24, 2, padding="valid", use_bias=True, name="stem_conv")(x)
+    x = layers.Conv2D(2 * 3 * 2 * 2, 2, padding="valid", use_bias=True, trainable=False, name=WHITEN)(x)
     x = layers.Activation("gelu", name="stem_gelu")(x)
+    convs = []
     for i, width in enumerate((64, 256, 256)):
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv1")(x)
+        conv = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv1")
+        x = conv(x)
+        convs.append(conv)
         x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
-        x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, name=f"block{i + 1}_bn1")(x)
+        x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, scale=False, name=f"block{i + 1}_bn1")(x)
         x = layers.Activation("gelu", name=f"block{i + 1}_gelu1")(x)
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv2")(x)
-        x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, name=f"block{i + 1}_bn2")(x)
+        conv = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv2")
+        x = conv(x)
+        convs.append(conv)
+        x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, scale=False, name=f"block{i + 1}_bn2")(x)
         x = layers.Activation("gelu", name=f"block{i + 1}_gelu2")(x)
     x = layers.GlobalMaxPooling2D(name="pool")(x)
     x = layers.Dense(NUM_CLASSES, use_bias=False, name="logits")(x)
     x = layers.Rescaling(1 / 9, name="logit_scale")(x)
-    x = layers.Activation("softmax", name="probs")(x)
-    return keras.Model(inp, x, name="speedrun")
+    x = layers.Activation("softmax", name="probs", dtype="float32")(x)
+    model = keras.Model(inp, x, name="speedrun")
+    for conv in convs:  # an implicit residual: the first c_in filters start as the identity (Dirac) kernel
+        kernel = keras.ops.convert_to_numpy(conv.kernel).copy()
+        c_in = kernel.shape[2]
+        kernel[:, :, :, :c_in] = 0.0
+        kernel[1, 1, range(c_in), range(c_in)] = 1.0
+        conv.kernel.assign(kernel)
+    return model
+
+
+WHITEN = "whiten"
+FROZEN = (WHITEN,)  # layers that never train, whatever the phase
+
+
+def whitening_kernel(images, eps: float = 5e-4):
+    """2x2x3 -> 24 filters that whiten image patches: the eigenvectors of the patch covariance scaled by
+    1/sqrt(eigenvalue + eps), largest first, each also negated (airbench's frozen first layer).
+    ``images``: normalised float images (n, h, w, 3)."""
+    import numpy as np
+
+    x = np.asarray(images, dtype=np.float32)
+    n, h, w, c = x.shape
+    patches = np.stack([x[:, i:h - 1 + i, j:w - 1 + j, :] for i in (0, 1) for j in (0, 1)], axis=3)
+    flat = patches.reshape(-1, 2, 2, c).reshape(-1, 4 * c).astype(np.float64)  # (h, w, c) order = kernel order
+    cov = flat.T @ flat / len(flat)
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    order = np.argsort(eigenvalues)[::-1]
+    scaled = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + eps)
+    kernel = np.concatenate([scaled, -scaled], axis=1).reshape(2, 2, c, 8 * c)
+    return kernel.astype(np.float32)
+
+
+def init_from_data(model, x_train, n: int = 5000) -> None:
+    """Data-dependent initialisation before the first epoch: the whitening conv, where the model has one."""
+    try:
+        layer = model.get_layer(WHITEN)
+    except ValueError:
+        return
+    import numpy as np
+
+    normalize = model.get_layer("normalize")
+    images = keras.ops.convert_to_numpy(normalize(np.asarray(x_train[:n], dtype=np.float32))).astype(np.float32)
+    layer.kernel.assign(whitening_kernel(images))
+    layer.bias.assign(np.zeros(layer.bias.shape, dtype=np.float32))
 
 
 def flops_per_image(model) -> int:
@@ -212,6 +261,9 @@ def set_trainable(model, trainable: str, bn_trainable: bool = True) -> None:
         base = None
     if base is None or trainable == "all":
         model.trainable = True
+        for layer in model.layers:
+            if layer.name in FROZEN:
+                layer.trainable = False
         if base is not None:
             _freeze_bn(base, bn_trainable)
         return

@@ -9,22 +9,22 @@ import numpy as np
 
 from . import artifacts
 from .data import CLASS_NAMES
-from .evaluate import predict_probs
+from .evaluate import predict_probs, tta_of
 
 
 @dataclass
 class LoadedStage:
     key: str
     model: object
-    tta: bool
+    tta: str  # test-time augmentation mode (evaluate.tta_mode)
 
 
 def load_stage(key: str, root: Path | None = None) -> LoadedStage:
     folder = artifacts.stage_dir(key, root)
     model = artifacts.load_model(folder / artifacts.MODEL)
-    tta = False
+    tta = "none"
     try:
-        tta = bool(artifacts.read_json(folder / artifacts.TRAIN_INFO).get("recipe", {}).get("tta", False))
+        tta = tta_of(artifacts.read_json(folder / artifacts.TRAIN_INFO))
     except artifacts.ArtifactError:
         pass
     return LoadedStage(key, model, tta)

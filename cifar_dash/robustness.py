@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 
 from . import artifacts, runtime, stages
 from . import data as data_mod
-from .evaluate import predict_probs
+from .evaluate import predict_probs, tta_of
 
 
 def _per_image(x, fn):
@@ -94,7 +94,7 @@ def run(stage_key: str, limit: int | None = 2000, data_path=None, out_dir=None, 
     out = Path(out_dir) if out_dir else artifacts.stage_dir(stage.key)
     model = artifacts.load_model(out / artifacts.MODEL)
     info = artifacts.read_json(out / artifacts.TRAIN_INFO)
-    tta = bool(info.get("recipe", {}).get("tta", False))
+    tta = tta_of(info)
     cifar = data_mod.load(data_path)
     x, y = cifar.x_test, cifar.y_test
     if limit:

@@ -26,7 +26,7 @@ def occlusion_batch(img: np.ndarray, patch: int = 8, stride: int = 4, fill: floa
 
 
 def occlusion_map(model, img: np.ndarray, patch: int = 8, stride: int = 4, target: int | None = None,
-                  tta: bool = False) -> dict:
+                  tta=False) -> dict:
     """Probability drop of the target class (default: the stage's own top-1) per pixel, averaged over the patches
     that covered it. Positive = hiding this region lowers the model's belief."""
     img = np.asarray(img, dtype=np.float32)
@@ -124,7 +124,7 @@ def gradcam_map(model, img: np.ndarray, target: int | None = None) -> dict:
 METHODS = ("occlusion", "gradcam")
 
 
-def stage_map(model, img: np.ndarray, method: str = "occlusion", tta: bool = False) -> dict:
+def stage_map(model, img: np.ndarray, method: str = "occlusion", tta=False) -> dict:
     """One stage's map. "occlusion": probability drop (same units for every stage). "gradcam": Grad-CAM where the
     stage has a convolutional feature map, occlusion elsewhere (MLPs), each map scaled to its own maximum so both
     methods share one 0..1 colour scale."""

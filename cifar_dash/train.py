@@ -83,7 +83,9 @@ def compile_for_phase(model, recipe, phase, steps_per_epoch):
     models.set_trainable(model, phase.trainable, bn_trainable=recipe.backbone_bn_training)
     lr = phase.learning_rate
     if recipe.lr_schedule == "onecycle":
-        lr = TriangularSchedule(phase.learning_rate, steps_per_epoch * phase.epochs)
+        peak_at, start, end = recipe.onecycle
+        lr = TriangularSchedule(phase.learning_rate, steps_per_epoch * phase.epochs, warmup=peak_at, start=start,
+                                end=end)
     model.compile(
         optimizer=make_optimizer(recipe, lr),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
@@ -213,6 +215,7 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
     """Train ``stage_key`` and publish its artifacts into ``out_dir`` (default checkpoints/STAGE). Returns out_dir."""
     stage = stages.get(stage_key)
     recipe = stages.recipe_for(stage, epochs, backbone, seed)
+    mixed_precision = bool(mixed_precision or recipe.mixed_precision)
     out = Path(out_dir) if out_dir else artifacts.stage_dir(stage.key)
     work = artifacts.work_dir(stage.key, out)
     work.mkdir(parents=True, exist_ok=True)
@@ -245,11 +248,14 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
                      "epochs_done": 0, "train_seconds": 0.0, "history": [], "started": time.time(),
                      "backbone_weights": str(backbone_weights) if backbone_weights else None}
             resolved_weights = resolve_backbone_weights(recipe, backbone_weights)
-            if mixed_precision:  # bfloat16 compute, float32 variables: for GPUs; recorded in train_info
+            if mixed_precision:  # bfloat16 compute, float32 variables; recorded in train_info
                 keras.mixed_precision.set_global_policy("mixed_bfloat16")
             model = stages.build(stage, recipe, backbone_weights=resolved_weights)
+            models.init_from_data(model, x_tr)
             state["backbone_weights"] = describe_weights(recipe, resolved_weights)
         else:
+            if mixed_precision:
+                keras.mixed_precision.set_global_policy("mixed_bfloat16")
             model = artifacts.load_model_compiled(work / WORK_MODEL)
 
         train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed)
