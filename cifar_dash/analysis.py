@@ -28,10 +28,19 @@ def stage_rows(results) -> list[dict]:
             "ms/image (batch 256)": round(inf["batch_256_ms_per_image"], 3) if inf else None,
             "ECE": round(m["calibration"]["ece"], 4) if m else None,
             "train machine": m.get("train_machine"),
-            "backbone": m.get("backbone"),
+            "backbone": backbone_label(r),
             "error": r.error,
         })
     return rows
+
+
+def backbone_label(result) -> str | None:
+    """The backbone a checkpoint used, saying so plainly where it is not the recipe's default."""
+    m = result.metrics or {}
+    used, default = m.get("backbone"), result.stage.recipe.backbone
+    if not used:
+        return None
+    return used if used == default else f"{used} (stand-in for {default})"
 
 
 def cell_indices(preds, true_class: int, predicted_class: int) -> np.ndarray:

@@ -118,8 +118,26 @@ def label_smoothing_calibrates(results) -> Claim:
     return Claim(text, "supported" if cb["mean_confidence_wrong"] < ca["mean_confidence_wrong"] else "contradicted", ev)
 
 
+def small_net_from_scratch(results) -> Claim:
+    text = ("Beyond the seed: a 2 M-parameter network trained from scratch (speedrun) matches the ImageNet ResNet "
+            "at a fraction of its cost.")
+    r = _by_key(results)
+    resnets = [r[k] for k in ("resnet50v2_sota", "resnet50v2") if k in r]
+    if "speedrun" not in r or not resnets:
+        return Claim(text, "not measured", "needs speedrun and a ResNet stage trained")
+    s, best = r["speedrun"], max(resnets, key=lambda x: x.accuracy)
+    ms, mb = s.metrics, best.metrics
+    ev = (f"speedrun {_pct(s.accuracy)} with {ms['params']:,} parameters, {ms['flops_per_image'] / 1e6:,.0f} MFLOP "
+          f"per image, {ms['train_seconds'] / 60:.1f} min of training ({ms['epochs']} epochs) on "
+          f"{ms.get('train_machine')}; {best.stage.key} {_pct(best.accuracy)} with {mb['params']:,} parameters "
+          f"({mb.get('backbone')} backbone), {mb['flops_per_image'] / 1e6:,.0f} MFLOP per image, "
+          f"{mb['train_seconds'] / 60:.1f} min ({mb['epochs']} epochs) on {mb.get('train_machine')}.")
+    matches = s.accuracy >= best.accuracy and ms["train_seconds"] < mb["train_seconds"]
+    return Claim(text, "supported" if matches else "contradicted", ev)
+
+
 CHECKS = (colour_vs_shape, deep_mlp_overfits, augmentation_blocks_overfitting, frozen_is_small_and_fast,
-          finetuning_helps, label_smoothing_calibrates)
+          finetuning_helps, label_smoothing_calibrates, small_net_from_scratch)
 
 
 def evaluate_claims(results) -> list[Claim]:

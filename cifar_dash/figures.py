@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from .analysis import backbone_label
 from .data import CLASS_NAMES
 
 REPORTED_COLOR = "#9aa5b1"
@@ -27,7 +28,7 @@ def growth_curve(results) -> go.Figure:
         measured.append(100 * m["test_accuracy"] if m else None)
         evidence = (f"measured {100 * m['test_accuracy']:.2f}% on {m['n_test']:,} test images<br>"
                     f"{m.get('epochs')} epochs, {_fmt_seconds(m.get('train_seconds'))} on {m.get('train_machine')}"
-                    + (f"<br>backbone: {m.get('backbone')}" if m.get("backbone") else "")
+                    + (f"<br>backbone: {backbone_label(r)}" if m.get("backbone") else "")
                     if m else f"not measured ({r.status})")
         hover.append(f"<b>{r.stage.title}</b><br>{r.stage.changed}<br>reported {r.stage.reported_accuracy:.2f}%"
                      f"<br>{evidence}")

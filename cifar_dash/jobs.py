@@ -71,9 +71,10 @@ def _read(path: Path) -> dict | None:
 
 
 def start(stage: str, epochs: int | None = None, limit: int | None = None, data_path: str | None = None,
-          resume: bool = False, extra_env: dict | None = None) -> dict:
+          resume: bool = False, extra_env: dict | None = None, backbone: str | None = None,
+          mixed_precision: bool = False) -> dict:
     """Start training ``stage`` in the background. Raises JobRunning when one is already live."""
-    stages.get(stage)
+    stages.recipe_for(stages.get(stage), backbone=backbone)  # an unknown stage or backbone fails here, not later
     current = status(stage)
     if current.active:
         raise JobRunning(f"{stage} is already training (pid {current.job['pid']}, started "
@@ -99,6 +100,10 @@ def start(stage: str, epochs: int | None = None, limit: int | None = None, data_
             cmd += ["--data", str(data_path)]
         if resume:
             cmd += ["--resume"]
+        if backbone:
+            cmd += ["--backbone", backbone]
+        if mixed_precision:
+            cmd += ["--mixed-precision"]
         env = {**os.environ, "PYTHONPATH": str(artifacts.project_root()), "PYTHONUNBUFFERED": "1",
                **(extra_env or {})}
         with open(log, "w") as fh:

@@ -24,6 +24,8 @@ def deviations(r) -> list[str]:
         notes.append(f"smoke run on {m['limit']:,} images")
     if default.backbone and m.get("backbone") != default.backbone:
         notes.append(f"{m.get('backbone')} backbone instead of {default.backbone}")
+    if (r.train_info or {}).get("mixed_precision") and not default.mixed_precision:
+        notes.append("bfloat16 compute")
     if r.status == "stale":
         notes.append("model retrained since this evaluation")
     return notes
@@ -37,8 +39,10 @@ def _runs_note(r) -> str | None:
     except artifacts.ArtifactError:
         return None
     sd = summary.get("std_test_accuracy")
-    return (f"{summary['n_runs']} seeds: {100 * summary['mean_test_accuracy']:.2f}%"
-            + (f" ± {100 * sd:.2f}" if sd is not None else ""))
+    secs = summary.get("mean_train_seconds")
+    return (f"{summary['n_runs']} seeds: mean {100 * summary['mean_test_accuracy']:.2f}%"
+            + (f" ± {100 * sd:.2f} (sd)" if sd is not None else "")
+            + (f", mean train time {_duration(secs)}" if secs is not None else ""))
 
 
 def results_markdown(root: Path | None = None) -> str:

@@ -3,6 +3,7 @@ atomically. Keras APIs only, so it runs under any Keras backend (TensorFlow by d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -200,8 +201,14 @@ class CancelOnSignal(keras.callbacks.Callback):
         self.requested = True
 
     def on_train_batch_end(self, batch, logs=None):
+        # Raise rather than set stop_training: Keras would still run the whole validation pass (minutes for the
+        # ResNet stages) before returning.
         if self.requested:
-            self.model.stop_training = True
+            raise Cancelled()
+
+    def on_test_batch_end(self, batch, logs=None):
+        if self.requested:
+            raise Cancelled()
 
 
 def _config_key(stage_key, recipe, limit, fingerprint):
@@ -215,7 +222,9 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
     """Train ``stage_key`` and publish its artifacts into ``out_dir`` (default checkpoints/STAGE). Returns out_dir."""
     stage = stages.get(stage_key)
     recipe = stages.recipe_for(stage, epochs, backbone, seed)
-    mixed_precision = bool(mixed_precision or recipe.mixed_precision)
+    if mixed_precision and not recipe.mixed_precision:
+        recipe = dataclasses.replace(recipe, mixed_precision=True)
+    mixed_precision = recipe.mixed_precision
     out = Path(out_dir) if out_dir else artifacts.stage_dir(stage.key)
     work = artifacts.work_dir(stage.key, out)
     work.mkdir(parents=True, exist_ok=True)
@@ -225,6 +234,7 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
         write_json(progress_path, {"stage": stage.key, "state": state, "pid": os.getpid(), "message": message,
                                    "updated": time.time()})
 
+    policy = keras.mixed_precision.global_policy()
     try:
         write_json(progress_path, {"stage": stage.key, "state": "loading", "pid": os.getpid(), "updated": time.time()})
         cifar = data_mod.load(data_path)
@@ -325,6 +335,8 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
     except BaseException as e:
         fail("failed", f"{type(e).__name__}: {e}")
         raise
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
 
 
 def publish(src: Path, out: Path) -> None:

@@ -202,10 +202,21 @@ def training_sidebar():
                                                         "first N test images: a quick smoke run.")
         if limit:
             st.caption("A limited run replaces this stage's checkpoint with a smaller, weaker model when it finishes.")
+        backbone = None
+        options = list(stages.get(key).backbone_options)
+        if len(options) > 1:
+            shipped = next((r.metrics or {}).get("backbone") for r in all_results() if r.stage.key == key)
+            backbone = st.selectbox(
+                "Backbone", options, index=options.index(shipped) if shipped in options else 0, key="train_backbone",
+                help="ImageNet weights come from the Keras download, or from the file named by "
+                     "CIFAR_DASH_<BACKBONE>_WEIGHTS (e.g. CIFAR_DASH_RESNET50_WEIGHTS) when set.")
+        bf16 = st.checkbox("bfloat16 compute", value=recipe.mixed_precision, key="train_bf16",
+                           help="Mixed precision: bfloat16 maths, float32 weights. Faster on GPUs and on CPUs with "
+                                "AVX512-BF16 or AMX; slower on CPUs without them.")
         if st.button("Start training", key="train_start", type="primary"):
             try:
                 jobs.start(key, epochs=int(epochs) or None, limit=int(limit) or None,
-                           data_path=os.environ.get(data.ENV_VAR))
+                           data_path=os.environ.get(data.ENV_VAR), backbone=backbone, mixed_precision=bf16)
                 st.toast(f"Started training {key}")
             except jobs.JobRunning as e:
                 st.warning(str(e))

@@ -46,8 +46,16 @@ ev = (f"{m['n_test']:,} test images · {m.get('epochs')} epochs · {_shared.fmt_
       f"Keras {m.get('keras_version')} ({m.get('backend')})")
 if m.get("backbone"):
     w = m.get("backbone_weights") or {}
-    ev += f" · backbone {m['backbone']}" + (f" ({w.get('file')})" if isinstance(w, dict) and w.get("file") else "")
+    ev += f" · backbone {analysis.backbone_label(r)}"
+    if isinstance(w, dict) and w.get("file"):
+        ev += f" ({w['file']})"
+if (r.train_info or {}).get("mixed_precision"):
+    ev += " · bfloat16 compute, float32 weights"
 st.caption(ev)
+if m.get("tta_accuracy"):
+    names = {"none": "one view", "flip": "+ flip (2 views)", "flip_shift": "+ 1-pixel shifts (6 views)"}
+    st.caption("Test-time augmentation, same model: " + " · ".join(
+        f"{names.get(k, k)} {100 * v:.2f}%" for k, v in m["tta_accuracy"].items()))
 try:
     runs = artifacts.read_json(r.folder / artifacts.RUNS)
     sd = runs.get("std_test_accuracy")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cifar_dash import analysis, results
+from cifar_dash import analysis, claims, results
 from cifar_dash.data import CLASS_NAMES
 from tests.conftest import ROOT
 
@@ -155,7 +155,7 @@ def test_training_page_and_sidebar_render(app_env):
 def test_journey_states_each_seed_claim_with_a_verdict(app_env):
     at = _app()
     verdicts = [t for t in _texts(at) if "— *supported*" in t or "— *contradicted*" in t or "— *not measured*" in t]
-    assert len(verdicts) == 6
+    assert len(verdicts) == len(claims.CHECKS)
     assert any("deep_mlp (2,366,474 parameters)" in t for t in verdicts)
     calib = next(c for c in _charts(at) if any(d.get("name") == "ECE" for d in c["data"]))
     ece = next(d for d in calib["data"] if d["name"] == "ECE")

@@ -59,3 +59,14 @@ def test_killed_job_is_reported(root, cifar_npz):
 
 def test_idle_stage():
     assert jobs.status("vgg_aug").state == "idle" and not jobs.cancel("vgg_aug")
+
+
+def test_sidebar_options_reach_the_training_command(root, cifar_npz):
+    rec = jobs.start("mlp", epochs=1, limit=120, data_path=str(cifar_npz), mixed_precision=True)
+    assert "--mixed-precision" in rec["cmd"]
+    st = jobs.wait("mlp", timeout=240)
+    assert st.state == "done", (st.message, jobs.tail_log("mlp"))
+    r = results.load_result("mlp")
+    assert r.train_info["mixed_precision"] is True and r.metrics["recipe"]["mixed_precision"] is True
+    with pytest.raises(ValueError, match="takes backbone"):
+        jobs.start("resnet50v2", backbone="vgg16")

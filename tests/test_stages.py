@@ -125,3 +125,48 @@ def test_onecycle_schedule_shape():
     s = TriangularSchedule(0.2, 100, warmup=0.2)
     values = [float(s(i)) for i in (0, 10, 20, 60, 100)]
     assert values == pytest.approx([0.0, 0.1, 0.2, 0.1, 0.0])
+
+
+def test_onecycle_schedule_with_start_and_end_fractions():
+    from cifar_dash.layers import TriangularSchedule
+
+    s = TriangularSchedule(1.5, 100, warmup=0.25, start=0.2, end=0.1)
+    values = [float(s(i)) for i in (0, 25, 100)]
+    assert values == pytest.approx([0.3, 1.5, 0.15])
+    assert TriangularSchedule.from_config(s.get_config()).get_config() == s.get_config()
+
+
+def test_whitening_kernel_whitens_image_patches():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(200, 33, 33, 1))
+    # strongly correlated neighbouring pixels and channels, like natural images
+    img = (base[:, :32, :32] + base[:, 1:, 1:] + 0.1 * rng.normal(size=(200, 32, 32, 3))).astype("float32")
+    kernel = models.whitening_kernel(img, eps=1e-6)
+    assert kernel.shape == (2, 2, 3, 24)
+    np.testing.assert_allclose(kernel[..., 12:], -kernel[..., :12])
+    patches = np.stack([img[:, i:31 + i, j:31 + j] for i in (0, 1) for j in (0, 1)], axis=3).reshape(-1, 12)
+    out = patches @ kernel.reshape(12, 24)[:, :12]
+    np.testing.assert_allclose(np.cov(out, rowvar=False, bias=True), np.eye(12), atol=0.02)
+
+
+def test_speedrun_whitening_stays_frozen_and_convs_start_as_identity():
+    m, r = _build("speedrun")
+    x = np.random.default_rng(0).integers(0, 256, size=(64, 32, 32, 3)).astype("uint8")
+    models.init_from_data(m, x)
+    models.set_trainable(m, "all")
+    whiten = m.get_layer(models.WHITEN)
+    assert not whiten.trainable and all(w is not whiten.kernel for w in m.trainable_weights)
+    assert np.abs(keras_np(whiten.kernel)).sum() > 0
+    k = keras_np(m.get_layer("block2_conv2").kernel)
+    np.testing.assert_array_equal(k[1, 1], np.eye(256))
+    assert np.abs(k[0]).sum() == 0
+    k1 = keras_np(m.get_layer("block1_conv1").kernel)  # 24 -> 64: the first 24 filters are identities
+    np.testing.assert_array_equal(k1[1, 1, :, :24], np.eye(24))
+    assert np.abs(k1[..., 24:]).sum() > 0
+    assert r.mixed_precision and r.tta == "flip_shift"
+
+
+def keras_np(v):
+    import keras
+
+    return keras.ops.convert_to_numpy(v)

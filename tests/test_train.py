@@ -44,6 +44,8 @@ def test_smoke_train_and_evaluate_every_stage(key, cifar_npz, tmp_path):
     again = evaluate.evaluate(key, out_dir=out, data_path=cifar_npz)
     assert again["test_accuracy"] == pytest.approx(m["test_accuracy"])
     assert results.load_result(key, tmp_path).status == "trained"
+    if stages.get(key).recipe.tta:
+        assert m["tta_accuracy"][m["tta"]] == pytest.approx(m["test_accuracy"])
 
 
 def test_mlp_learns_the_synthetic_signal(trained_root):
@@ -144,3 +146,58 @@ def test_mixup_batches_blend_images_and_labels():
     # pixel value / 200 equals the weight of class 1 in the label, image by image
     np.testing.assert_allclose(xb[:, 0, 0, 0] / 200, yb[:, 1], atol=1e-5)
     assert ((yb > 0) & (yb < 1)).any()
+
+
+class _RecordingModel:
+    """Stands in for a Keras model: 'probabilities' read from the top-left pixel, every call recorded."""
+
+    def __init__(self):
+        self.calls = []
+
+    def predict_on_batch(self, batch):
+        self.calls.append(np.array(batch))
+        v = batch[:, 0, 0, 0] / 255.0
+        return np.stack([v, 1 - v], axis=1)
+
+
+def test_tta_modes_average_the_views_airbench_weights():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(5, 32, 32, 3)).astype("uint8")
+    assert evaluate.tta_mode(True) == "flip" and evaluate.tta_mode(False) == "none"
+    with pytest.raises(ValueError):
+        evaluate.tta_mode("rotate")
+    f = _RecordingModel()
+    got = evaluate.predict_probs(f, x, tta="flip_shift")
+    assert len(f.calls) == 6
+
+    def p(b):
+        v = b[:, 0, 0, 0].astype("float64") / 255.0
+        return np.stack([v, 1 - v], axis=1)
+
+    def mirror(b):
+        return (p(b) + p(b[:, :, ::-1])) / 2
+
+    padded = np.pad(x.astype("float32"), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    want = 0.5 * mirror(x) + 0.25 * mirror(padded[:, :32, :32]) + 0.25 * mirror(padded[:, 2:, 2:])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    f = _RecordingModel()
+    evaluate.predict_probs(f, x, tta=True)
+    assert len(f.calls) == 2
+    levels = evaluate.tta_levels(_RecordingModel(), x, tta="flip_shift")
+    assert set(levels) == {"none", "flip", "flip_shift"}
+    np.testing.assert_allclose(levels["none"], p(x), rtol=1e-6)
+    np.testing.assert_allclose(levels["flip"], mirror(x), rtol=1e-6)
+    np.testing.assert_allclose(levels["flip_shift"], got)
+
+
+def test_backbone_stand_in_and_bfloat16_are_said_plainly():
+    from cifar_dash import analysis, report
+
+    r = results.StageResult(stages.get("resnet50v2"), "trained",
+                            metrics={"backbone": "resnet50", "epochs": 5, "test_accuracy": 0.9},
+                            train_info={"mixed_precision": True})
+    assert analysis.backbone_label(r) == "resnet50 (stand-in for resnet50v2)"
+    notes = report.deviations(r)
+    assert "resnet50 backbone instead of resnet50v2" in notes and "bfloat16 compute" in notes
+    same = results.StageResult(stages.get("resnet50v2"), "trained", metrics={"backbone": "resnet50v2", "epochs": 5})
+    assert analysis.backbone_label(same) == "resnet50v2" and report.deviations(same) == []
