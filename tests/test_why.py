@@ -109,3 +109,19 @@ def test_gradcam_on_conv_stages_and_fallback_for_mlps(trained_root, monkeypatch,
     fallback = saliency.stage_map(mlp, img, method="gradcam")
     assert fallback["method"] == "occlusion" and fallback["map"].max() <= 1.0 + 1e-6
     assert saliency.stage_map(cnn, img, method="gradcam")["method"] == "Grad-CAM"
+
+
+def test_speedrun_claim_compares_against_the_best_trained_resnet():
+    from cifar_dash import stages
+
+    def res(key, acc, params, secs, backbone=None):
+        m = {"test_accuracy": acc, "params": params, "flops_per_image": 2.4e8 if key == "speedrun" else 8.4e9,
+             "train_seconds": secs, "epochs": 10, "train_machine": "CPU", "backbone": backbone}
+        return results.StageResult(stages.get(key), "trained", metrics=m)
+
+    fast = res("speedrun", 0.92, 1_973_944, 1300)
+    rn = res("resnet50v2", 0.93, 23_600_000, 3000, "resnet50")
+    assert claims.small_net_from_scratch([fast]).verdict == "not measured"
+    c = claims.small_net_from_scratch([fast, rn])
+    assert c.verdict == "contradicted" and "92.0%" in c.evidence and "resnet50 backbone" in c.evidence
+    assert claims.small_net_from_scratch([res("speedrun", 0.94, 1_973_944, 1300), rn]).verdict == "supported"
