@@ -4,8 +4,8 @@
 
 Each (stage, precision) pair runs in a fresh process (the Keras dtype policy is global): the stage's model is built
 with random weights, compiled with its recipe's optimizer and loss, and timed over --steps train steps at the
-recipe's batch size (ResNet stages: --resnet-batch, default the recipe's 64) after two warm-up steps. Images per
-second and peak RSS are printed and, with --json, written with the machine and versions.
+recipe's batch size after two warm-up steps (ResNet stages with the ResNet50 backbone, which needs no download).
+Images per second and peak RSS are printed and, with --json, written with the machine and versions.
 """
 
 from __future__ import annotations

@@ -243,6 +243,8 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
         (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data_mod.split(cifar, limit, recipe.validation_size)
         keras.utils.set_random_seed(recipe.seed)
         config = _config_key(stage.key, recipe, limit, fingerprint)
+        if mixed_precision:  # bfloat16 compute, float32 variables (fresh or resumed); recorded in train_info
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
         state = None
         if resume and (work / STATE).exists() and (work / WORK_MODEL).exists():
             old = json.loads((work / STATE).read_text())
@@ -258,14 +260,10 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
                      "epochs_done": 0, "train_seconds": 0.0, "history": [], "started": time.time(),
                      "backbone_weights": str(backbone_weights) if backbone_weights else None}
             resolved_weights = resolve_backbone_weights(recipe, backbone_weights)
-            if mixed_precision:  # bfloat16 compute, float32 variables; recorded in train_info
-                keras.mixed_precision.set_global_policy("mixed_bfloat16")
             model = stages.build(stage, recipe, backbone_weights=resolved_weights)
             models.init_from_data(model, x_tr)
             state["backbone_weights"] = describe_weights(recipe, resolved_weights)
         else:
-            if mixed_precision:
-                keras.mixed_precision.set_global_policy("mixed_bfloat16")
             model = artifacts.load_model_compiled(work / WORK_MODEL)
 
         train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed)
