@@ -151,6 +151,7 @@ def split(data: Cifar10, limit: int | None, validation_size: int):
     """(x_train, y_train), (x_val, y_val), (x_test, y_test); validation is held out from the end of train.
 
     ``limit`` keeps the first N training and N test images (smoke runs); validation shrinks to a tenth of N.
+    ``validation_size=0`` holds nothing out (the validation arrays are empty).
     """
     x, y = data.x_train, data.y_train
     x_test, y_test = data.x_test, data.y_test
@@ -159,4 +160,6 @@ def split(data: Cifar10, limit: int | None, validation_size: int):
         x_test, y_test = x_test[:limit], y_test[:limit]
         validation_size = min(validation_size, max(1, limit // 10))
     n_val = min(validation_size, len(x) - 1)
+    if n_val <= 0:  # the recipe trains on every training image and holds none out
+        return (x, y), (x[:0], y[:0]), (x_test, y_test)
     return (x[:-n_val], y[:-n_val]), (x[-n_val:], y[-n_val:]), (x_test, y_test)

@@ -7,7 +7,7 @@ import keras
 from keras import layers
 
 from .data import NUM_CLASSES
-from .layers import CaffePreprocess
+from .layers import CaffePreprocess, ScaledBias
 
 
 class BackboneWeightsError(RuntimeError):
@@ -100,11 +100,20 @@ CIFAR_MEAN = (125.307, 122.950, 113.865)
 CIFAR_STD = (62.993, 62.089, 66.705)
 
 
+def _norm(x, recipe, name):
+    """BatchNorm without scale; its bias trains ``recipe.norm_bias_lr_scale`` times faster (a ScaledBias) when >1."""
+    scale = getattr(recipe, "norm_bias_lr_scale", 1.0)
+    if scale == 1.0:
+        return layers.BatchNormalization(momentum=0.6, epsilon=1e-5, scale=False, name=name)(x)
+    x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, center=False, scale=False, name=name)(x)
+    return ScaledBias(scale ** 0.5, name=f"{name}_bias")(x)
+
+
 def speedrun(recipe, **_):
     """A small fast network after airbench94 (Keller Jordan, 2024): a frozen 2x2 patch-whitening conv (set from the
     training images by ``init_from_data``), then three blocks of Conv-Pool-BN-GELU-Conv-BN-GELU (widths 64/256/256,
-    BatchNorm without scale, convolutions identity-initialised in their first input-many filters), global max pool
-    and a bias-free linear head scaled by 1/9."""
+    BatchNorm without scale and with fast-training biases, convolutions identity-initialised in their first
+    input-many filters), global max pool and a bias-free linear head scaled by 1/9."""
     inp = _input()
     x = _augment(inp, recipe.augmentation, recipe.seed)
     x = layers.Normalization(mean=CIFAR_MEAN, variance=[s * s for s in CIFAR_STD], name="normalize")(x)
@@ -116,12 +125,12 @@ def speedrun(recipe, **_):
         x = conv(x)
         convs.append(conv)
         x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
-        x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, scale=False, name=f"block{i + 1}_bn1")(x)
+        x = _norm(x, recipe, f"block{i + 1}_bn1")
         x = layers.Activation("gelu", name=f"block{i + 1}_gelu1")(x)
         conv = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{i + 1}_conv2")
         x = conv(x)
         convs.append(conv)
-        x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, scale=False, name=f"block{i + 1}_bn2")(x)
+        x = _norm(x, recipe, f"block{i + 1}_bn2")
         x = layers.Activation("gelu", name=f"block{i + 1}_gelu2")(x)
     x = layers.GlobalMaxPooling2D(name="pool")(x)
     x = layers.Dense(NUM_CLASSES, use_bias=False, name="logits")(x)

@@ -22,7 +22,7 @@ from . import data as data_mod
 from . import evaluate as evaluate_mod
 from .artifacts import write_json
 from .data import NUM_CLASSES
-from .layers import TriangularSchedule
+from .layers import LookaheadSGD, TriangularSchedule
 
 PROGRESS = "progress.json"
 STATE = "state.json"
@@ -34,14 +34,28 @@ class Cancelled(Exception):
 
 
 class Batches(keras.utils.PyDataset):
-    """Shuffled mini-batches of raw images and one-hot (optionally MixUp-blended) labels."""
+    """Shuffled mini-batches of raw images and one-hot (optionally MixUp-blended) labels, optionally augmented here
+    in NumPy (``augment``: "flip_alternate", "crop:N"; see stages.Recipe.loader_augmentation). Every random choice
+    comes from (seed, epoch, batch), so a resumed run sees the same batches as an uninterrupted one."""
 
-    def __init__(self, x, y, batch_size, mixup_alpha=0.0, seed=0):
+    def __init__(self, x, y, batch_size, mixup_alpha=0.0, seed=0, augment=()):
         super().__init__()
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.mixup_alpha = mixup_alpha
         self.seed = seed
+        self.flip = self.pad = None
+        for spec in augment:
+            kind, _, arg = spec.partition(":")
+            if kind == "flip_alternate":
+                self.flip = np.random.default_rng((seed, 7)).random(len(x)) < 0.5  # the first epoch's flips
+            elif kind == "crop":
+                self.pad = int(arg)
+            else:
+                raise ValueError(f"unknown loader augmentation {spec!r}")
+        if self.pad:  # padded once, cropped per batch
+            p = self.pad
+            self.x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
         self.epoch = 0
         self._order = None
         self.on_epoch_end()
@@ -56,9 +70,24 @@ class Batches(keras.utils.PyDataset):
     def on_epoch_end(self):
         self.set_epoch(self.epoch + (self._order is not None))
 
+    def _augmented(self, idx, i):
+        if self.pad:
+            p, n = self.pad, len(idx)
+            rng = np.random.default_rng((self.seed, self.epoch, i, 2))
+            dy, dx = rng.integers(0, 2 * p + 1, size=(2, n))
+            rows = dy[:, None] + np.arange(self.x.shape[1] - 2 * p)
+            cols = dx[:, None] + np.arange(self.x.shape[2] - 2 * p)
+            xb = self.x[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+        else:
+            xb = self.x[idx]
+        if self.flip is not None:
+            flip = self.flip[idx] ^ bool(self.epoch % 2)
+            xb = np.where(flip[:, None, None, None], xb[:, :, ::-1], xb)
+        return xb
+
     def __getitem__(self, i):
         idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
-        xb = self.x[idx].astype("float32")
+        xb = self._augmented(idx, i).astype("float32")
         yb = np.eye(NUM_CLASSES, dtype="float32")[self.y[idx]]
         if self.mixup_alpha > 0:
             rng = np.random.default_rng((self.seed, self.epoch, i, 1))
@@ -69,7 +98,12 @@ class Batches(keras.utils.PyDataset):
         return xb, yb
 
 
-def make_optimizer(recipe: stages.Recipe, learning_rate: float):
+def make_optimizer(recipe: stages.Recipe, learning_rate, steps_per_epoch: int = 1, total_steps: int = 1):
+    if recipe.optimizer == "sgd_nesterov" and recipe.lookahead:
+        start_epoch, base, power, every = recipe.lookahead
+        return LookaheadSGD(learning_rate, momentum=recipe.momentum, nesterov=True,
+                            weight_decay=recipe.weight_decay or None, start_step=int(start_epoch * steps_per_epoch),
+                            total_steps=total_steps, every=int(every), base=base, power=power)
     if recipe.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate)
     if recipe.optimizer == "adamw":
@@ -88,9 +122,10 @@ def compile_for_phase(model, recipe, phase, steps_per_epoch):
         lr = TriangularSchedule(phase.learning_rate, steps_per_epoch * phase.epochs, warmup=peak_at, start=start,
                                 end=end)
     model.compile(
-        optimizer=make_optimizer(recipe, lr),
+        optimizer=make_optimizer(recipe, lr, steps_per_epoch, steps_per_epoch * phase.epochs),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=["accuracy"],
+        jit_compile=True if recipe.jit_compile else "auto",
     )
 
 
@@ -157,9 +192,10 @@ class Progress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        val = (f"val_loss {logs['val_loss']:.4f} val_acc {logs.get('val_accuracy', 0):.4f} "
+               if "val_loss" in logs else "")
         line = (f"epoch {epoch + 1}/{self.total_epochs} ({self.phase}) loss {logs.get('loss', 0):.4f} "
-                f"acc {logs.get('accuracy', 0):.4f} val_loss {logs.get('val_loss', 0):.4f} "
-                f"val_acc {logs.get('val_accuracy', 0):.4f} {time.time() - self.epoch_start:.0f}s")
+                f"acc {logs.get('accuracy', 0):.4f} {val}{time.time() - self.epoch_start:.0f}s")
         print(("\r" if self.tty else "") + line, file=self.stream, flush=True)
         self.last_line_fraction = -1
 
@@ -266,8 +302,9 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
         else:
             model = artifacts.load_model_compiled(work / WORK_MODEL)
 
-        train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed)
-        val_y = np.eye(NUM_CLASSES, dtype="float32")[y_val]
+        train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed,
+                                recipe.loader_augmentation)
+        validation = (x_val, np.eye(NUM_CLASSES, dtype="float32")[y_val]) if len(x_val) else None
         canceller = CancelOnSignal()
         progress = Progress(progress_path, stage.key, recipe.epochs, len(train_batches), stream)
         start_epoch = 0
@@ -286,7 +323,7 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
                     monitor="val_accuracy", mode="max", factor=recipe.plateau_factor,
                     patience=recipe.plateau_patience, min_lr=1e-7, verbose=0))
             train_batches.set_epoch(state["epochs_done"])
-            model.fit(train_batches, validation_data=(x_val, val_y), validation_batch_size=256,
+            model.fit(train_batches, validation_data=validation, validation_batch_size=256,
                       epochs=end_epoch, initial_epoch=state["epochs_done"], callbacks=callbacks, verbose=0)
             if canceller.requested:
                 raise Cancelled()
