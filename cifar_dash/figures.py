@@ -62,8 +62,9 @@ def training_curves(history: list[dict], metric: str = "accuracy") -> go.Figure:
     epochs = [h["epoch"] for h in history]
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=epochs, y=[h.get(metric) for h in history], name=f"train {metric}", mode="lines+markers"))
-    fig.add_trace(go.Scatter(x=epochs, y=[h.get(f"val_{metric}") for h in history], name=f"validation {metric}",
-                             mode="lines+markers"))
+    if any(f"val_{metric}" in h for h in history):  # recipes that train on every image have no validation curve
+        fig.add_trace(go.Scatter(x=epochs, y=[h.get(f"val_{metric}") for h in history], name=f"validation {metric}",
+                                 mode="lines+markers"))
     phases = [h.get("phase") for h in history]
     for i in range(1, len(phases)):
         if phases[i] != phases[i - 1]:

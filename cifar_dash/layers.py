@@ -80,12 +80,13 @@ class LookaheadSGD(keras.optimizers.SGD):
         self.base, self.power = float(base), float(power)
 
     def lookahead_rho(self, step):
-        """The weight of the old average after optimizer step number ``step`` (1-based): 0 before the start (the
-        average follows the weights), 1 between lookahead steps (the average holds)."""
+        """The weight of the old average after optimizer step number ``step`` (1-based): 0 on the first step and
+        before the start (the average follows the weights), 1 between lookahead steps (the average holds)."""
         step = ops.cast(step, "float32")
         scheduled = (self.base ** self.every) * ops.power(step / self.total_steps, self.power)
         due = ops.equal(ops.mod(step, float(self.every)), 0.0)
-        return ops.where(step < self.start_step, 0.0, ops.where(due, scheduled, 1.0))
+        follow = ops.logical_or(step < self.start_step, ops.equal(step, 1.0))  # the average starts as the weights
+        return ops.where(follow, 0.0, ops.where(due, scheduled, 1.0))
 
     def _update_model_variables_moving_average(self, trainable_variables):
         rho = self.lookahead_rho(self.iterations + 1)

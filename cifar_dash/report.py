@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 from . import results
@@ -26,9 +28,27 @@ def deviations(r) -> list[str]:
         notes.append(f"{m.get('backbone')} backbone instead of {default.backbone}")
     if (r.train_info or {}).get("mixed_precision") and not default.mixed_precision:
         notes.append("bfloat16 compute")
+    changed = recipe_changes(m.get("recipe"), default)
+    if changed:
+        notes.append("an earlier recipe (differs in " + ", ".join(changed) + ")")
     if r.status == "stale":
         notes.append("model retrained since this evaluation")
     return notes
+
+
+# Settings a checkpoint may differ in without being another recipe (reported separately or per run).
+_PER_RUN = {"seed", "phases", "mixed_precision", "backbone"}
+
+
+def recipe_changes(stored: dict | None, default) -> list[str]:
+    """The recipe fields in which a checkpoint's stored recipe differs from the stage's current one."""
+    if not stored:
+        return []
+    current = json.loads(json.dumps(default.to_dict()))
+    # a field added after the checkpoint was made counts as its default value
+    defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(default)
+                if f.default is not dataclasses.MISSING}
+    return [k for k in current if k not in _PER_RUN and stored.get(k, defaults.get(k)) != current[k]]
 
 
 def _runs_note(r) -> str | None:

@@ -19,6 +19,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa() -> str | None:
+    """The widest vector instructions the CPU offers, which decide CPU training speed (and whether bfloat16 pays):
+    "AMX", "AVX-512 BF16", "AVX-512", "AVX2" or None when unknown."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
+    except OSError:
+        return None
+    for name, flag in (("AMX", "amx_bf16"), ("AVX-512 BF16", "avx512_bf16"), ("AVX-512", "avx512f"), ("AVX2", "avx2")):
+        if flag in flags:
+            return name
+    return None
+
+
 def accelerator() -> str | None:
     import keras
 
@@ -57,9 +71,11 @@ def info() -> dict:
         pass
     gpu = accelerator()
     cpu = cpu_name()
+    isa = cpu_isa()
     return {
-        "machine": f"{gpu} GPU" if gpu else f"CPU: {cpu} ({os.cpu_count()} cores)",
+        "machine": f"{gpu} GPU" if gpu else f"CPU: {cpu} ({os.cpu_count()} cores{', ' + isa if isa else ''})",
         "cpu": cpu,
+        "cpu_isa": isa,
         "cpu_count": os.cpu_count(),
         "gpu": gpu,
         "backend": backend,

@@ -81,4 +81,6 @@ def test_split_holds_out_validation_and_limit():
     np.testing.assert_array_equal(xv, d.x_train[90:])
     (xt, _), (xv, _), (xs, _) = data.split(d, 40, 5000)
     assert len(xt) + len(xv) == 40 and len(xv) == 4 and len(xs) == 40
+    (xt, yt), (xv, yv), _ = data.split(d, None, 0)  # a recipe that holds nothing out trains on every image
+    assert len(xt) == 100 and len(xv) == 0 and len(yv) == 0 and xv.shape[1:] == (32, 32, 3)
     assert data.CLASS_NAMES[3] == "cat" and len(data.CLASS_NAMES) == 10

@@ -163,7 +163,72 @@ def test_speedrun_whitening_stays_frozen_and_convs_start_as_identity():
     k1 = keras_np(m.get_layer("block1_conv1").kernel)  # 24 -> 64: the first 24 filters are identities
     np.testing.assert_array_equal(k1[1, 1, :, :24], np.eye(24))
     assert np.abs(k1[..., 24:]).sum() > 0
-    assert r.mixed_precision and r.tta == "flip_shift"
+    assert not r.mixed_precision and r.jit_compile and r.tta == "flip_shift"
+    assert r.validation_size == 0 and r.lookahead and r.norm_bias_lr_scale == 64.0
+    # every BatchNorm bias is a ScaledBias with scale 8 (64x the rate); BatchNorm itself has no beta or gamma
+    import keras
+
+    from cifar_dash.layers import ScaledBias
+
+    biases = [layer for layer in m.layers if isinstance(layer, ScaledBias)]
+    assert len(biases) == 6 and all(b.scale == 8.0 for b in biases)
+    assert all(not layer.center for layer in m.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def test_scaled_bias_trains_scale_squared_faster_under_sgd():
+    import keras
+
+    from cifar_dash.layers import ScaledBias
+
+    x = np.zeros((4, 3), dtype="float32")
+    effective = []
+    for scale in (1.0, 8.0):
+        inp = keras.Input((3,))
+        m = keras.Model(inp, ScaledBias(scale)(inp))
+        m.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+        m.train_on_batch(x, np.ones((4, 3), dtype="float32"))
+        effective.append(keras_np(m.layers[1].b) * scale)  # the bias the layer adds
+    np.testing.assert_allclose(effective[1], 64 * effective[0], rtol=1e-5)
+    layer = ScaledBias(8.0)
+    assert ScaledBias.from_config(layer.get_config()).scale == 8.0
+
+
+def test_lookahead_rho_schedule():
+    from cifar_dash.layers import LookaheadSGD
+
+    opt = LookaheadSGD(0.1, start_step=10, total_steps=20, every=5, base=0.95, power=3.0)
+    rho = [float(opt.lookahead_rho(s)) for s in range(1, 21)]
+    assert rho[:9] == [0.0] * 9  # before the start the average follows the weights
+    assert rho[10] == 1.0 and rho[13] == 1.0  # between lookahead steps it holds
+    assert rho[14] == pytest.approx(0.95 ** 5 * (15 / 20) ** 3)
+    assert rho[19] == pytest.approx(0.95 ** 5)
+    again = LookaheadSGD.from_config(opt.get_config())
+    assert (again.start_step, again.total_steps, again.every, again.power) == (10, 20, 5, 3.0)
+
+
+def test_lookahead_pulls_weights_back_to_the_average():
+    import keras
+
+    from cifar_dash.layers import LookaheadSGD
+
+    def run(opt):
+        inp = keras.Input((1,))
+        layer = keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")
+        m = keras.Model(inp, layer(inp))
+        m.compile(optimizer=opt, loss="mse")
+        ws = []
+        for _ in range(10):  # the gradient pushes the weight up by a constant-ish amount each step
+            m.train_on_batch(np.ones((1, 1), "float32"), 100 * np.ones((1, 1), "float32"))
+            ws.append(float(keras_np(layer.kernel)[0, 0]))
+        return ws
+
+    plain = run(keras.optimizers.SGD(0.01))
+    look = run(LookaheadSGD(0.01, start_step=0, total_steps=10, every=5, base=0.95, power=0.0))
+    assert look[:4] == pytest.approx(plain[:4])  # identical until the first lookahead step
+    # step 5: w = rho * w(step 1, where the average starts) + (1 - rho) * w(step 5), rho = 0.95 ** 5
+    rho = 0.95 ** 5
+    assert look[4] == pytest.approx(rho * plain[0] + (1 - rho) * plain[4], rel=1e-4)
+    assert look[9] < plain[9]
 
 
 def keras_np(v):

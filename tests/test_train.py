@@ -30,7 +30,11 @@ def _assert_valid_artifacts(folder, n_test, key):
     assert np.trace(cm) == int((p.predicted == p.labels).sum())
     assert m["inference"]["batch_1_ms"] > 0
     hist = json.loads((folder / "history.json").read_text())["epochs"]
-    assert len(hist) == m["epochs"] and {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(hist[0])
+    held_out = m["recipe"]["validation_size"] > 0
+    assert len(hist) == m["epochs"] and {"loss", "accuracy"} <= set(hist[0])
+    assert ({"val_loss", "val_accuracy"} <= set(hist[0])) == held_out
+    info = json.loads((folder / "train_info.json").read_text())
+    assert info["n_validation"] == (max(1, n_test // 10) if held_out else 0)
     return m
 
 
@@ -148,6 +152,64 @@ def test_mixup_batches_blend_images_and_labels():
     assert ((yb > 0) & (yb < 1)).any()
 
 
+def test_loader_shifts_are_exact_pixels_and_flips_alternate_by_epoch():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(40, 32, 32, 3)).astype("uint8")
+    y = np.arange(40) % 10
+    b = train.Batches(x, y, batch_size=40, seed=5, augment=("flip_alternate", "crop:2"))
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    flips = {}
+    for epoch in (0, 1, 2):
+        b.set_epoch(epoch)
+        xb, yb = b[0]
+        assert xb.shape == (40, 32, 32, 3) and xb.dtype == np.float32
+        order = b._order[:40]
+        for k, i in enumerate(order):  # every view is one of the 5 x 5 integer shifts, mirrored or not
+            views = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
+                     if np.array_equal(xb[k], (padded[i, dy:dy + 32, dx:dx + 32][:, ::-1] if f
+                                               else padded[i, dy:dy + 32, dx:dx + 32]))]
+            assert views, "not an exact shifted copy"
+            flips[(epoch, int(i))] = {f for _, _, f in views}
+        np.testing.assert_array_equal(yb.argmax(axis=1), y[order])
+    # every second epoch each image is seen the other way round (where the view tells the two apart)
+    for i in range(40):
+        a, c, e = flips[(0, i)], flips[(1, i)], flips[(2, i)]
+        if len(a) == 1 and len(c) == 1 and len(e) == 1:
+            assert a != c and a == e
+    # the same (seed, epoch, batch) gives the same batch: a resumed run sees what an uninterrupted one would
+    b.set_epoch(1)
+    again = train.Batches(x, y, batch_size=40, seed=5, augment=("flip_alternate", "crop:2"))
+    again.set_epoch(1)
+    np.testing.assert_array_equal(b[0][0], again[0][0])
+    with pytest.raises(ValueError, match="unknown loader augmentation"):
+        train.Batches(x, y, batch_size=8, augment=("rotate",))
+
+
+def test_speedrun_resume_state_keeps_its_lookahead_optimizer(tmp_path):
+    import keras
+
+    from cifar_dash import models
+    from cifar_dash.layers import LookaheadSGD
+
+    stage = stages.get("speedrun")
+    recipe = stage.recipe
+    model = stages.build(stage, recipe, backbone_weights=None)
+    x = np.random.default_rng(0).integers(0, 256, size=(16, 32, 32, 3)).astype("uint8")
+    y = np.eye(10, dtype="float32")[np.arange(16) % 10]
+    models.init_from_data(model, x)
+    train.compile_for_phase(model, recipe, recipe.phases[0], steps_per_epoch=49)
+    opt = model.optimizer
+    assert isinstance(opt, LookaheadSGD) and opt.start_step == 3 * 49 and opt.total_steps == 10 * 49
+    model.fit(x.astype("float32"), y, batch_size=8, epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    again = artifacts.load_model_compiled(tmp_path / "m.keras")
+    assert isinstance(again.optimizer, LookaheadSGD)
+    assert again.optimizer.get_config() == opt.get_config()
+    assert int(keras.ops.convert_to_numpy(again.optimizer.iterations)) == 2
+    again.fit(x.astype("float32"), y, batch_size=8, epochs=1, verbose=0)
+    assert int(keras.ops.convert_to_numpy(again.optimizer.iterations)) == 4
+
+
 class _RecordingModel:
     """Stands in for a Keras model: 'probabilities' read from the top-left pixel, every call recorded."""
 
@@ -201,3 +263,18 @@ def test_backbone_stand_in_and_bfloat16_are_said_plainly():
     assert "resnet50 backbone instead of resnet50v2" in notes and "bfloat16 compute" in notes
     same = results.StageResult(stages.get("resnet50v2"), "trained", metrics={"backbone": "resnet50v2", "epochs": 5})
     assert analysis.backbone_label(same) == "resnet50v2" and report.deviations(same) == []
+
+
+def test_a_checkpoint_from_an_earlier_recipe_says_so():
+    from cifar_dash import report
+
+    stage = stages.get("speedrun")
+    stored = json.loads(json.dumps(stage.recipe.to_dict()))
+    assert report.recipe_changes(stored, stage.recipe) == []
+    stored.update(seed=3, validation_size=5000, lookahead=None)  # the seed is per run, not a recipe change
+    for k in ("loader_augmentation", "norm_bias_lr_scale"):
+        del stored[k]  # fields added later count as their defaults, which the current recipe does not use
+    assert report.recipe_changes(stored, stage.recipe) == ["loader_augmentation", "validation_size", "lookahead",
+                                                           "norm_bias_lr_scale"]
+    r = results.StageResult(stage, "trained", metrics={"epochs": 10, "recipe": stored}, train_info={})
+    assert any(n.startswith("an earlier recipe (differs in loader_augmentation") for n in report.deviations(r))
