@@ -127,13 +127,31 @@ def small_net_from_scratch(results) -> Claim:
         return Claim(text, "not measured", "needs speedrun and a ResNet stage trained")
     s, best = r["speedrun"], max(resnets, key=lambda x: x.accuracy)
     ms, mb = s.metrics, best.metrics
+    # Training compute (3x the forward FLOPs per image seen) compares runs made on different machines; minutes
+    # are shown with the machine they were measured on.
+    fs, fb = train_flops(ms), train_flops(mb)
     ev = (f"speedrun {_pct(s.accuracy)} with {ms['params']:,} parameters, {ms['flops_per_image'] / 1e6:,.0f} MFLOP "
-          f"per image, {ms['train_seconds'] / 60:.1f} min of training ({ms['epochs']} epochs) on "
+          f"per image, {_pflop(fs)} of training compute, {ms['train_seconds'] / 60:.1f} min ({ms['epochs']} epochs) on "
           f"{ms.get('train_machine')}; {best.stage.key} {_pct(best.accuracy)} with {mb['params']:,} parameters "
-          f"({mb.get('backbone')} backbone), {mb['flops_per_image'] / 1e6:,.0f} MFLOP per image, "
+          f"({mb.get('backbone')} backbone), {mb['flops_per_image'] / 1e6:,.0f} MFLOP per image, {_pflop(fb)}, "
           f"{mb['train_seconds'] / 60:.1f} min ({mb['epochs']} epochs) on {mb.get('train_machine')}.")
-    matches = s.accuracy >= best.accuracy and ms["train_seconds"] < mb["train_seconds"]
+    if fs and fb:
+        ev += f" The ResNet run used {fb / fs:.1f}x the compute."
+    cheaper = fs < fb if fs and fb else ms["train_seconds"] < mb["train_seconds"]
+    matches = s.accuracy >= best.accuracy and cheaper
     return Claim(text, "supported" if matches else "contradicted", ev)
+
+
+def train_flops(m: dict) -> float | None:
+    """Training compute of a run: 3x the forward FLOPs per image, times the images seen (epochs x n_train)."""
+    try:
+        return 3.0 * m["flops_per_image"] * m["n_train"] * m["epochs"]
+    except (KeyError, TypeError):
+        return None
+
+
+def _pflop(flops):
+    return f"{flops / 1e15:.2f} PFLOP" if flops else "unknown compute"
 
 
 CHECKS = (colour_vs_shape, deep_mlp_overfits, augmentation_blocks_overfitting, frozen_is_small_and_fast,

@@ -125,3 +125,10 @@ def test_speedrun_claim_compares_against_the_best_trained_resnet():
     c = claims.small_net_from_scratch([fast, rn])
     assert c.verdict == "contradicted" and "92.0%" in c.evidence and "resnet50 backbone" in c.evidence
     assert claims.small_net_from_scratch([res("speedrun", 0.94, 1_973_944, 1300), rn]).verdict == "supported"
+    # runs on different machines are compared by training compute, not minutes
+    for r_ in (fast, rn):
+        r_.metrics["n_train"] = 50_000
+    slow_machine = res("speedrun", 0.94, 1_973_944, 9000)
+    slow_machine.metrics["n_train"] = 50_000
+    c = claims.small_net_from_scratch([slow_machine, rn])
+    assert c.verdict == "supported" and "35.0x the compute" in c.evidence and "0.36 PFLOP" in c.evidence
