@@ -131,10 +131,10 @@ def small_net_from_scratch(results) -> Claim:
     # are shown with the machine they were measured on.
     fs, fb = train_flops(ms), train_flops(mb)
     ev = (f"speedrun {_pct(s.accuracy)} with {ms['params']:,} parameters, {ms['flops_per_image'] / 1e6:,.0f} MFLOP "
-          f"per image, {_pflop(fs)} of training compute, {ms['train_seconds'] / 60:.1f} min ({ms['epochs']} epochs) on "
+          f"per image, {_pflop(fs)} of training compute, {ms['train_seconds'] / 60:.1f} min ({_epochs(ms)}) on "
           f"{ms.get('train_machine')}; {best.stage.key} {_pct(best.accuracy)} with {mb['params']:,} parameters "
           f"({mb.get('backbone')} backbone), {mb['flops_per_image'] / 1e6:,.0f} MFLOP per image, {_pflop(fb)}, "
-          f"{mb['train_seconds'] / 60:.1f} min ({mb['epochs']} epochs) on {mb.get('train_machine')}.")
+          f"{mb['train_seconds'] / 60:.1f} min ({_epochs(mb)}) on {mb.get('train_machine')}.")
     if fs and fb:
         ev += f" The ResNet run used {fb / fs:.1f}x the compute."
     cheaper = fs < fb if fs and fb else ms["train_seconds"] < mb["train_seconds"]
@@ -148,6 +148,10 @@ def train_flops(m: dict) -> float | None:
         return 3.0 * m["flops_per_image"] * m["n_train"] * m["epochs"]
     except (KeyError, TypeError):
         return None
+
+
+def _epochs(m):
+    return f"{m['epochs']} epoch" + ("" if m["epochs"] == 1 else "s")
 
 
 def _pflop(flops):
