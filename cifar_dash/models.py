@@ -102,7 +102,7 @@ CIFAR_STD = (62.993, 62.089, 66.705)
 
 def _norm(x, recipe, name):
     """BatchNorm without scale; its bias trains ``recipe.norm_bias_lr_scale`` times faster (a ScaledBias) when >1."""
-    scale = getattr(recipe, "norm_bias_lr_scale", 1.0)
+    scale = recipe.norm_bias_lr_scale
     if scale == 1.0:
         return layers.BatchNormalization(momentum=0.6, epsilon=1e-5, scale=False, name=name)(x)
     x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, center=False, scale=False, name=name)(x)

@@ -78,7 +78,9 @@ if r.history:
         gap = last.get("accuracy", 0) - last["val_accuracy"]
         held = f"validation {last['val_accuracy']:.3f} (gap {gap:+.3f})"
     else:
-        held = "no validation curve: this recipe trains on all 50,000 training images and holds none out"
+        n_train = m.get("n_train")
+        held = ("no validation curve: this recipe holds no training images out"
+                + (f" (it trained on all {n_train:,})" if n_train else ""))
     st.caption(f"Last epoch: train accuracy {last.get('accuracy', 0):.3f}, {held}. Training accuracy is measured "
                "with augmentation/MixUp on, where the recipe has them.")
 
