@@ -113,19 +113,29 @@ def runs_summary(stage: str, folders: list[Path]) -> dict:
 
     from . import artifacts
 
-    runs = []
+    runs, recipes = [], []
     for f in folders:
         m = artifacts.read_json(Path(f) / artifacts.METRICS)
         if m.get("stage") != stage:
             raise artifacts.ArtifactError(f"{f}: metrics are for {m.get('stage')!r}, not {stage!r}")
-        runs.append({"seed": (m.get("recipe") or {}).get("seed"), "test_accuracy": m["test_accuracy"],
+        recipe = dict(m.get("recipe") or {})
+        runs.append({"seed": recipe.pop("seed", None), "test_accuracy": m["test_accuracy"],
+                     "one_view_accuracy": (m.get("tta_accuracy") or {}).get("none"),
                      "n_test": m["n_test"], "train_seconds": m.get("train_seconds"), "epochs": m.get("epochs"),
                      "machine": m.get("train_machine"), "run_id": m.get("run_id")})
+        recipes.append((f, recipe))
     if len({r["seed"] for r in runs}) != len(runs):
         raise ValueError("two runs share a seed")
+    for f, recipe in recipes[1:]:
+        if recipe != recipes[0][1]:
+            differ = sorted(k for k in recipe.keys() | recipes[0][1].keys() if recipe.get(k) != recipes[0][1].get(k))
+            raise ValueError(f"{f} used another recipe than {recipes[0][0]} (differs in {', '.join(differ)}); "
+                             "only seeds of one recipe are pooled")
     acc = [r["test_accuracy"] for r in runs]
     secs = [r["train_seconds"] for r in runs if r["train_seconds"] is not None]
+    one = [r["one_view_accuracy"] for r in runs if r["one_view_accuracy"] is not None]
     return {"stage": stage, "n_runs": len(runs), "runs": runs,
             "mean_test_accuracy": statistics.fmean(acc),
             "std_test_accuracy": statistics.stdev(acc) if len(acc) > 1 else None,
-            "mean_train_seconds": statistics.fmean(secs) if secs else None}
+            "mean_train_seconds": statistics.fmean(secs) if secs else None,
+            "mean_one_view_accuracy": statistics.fmean(one) if len(one) == len(runs) and one else None}

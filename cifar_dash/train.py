@@ -254,10 +254,11 @@ def _config_key(stage_key, recipe, limit, fingerprint):
 def train(stage_key: str, epochs: int | None = None, limit: int | None = None, data_path=None,
           backbone: str | None = None, backbone_weights=None, out_dir=None, resume: bool = False,
           evaluate: bool = True, mixed_precision: bool = False, seed: int | None = None,
-          stream=sys.stderr) -> Path:
-    """Train ``stage_key`` and publish its artifacts into ``out_dir`` (default checkpoints/STAGE). Returns out_dir."""
+          recipe: stages.Recipe | None = None, stream=sys.stderr) -> Path:
+    """Train ``stage_key`` and publish its artifacts into ``out_dir`` (default checkpoints/STAGE). Returns out_dir.
+    ``recipe`` replaces the stage's own (ablations); ``epochs``, ``backbone`` and ``seed`` still apply on top."""
     stage = stages.get(stage_key)
-    recipe = stages.recipe_for(stage, epochs, backbone, seed)
+    recipe = stages.recipe_for(dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed)
     if mixed_precision and not recipe.mixed_precision:
         recipe = dataclasses.replace(recipe, mixed_precision=True)
     mixed_precision = recipe.mixed_precision

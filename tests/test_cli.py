@@ -95,3 +95,9 @@ def test_runs_summary_mean_and_std_by_hand(tmp_path):
     assert s["mean_train_seconds"] == pytest.approx(101)
     with pytest.raises(ValueError, match="share a seed"):
         report.runs_summary("speedrun", [folders[0], folders[0]])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.json").write_text(json.dumps({"stage": "speedrun", "test_accuracy": 0.5, "n_test": 10000,
+                                                    "recipe": {"seed": 3, "label_smoothing": 0.0}}))
+    with pytest.raises(ValueError, match="differs in label_smoothing"):
+        report.runs_summary("speedrun", [folders[0], other])

@@ -235,3 +235,27 @@ def keras_np(v):
     import keras
 
     return keras.ops.convert_to_numpy(v)
+
+
+def test_speedrun_ablation_variants_change_one_trick_and_summary_by_hand():
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import ablate_speedrun as ab
+
+    from cifar_dash import stages
+
+    base = stages.get("speedrun").recipe.to_dict()
+    for name, (_, changes) in ab.VARIANTS.items():
+        r = ab.variant_recipe(name).to_dict()
+        differ = {k for k in base if base[k] != r[k]}
+        assert differ == set(changes), name  # exactly the fields the variant names, and they really change
+    rows = [{"variant": v, "seed": s, "test_accuracy": a, "tta_accuracy": {"none": a - 0.01}, "train_seconds": 10.0}
+            for v, s, a in (("full", 0, 0.94), ("full", 1, 0.92), ("no_lookahead", 0, 0.90))]
+    by = {s["variant"]: s for s in ab.summary(rows)}
+    assert by["full"]["mean_accuracy"] == pytest.approx(0.93) and by["full"]["std"] == pytest.approx(0.01414, abs=1e-5)
+    assert by["no_lookahead"]["vs_full_points"] == pytest.approx(-3.0) and by["no_lookahead"]["std"] is None
+    assert by["full"]["mean_one_view"] == pytest.approx(0.92)
