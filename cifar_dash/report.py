@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from . import results
+from . import results, stages
 
 
 def _duration(seconds):
@@ -40,15 +40,27 @@ def deviations(r) -> list[str]:
 _PER_RUN = {"seed", "phases", "mixed_precision", "backbone"}
 
 
+def _with_defaults(recipe: dict) -> dict:
+    """A stored recipe (JSON) with every field added to ``Recipe`` after it was written set to its default."""
+    defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(stages.Recipe)
+                if f.default is not dataclasses.MISSING}
+    return {**defaults, **recipe}
+
+
+def recipe_differences(a: dict, b: dict, ignore=frozenset()) -> list[str]:
+    """The fields in which two stored recipes differ (a field missing from one counts as its default), in the order
+    ``Recipe`` declares them, then any unknown ones."""
+    a, b = _with_defaults(a), _with_defaults(b)
+    order = [f.name for f in dataclasses.fields(stages.Recipe)]
+    keys = order + sorted((a.keys() | b.keys()) - set(order))
+    return [k for k in keys if k not in ignore and a.get(k) != b.get(k)]
+
+
 def recipe_changes(stored: dict | None, default) -> list[str]:
     """The recipe fields in which a checkpoint's stored recipe differs from the stage's current one."""
     if not stored:
         return []
-    current = json.loads(json.dumps(default.to_dict()))
-    # a field added after the checkpoint was made counts as its default value
-    defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(default)
-                if f.default is not dataclasses.MISSING}
-    return [k for k in current if k not in _PER_RUN and stored.get(k, defaults.get(k)) != current[k]]
+    return recipe_differences(stored, json.loads(json.dumps(default.to_dict())), ignore=_PER_RUN)
 
 
 def _runs_note(r) -> str | None:
@@ -127,8 +139,8 @@ def runs_summary(stage: str, folders: list[Path]) -> dict:
     if len({r["seed"] for r in runs}) != len(runs):
         raise ValueError("two runs share a seed")
     for f, recipe in recipes[1:]:
-        if recipe != recipes[0][1]:
-            differ = sorted(k for k in recipe.keys() | recipes[0][1].keys() if recipe.get(k) != recipes[0][1].get(k))
+        differ = recipe_differences(recipe, recipes[0][1])
+        if differ:
             raise ValueError(f"{f} used another recipe than {recipes[0][0]} (differs in {', '.join(differ)}); "
                              "only seeds of one recipe are pooled")
     acc = [r["test_accuracy"] for r in runs]

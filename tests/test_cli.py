@@ -98,6 +98,11 @@ def test_runs_summary_mean_and_std_by_hand(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "metrics.json").write_text(json.dumps({"stage": "speedrun", "test_accuracy": 0.5, "n_test": 10000,
-                                                    "recipe": {"seed": 3, "label_smoothing": 0.0}}))
+                                                    "recipe": {"seed": 3, "label_smoothing": 0.2}}))
     with pytest.raises(ValueError, match="differs in label_smoothing"):
         report.runs_summary("speedrun", [folders[0], other])
+    # a run written before a Recipe field existed pools with one that stores that field at its default
+    (other / "metrics.json").write_text(json.dumps({"stage": "speedrun", "test_accuracy": 0.5, "n_test": 10000,
+                                                    "recipe": {"seed": 3, "label_smoothing": 0.0,
+                                                               "norm_bias_lr_scale": 1.0}}))
+    assert report.runs_summary("speedrun", [folders[0], other])["n_runs"] == 2
