@@ -113,7 +113,7 @@ STAGES: tuple[Stage, ...] = (
         "rises steadily.",
         models.vgg,
         Recipe(
-            phases=(Phase("train", 20, 1e-3),), batch_size=128, lr_schedule="reduce_on_plateau", plateau_patience=1,
+            phases=(Phase("train", 12, 2e-3),), batch_size=128, lr_schedule="onecycle", onecycle=(0.25, 0.1, 0.01),
             augmentation=("flip", "rotation:0.05", "zoom:0.1"),
         ),
     ),
