@@ -7,9 +7,10 @@ accuracy (one view and with test-time augmentation) and train time per variant a
 Every run goes through ``cifar_dash.train.train`` with the variant's recipe (the stage's recipe with one field
 changed) and is evaluated by ``cifar_dash.evaluate`` on the test images, exactly like the shipped checkpoint; the
 test-time-augmentation rows come from each run's own metrics (one view, + flip, + flip & shifts), so TTA needs no
-variant of its own. Runs are kept under ``~/.cache/cifar-dash/ablations/`` (outside git) and resumed with their
-epoch state when the script is run again; finished (variant, seed) rows already in the JSON file are skipped, so a
-long ablation can be spread over several sittings or machines (``KERAS_BACKEND=jax`` on a GPU runs the same code).
+variant of its own. The results go to ``checkpoints/speedrun/ablations.json``, which the Stage explorer shows. Runs
+are kept under ``~/.cache/cifar-dash/ablations/`` (outside git) and resumed with their epoch state when the script is
+run again; finished (variant, seed) rows already in the JSON file are skipped, so a long ablation can be spread over
+several sittings or machines (``KERAS_BACKEND=jax`` on a GPU runs the same code).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's 10 epochs (shorter proxy)")
     ap.add_argument("--limit", type=int, default=None, help="train and test on N images (shorter proxy)")
     ap.add_argument("--data", default=None, help="CIFAR-10 path (default: CIFAR10_PATH or the Keras download)")
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "ablate_speedrun.json"))
+    ap.add_argument("--json", default=None,
+                    help="results file (default checkpoints/speedrun/ablations.json, which the dashboard shows)")
     ap.add_argument("--runs-dir", default=None, help="where runs are kept (default ~/.cache/cifar-dash/ablations)")
     args = ap.parse_args(argv)
 
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
     from cifar_dash import artifacts, runtime
 
     runs_dir = Path(args.runs_dir) if args.runs_dir else artifacts.cache_root() / "ablations"
-    path = Path(args.json)
+    path = Path(args.json) if args.json else artifacts.stage_dir("speedrun") / artifacts.ABLATIONS
     doc = json.loads(path.read_text()) if path.exists() else {"rows": []}
     protocol = {"epochs": args.epochs, "limit": args.limit}
     if doc.get("protocol", protocol) != protocol:

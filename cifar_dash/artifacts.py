@@ -20,6 +20,7 @@ TRAIN_INFO = "train_info.json"
 PREDICTIONS = "test_predictions.npz"
 ROBUSTNESS = "robustness.json"
 RUNS = "runs.json"
+ABLATIONS = "ablations.json"  # benchmarks/ablate_speedrun.py: the recipe with one trick removed at a time
 
 
 class ArtifactError(RuntimeError):

@@ -1,7 +1,7 @@
 import pandas as pd
 import streamlit as st
 
-from cifar_dash import analysis, artifacts, figures, stages
+from cifar_dash import analysis, artifacts, figures, report, stages
 from cifar_dash.data import CLASS_NAMES
 from pages import _shared
 
@@ -65,6 +65,18 @@ try:
                    else "") + ".")
 except artifacts.ArtifactError:
     pass
+try:
+    protocol, ablations = report.ablation_table(artifacts.read_json(r.folder / artifacts.ABLATIONS))
+except artifacts.ArtifactError as e:
+    protocol, ablations = "", []
+    if (r.folder / artifacts.ABLATIONS).exists():
+        st.warning(str(e))
+if ablations:
+    st.subheader("What each trick is worth")
+    st.caption("The recipe retrained with one trick removed at a time (`benchmarks/ablate_speedrun.py`): "
+               f"{protocol}. A smaller budget than the shipped run, so the figures are lower; compare rows with "
+               "each other, not with the checkpoint above.")
+    st.dataframe(pd.DataFrame(ablations), hide_index=True, width="stretch")
 
 st.subheader("Training curves")
 tab_acc, tab_loss = st.tabs(["accuracy", "loss"])

@@ -177,3 +177,30 @@ def test_predict_shows_one_saliency_map_per_stage(app_env):
     assert not at.exception
     captions = [i.proto.imgs[0].caption for i in at.get("image") if i.proto.imgs and "(" in i.proto.imgs[0].caption]
     assert sum("(Grad-CAM)" in c for c in captions) == 2 and sum("(occlusion)" in c for c in captions) == 4
+
+
+def test_explorer_shows_a_stored_ablation_and_warns_on_a_corrupt_one(trained_root, cifar_npz, tmp_path, monkeypatch):
+    root = tmp_path / "ck"
+    shutil.copytree(trained_root, root)
+    rows = [{"variant": v, "removes": what, "seed": 0, "test_accuracy": a, "tta_accuracy": {"none": a},
+             "train_seconds": 60.0, "n_train": 400, "n_test": 400, "epochs": 3, "train_machine": "CPU: fixture"}
+            for v, what, a in (("full", "the recipe as shipped", 0.5), ("no_lookahead", "no Lookahead", 0.4))]
+    summary = [{"variant": r["variant"], "removes": r["removes"], "runs": 1, "mean_accuracy": r["test_accuracy"],
+                "std": None, "mean_one_view": r["test_accuracy"], "vs_full_points": 100 * (r["test_accuracy"] - 0.5),
+                "mean_train_seconds": 60.0} for r in rows]
+    (root / "mlp" / "ablations.json").write_text(json.dumps({"rows": rows, "summary": summary}))
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    at = _app()
+    at.switch_page("pages/explorer.py").run()
+    at.selectbox(key="explorer_stage").set_value("mlp").run()
+    assert not at.exception
+    assert any(s.value == "What each trick is worth" for s in at.subheader)
+    table = next(d.value for d in at.dataframe if "variant" in d.value.columns)
+    assert list(table["variant"]) == ["full", "no_lookahead"]
+    assert list(table["vs full (points)"]) == [0.0, -10.0]
+    assert any("2 runs, each on 400 training images for 3 epochs" in c.value for c in at.caption)
+    (root / "mlp" / "ablations.json").write_text("{ not json")
+    at.run()
+    assert not at.exception
+    assert any("ablations.json" in w.value for w in at.warning)

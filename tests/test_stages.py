@@ -259,3 +259,31 @@ def test_speedrun_ablation_variants_change_one_trick_and_summary_by_hand():
     assert by["full"]["mean_accuracy"] == pytest.approx(0.93) and by["full"]["std"] == pytest.approx(0.01414, abs=1e-5)
     assert by["no_lookahead"]["vs_full_points"] == pytest.approx(-3.0) and by["no_lookahead"]["std"] is None
     assert by["full"]["mean_one_view"] == pytest.approx(0.92)
+
+
+def test_ablation_table_reads_the_scripts_summary():
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import ablate_speedrun as ab
+
+    from cifar_dash import report
+
+    assert report.ablation_table({"rows": []}) == ("", [])
+    rows = [{"variant": v, "removes": ab.VARIANTS[v][0], "seed": s, "test_accuracy": a,
+             "tta_accuracy": {"none": a - d}, "train_seconds": 600.0, "n_train": 10000, "n_test": 10000,
+             "epochs": 10, "train_machine": "CPU: test"}
+            for v, s, a, d in (("no_label_smoothing", 0, 0.85, 0.02), ("full", 0, 0.88, 0.01),
+                               ("full", 1, 0.86, 0.01))]
+    protocol, table = report.ablation_table({"rows": rows, "summary": ab.summary(rows)})
+    assert [t["variant"] for t in table] == ["full", "no_label_smoothing"]  # the full recipe first
+    full, ls = table
+    assert full["test accuracy %"] == pytest.approx(87.0) and full["vs full (points)"] == 0
+    assert ls["vs full (points)"] == pytest.approx(-2.0) and ls["one view %"] == pytest.approx(83.0)
+    assert ls["one view vs full (points)"] == pytest.approx(-3.0) and ls["train min"] == 10.0
+    assert ls["what it removes"] == "label smoothing 0 instead of 0.2"
+    assert protocol == ("3 runs, each on 10,000 training images for 10 epochs, tested on 10,000 test images; "
+                        "seeds 0, 1; trained on CPU: test")
