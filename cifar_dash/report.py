@@ -134,6 +134,12 @@ def ablation_table(doc: dict) -> tuple[str, list[dict]]:
     protocol = (f"{len(rows)} runs, each on {' / '.join(f'{n:,}' for n in n_train)} training images for "
                 f"{' / '.join(map(str, epochs))} epochs, tested on {rows[0]['n_test']:,} test images; seeds "
                 f"{', '.join(map(str, seeds))}; trained on {', '.join(machines)}")
+    budget = doc.get("protocol") or {}
+    if budget.get("limit") or budget.get("epochs"):
+        protocol += (". A smaller budget than the recipe's, so every figure is lower than the checkpoint's: compare "
+                     "the rows with each other")
+    if max(s["runs"] for s in summary) == 1:
+        protocol += ". One run per variant: differences of a few tenths of a point are within run-to-run noise"
     return protocol, table
 
 

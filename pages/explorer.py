@@ -74,8 +74,7 @@ except artifacts.ArtifactError as e:
 if ablations:
     st.subheader("What each trick is worth")
     st.caption("The recipe retrained with one trick removed at a time (`benchmarks/ablate_speedrun.py`): "
-               f"{protocol}. A smaller budget than the shipped run, so the figures are lower; compare rows with "
-               "each other, not with the checkpoint above.")
+               f"{protocol}.")
     st.dataframe(pd.DataFrame(ablations), hide_index=True, width="stretch")
 
 st.subheader("Training curves")

@@ -287,3 +287,6 @@ def test_ablation_table_reads_the_scripts_summary():
     assert ls["what it removes"] == "label smoothing 0 instead of 0.2"
     assert protocol == ("3 runs, each on 10,000 training images for 10 epochs, tested on 10,000 test images; "
                         "seeds 0, 1; trained on CPU: test")
+    one_run = {"rows": rows[:2], "summary": ab.summary(rows[:2]), "protocol": {"limit": 10000, "epochs": None}}
+    protocol, _ = report.ablation_table(one_run)
+    assert "smaller budget" in protocol and "One run per variant" in protocol
