@@ -27,7 +27,8 @@ def _train(args):
 
     out = train.train(args.stage, epochs=args.epochs, limit=args.limit, data_path=args.data, backbone=args.backbone,
                       backbone_weights=args.backbone_weights, out_dir=args.out, resume=args.resume,
-                      evaluate=not args.no_evaluate, mixed_precision=args.mixed_precision, seed=args.seed)
+                      evaluate=not args.no_evaluate, mixed_precision=args.mixed_precision, seed=args.seed,
+                      continue_from=args.continue_from)
     print(f"artifacts in {out}")
     return 0
 
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(default: $CIFAR_DASH_<BACKBONE>_WEIGHTS, else Keras' download)")
     t.add_argument("--out", type=Path, help="output folder (default: checkpoints/STAGE)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
+    t.add_argument("--continue-from", type=Path, metavar="DIR",
+                   help="add epochs to a published run of the same recipe (e.g. checkpoints/STAGE with --epochs "
+                        "above its own): starts from its weights and history; the optimizer starts afresh")
     t.add_argument("--no-evaluate", action="store_true", help="publish the model without evaluating it")
     t.add_argument("--seed", type=int, help="random seed (default: the recipe's); for run-to-run spread")
     t.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPUs); weights stay float32")

@@ -247,16 +247,105 @@ class CancelOnSignal(keras.callbacks.Callback):
             raise Cancelled()
 
 
-def _config_key(stage_key, recipe, limit, fingerprint):
-    return {"stage": stage_key, "recipe": recipe.to_dict(), "limit": limit, "data_fingerprint": fingerprint}
+class Plateau(keras.callbacks.ReduceLROnPlateau):
+    """ReduceLROnPlateau that starts from a given (best, wait) instead of forgetting them: a resumed or continued run
+    halves its rate exactly when an uninterrupted one would have."""
+
+    def __init__(self, *args, start=(None, 0), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start = start
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.best, self.wait = self.start
+
+
+def plateau_replay(rows, learning_rate, factor, patience, min_lr=1e-7, min_delta=1e-4):
+    """Replay Keras' ReduceLROnPlateau (monitor val_accuracy, mode max, no cooldown) over finished epochs of one
+    phase. ``rows`` are history rows (``val_accuracy``, the ``learning_rate`` the epoch ran at); ``learning_rate``
+    is the phase's starting rate. Returns (best, wait, rate for the next epoch)."""
+    best, wait, lr = None, 0, float(learning_rate)
+    for row in rows:
+        lr = float(row.get("learning_rate", lr))
+        current = row["val_accuracy"]
+        if best is None or current - min_delta > best:
+            best, wait = current, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                if lr > np.float32(min_lr):
+                    lr = max(lr * factor, min_lr)
+                wait = 0
+    return best, wait, lr
+
+
+class ContinueError(ValueError):
+    """A published checkpoint that cannot be continued with the requested recipe."""
+
+
+def _comparable(recipe: dict) -> dict:
+    """A stored recipe without what a continuation may change: epochs and the compute precision."""
+    out = {k: v for k, v in json.loads(json.dumps(recipe)).items() if k != "mixed_precision"}
+    out["phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in out["phases"]]
+    return out
+
+
+def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fingerprint: str) -> dict:
+    """Check that the published run in ``folder`` is ``recipe`` cut short (same stage, data, limit, settings; fewer
+    epochs in its last phase, every earlier phase complete) and return what a continuation needs from it."""
+    folder = Path(folder)
+    try:
+        info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
+        history = artifacts.read_json(folder / artifacts.HISTORY)["epochs"]
+    except (artifacts.ArtifactError, KeyError, TypeError) as e:
+        raise ContinueError(f"{folder} holds no finished run to continue ({e})") from e
+    if not (folder / artifacts.MODEL).exists():
+        raise ContinueError(f"{folder / artifacts.MODEL} is missing: nothing to continue")
+    if info.get("stage") != stage_key:
+        raise ContinueError(f"{folder} holds stage {info.get('stage')!r}, not {stage_key!r}")
+    if info.get("limit") != limit:
+        raise ContinueError(f"{folder} was trained with limit {info.get('limit')}, not {limit}")
+    if info.get("train_data_fingerprint") != fingerprint:
+        raise ContinueError(f"{folder} was trained on other data (fingerprint {info.get('train_data_fingerprint')})")
+    stored = info.get("recipe") or {}
+    a, b = _comparable(stored), _comparable(recipe.to_dict())
+    if a != b:
+        changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        raise ContinueError(f"{folder} was trained with other settings ({', '.join(changed) or 'phases'}); "
+                            "a continuation may only add epochs")
+    if recipe.lr_schedule == "onecycle" or recipe.lookahead:
+        raise ContinueError("this recipe's schedule spans the whole run (one-cycle rate or Lookahead), so it cannot "
+                            "be extended; train afresh with --epochs")
+    done = [p["epochs"] for p in stored["phases"]]
+    wanted = [p.epochs for p in recipe.phases]
+    if done[:-1] != wanted[:-1] or wanted[-1] <= done[-1]:
+        raise ContinueError(f"{folder} has {sum(done)} epochs ({done} per phase); a continuation needs more epochs "
+                            f"in the last phase only, not {wanted}")
+    if len(history) != sum(done):
+        raise ContinueError(f"{folder}: history has {len(history)} epochs, train_info {sum(done)}")
+    return {"folder": str(folder), "run_id": info.get("run_id"), "epochs": sum(done),
+            "train_seconds": float(info.get("train_seconds") or 0.0), "history": history,
+            "started": info.get("started"), "backbone_weights": info.get("backbone_weights"),
+            "mixed_precision": bool(info.get("mixed_precision")), "train_runtime": info.get("train_runtime")}
+
+
+def _config_key(stage_key, recipe, limit, fingerprint, continued_from=None):
+    key = {"stage": stage_key, "recipe": recipe.to_dict(), "limit": limit, "data_fingerprint": fingerprint}
+    if continued_from:
+        key["continued_from"] = continued_from
+    return key
 
 
 def train(stage_key: str, epochs: int | None = None, limit: int | None = None, data_path=None,
           backbone: str | None = None, backbone_weights=None, out_dir=None, resume: bool = False,
           evaluate: bool = True, mixed_precision: bool = False, seed: int | None = None,
-          recipe: stages.Recipe | None = None, stream=sys.stderr) -> Path:
+          recipe: stages.Recipe | None = None, continue_from=None, stream=sys.stderr) -> Path:
     """Train ``stage_key`` and publish its artifacts into ``out_dir`` (default checkpoints/STAGE). Returns out_dir.
-    ``recipe`` replaces the stage's own (ablations); ``epochs``, ``backbone`` and ``seed`` still apply on top."""
+    ``recipe`` replaces the stage's own (ablations); ``epochs``, ``backbone`` and ``seed`` still apply on top.
+    ``continue_from``: a published run of the same recipe with fewer epochs (e.g. checkpoints/STAGE); training
+    starts from its weights and history and adds the missing epochs. A published model keeps no optimizer state, so
+    the optimizer (Adam's moments) starts afresh at the first added epoch; the rate and the plateau counter are
+    replayed from its history. train_info records the run it continued."""
     stage = stages.get(stage_key)
     recipe = stages.recipe_for(dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed)
     if mixed_precision and not recipe.mixed_precision:
@@ -279,7 +368,8 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
         fingerprint = prints["train"]
         (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data_mod.split(cifar, limit, recipe.validation_size)
         keras.utils.set_random_seed(recipe.seed)
-        config = _config_key(stage.key, recipe, limit, fingerprint)
+        prior = read_continuation(continue_from, stage.key, recipe, limit, fingerprint) if continue_from else None
+        config = _config_key(stage.key, recipe, limit, fingerprint, prior and prior["run_id"])
         if mixed_precision:  # bfloat16 compute, float32 variables (fresh or resumed); recorded in train_info
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
         state = None
@@ -296,10 +386,21 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
             state = {"config": config, "run_id": uuid.uuid4().hex, "phases": [p.name for p in recipe.phases],
                      "epochs_done": 0, "train_seconds": 0.0, "history": [], "started": time.time(),
                      "backbone_weights": str(backbone_weights) if backbone_weights else None}
-            resolved_weights = resolve_backbone_weights(recipe, backbone_weights)
-            model = stages.build(stage, recipe, backbone_weights=resolved_weights)
-            models.init_from_data(model, x_tr)
-            state["backbone_weights"] = describe_weights(recipe, resolved_weights)
+            if prior:
+                model = stages.build(stage, recipe, backbone_weights=None)
+                model.set_weights(artifacts.load_model(Path(prior["folder"]) / artifacts.MODEL).get_weights())
+                state.update(epochs_done=prior["epochs"], train_seconds=prior["train_seconds"],
+                             history=list(prior["history"]), started=prior["started"] or state["started"],
+                             backbone_weights=prior["backbone_weights"],
+                             continued_from={k: prior[k] for k in ("run_id", "epochs", "train_seconds",
+                                                                   "mixed_precision", "train_runtime")})
+                print(f"continuing {stage.key} (run {prior['run_id']}) after epoch {prior['epochs']}/"
+                      f"{recipe.epochs}; the optimizer starts afresh", file=stream)
+            else:
+                resolved_weights = resolve_backbone_weights(recipe, backbone_weights)
+                model = stages.build(stage, recipe, backbone_weights=resolved_weights)
+                models.init_from_data(model, x_tr)
+                state["backbone_weights"] = describe_weights(recipe, resolved_weights)
         else:
             model = artifacts.load_model_compiled(work / WORK_MODEL)
 
@@ -315,14 +416,18 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
                 start_epoch = end_epoch
                 continue
             resuming_mid_phase = state["epochs_done"] > start_epoch
-            if not resuming_mid_phase or model.optimizer is None:
+            done_rows = state["history"][start_epoch:state["epochs_done"]]  # this phase's finished epochs
+            plateau = plateau_replay(done_rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)
+            if not resuming_mid_phase or getattr(model, "optimizer", None) is None:
                 compile_for_phase(model, recipe, phase, len(train_batches))
+                if resuming_mid_phase and recipe.lr_schedule == "reduce_on_plateau":  # continuation: fresh optimizer
+                    model.optimizer.learning_rate = plateau[2]
             progress.phase = phase.name
             callbacks = [canceller, progress, EpochCheckpoint(work, state, i, canceller)]
             if recipe.lr_schedule == "reduce_on_plateau":
-                callbacks.append(keras.callbacks.ReduceLROnPlateau(
+                callbacks.append(Plateau(
                     monitor="val_accuracy", mode="max", factor=recipe.plateau_factor,
-                    patience=recipe.plateau_patience, min_lr=1e-7, verbose=0))
+                    patience=recipe.plateau_patience, min_lr=1e-7, verbose=0, start=plateau[:2]))
             train_batches.set_epoch(state["epochs_done"])
             model.fit(train_batches, validation_data=validation, validation_batch_size=256,
                       epochs=end_epoch, initial_epoch=state["epochs_done"], callbacks=callbacks, verbose=0)
@@ -348,6 +453,8 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
             "test_data_fingerprint": prints["test"], "data_source": cifar.source, "mixed_precision": mixed_precision,
             "started": state["started"], "finished": time.time(), "train_runtime": runtime.info(),
         }
+        if state.get("continued_from"):
+            info["continued_from"] = state["continued_from"]
         total, trainable = models.count_params(model)
         info["params"], info["trainable_params"] = total, trainable
         info["flops_per_image"] = models.flops_per_image(clean)
