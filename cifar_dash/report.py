@@ -40,17 +40,10 @@ def deviations(r) -> list[str]:
 _PER_RUN = {"seed", "phases", "mixed_precision", "backbone"}
 
 
-def _with_defaults(recipe: dict) -> dict:
-    """A stored recipe (JSON) with every field added to ``Recipe`` after it was written set to its default."""
-    defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(stages.Recipe)
-                if f.default is not dataclasses.MISSING}
-    return {**defaults, **recipe}
-
-
 def recipe_differences(a: dict, b: dict, ignore=frozenset()) -> list[str]:
     """The fields in which two stored recipes differ (a field missing from one counts as its default), in the order
     ``Recipe`` declares them, then any unknown ones."""
-    a, b = _with_defaults(a), _with_defaults(b)
+    a, b = stages.stored_recipe(a), stages.stored_recipe(b)
     order = [f.name for f in dataclasses.fields(stages.Recipe)]
     keys = order + sorted((a.keys() | b.keys()) - set(order))
     return [k for k in keys if k not in ignore and a.get(k) != b.get(k)]

@@ -6,6 +6,7 @@ Adding a stage is one entry in STAGES (plus a builder in models.py when it needs
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -201,6 +202,14 @@ def get(key: str) -> Stage:
         return _BY_KEY[key]
     except KeyError:
         raise KeyError(f"unknown stage {key!r}; stages are: {', '.join(KEYS)}") from None
+
+
+def stored_recipe(recipe: dict) -> dict:
+    """A recipe stored as JSON (train_info, metrics) with every field added to ``Recipe`` after it was written set to
+    its default."""
+    defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(Recipe)
+                if f.default is not dataclasses.MISSING}
+    return {**defaults, **recipe}
 
 
 def recipe_for(stage: Stage, epochs: int | None = None, backbone: str | None = None,

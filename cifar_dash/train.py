@@ -285,7 +285,7 @@ class ContinueError(ValueError):
 
 def _comparable(recipe: dict) -> dict:
     """A stored recipe without what a continuation may change: epochs and the compute precision."""
-    out = {k: v for k, v in json.loads(json.dumps(recipe)).items() if k != "mixed_precision"}
+    out = {k: v for k, v in stages.stored_recipe(json.loads(json.dumps(recipe))).items() if k != "mixed_precision"}
     out["phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in out["phases"]]
     return out
 
