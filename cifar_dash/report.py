@@ -26,8 +26,19 @@ def deviations(r) -> list[str]:
         notes.append(f"smoke run on {m['limit']:,} images")
     if default.backbone and m.get("backbone") != default.backbone:
         notes.append(f"{m.get('backbone')} backbone instead of {default.backbone}")
-    if (r.train_info or {}).get("mixed_precision") and not default.mixed_precision:
-        notes.append("bfloat16 compute")
+    info = r.train_info or {}
+    prior = info.get("continued_from") or {}
+    if not default.mixed_precision:
+        bf16_now, bf16_before = bool(info.get("mixed_precision")), bool(prior.get("mixed_precision"))
+        if bf16_now and (bf16_before or not prior):
+            notes.append("bfloat16 compute")
+        elif bf16_before:
+            notes.append(f"bfloat16 compute in epochs 1-{prior['epochs']}")
+        elif bf16_now:
+            notes.append(f"bfloat16 compute from epoch {prior['epochs'] + 1}")
+    if prior:
+        notes.append(f"epochs {prior['epochs'] + 1}-{m.get('epochs')} continued from a {prior['epochs']}-epoch run "
+                     "(optimizer restarted)")
     changed = recipe_changes(m.get("recipe"), default)
     if changed:
         notes.append("an earlier recipe (differs in " + ", ".join(changed) + ")")

@@ -50,6 +50,12 @@ def test_bad_data_path_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "missing.npz: no such file" in r.stderr
 
 
+def test_continue_from_a_folder_without_a_run_is_a_clear_error(cifar_npz, tmp_path):
+    r = _run("train", "mlp", "--epochs", "3", "--data", str(cifar_npz),
+             "--continue-from", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "holds no finished run to continue" in r.stderr, r.stderr[-500:]
+
+
 def test_results_table_from_metrics(trained_root):
     r = _run("results-table", root=trained_root)
     assert r.returncode == 0

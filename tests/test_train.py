@@ -1,4 +1,5 @@
 import json
+import re
 import os
 import signal
 import subprocess
@@ -278,3 +279,83 @@ def test_a_checkpoint_from_an_earlier_recipe_says_so():
                                                            "norm_bias_lr_scale"]
     r = results.StageResult(stage, "trained", metrics={"epochs": 10, "recipe": stored}, train_info={})
     assert any(n.startswith("an earlier recipe (differs in loader_augmentation") for n in report.deviations(r))
+
+
+def _plateau_mlp_recipe():
+    import dataclasses
+
+    return dataclasses.replace(stages.get("mlp").recipe, lr_schedule="reduce_on_plateau", plateau_factor=0.5,
+                               plateau_patience=1)
+
+
+def test_plateau_replay_matches_keras_on_a_real_run(cifar_npz, tmp_path):
+    out = tmp_path / "mlp"
+    recipe = _plateau_mlp_recipe()
+    # 20 validation images: ties in validation accuracy are common, so the rate is halved several times
+    train.train("mlp", epochs=8, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, evaluate=False)
+    hist = json.loads((out / "history.json").read_text())["epochs"]
+    rates = [h["learning_rate"] for h in hist]
+    assert min(rates) < rates[0]  # the schedule did act, so the replay is checked against real halvings
+    for k in range(1, len(hist)):
+        best, wait, lr = train.plateau_replay(hist[:k], 1e-3, 0.5, 1)
+        assert lr == pytest.approx(rates[k], rel=1e-6), k
+        assert best == max(h["val_accuracy"] for h in hist[:k])
+    assert train.plateau_replay([], 1e-3, 0.5, 1) == (None, 0, 1e-3)
+    rows = [{"val_accuracy": a, "learning_rate": r} for a, r in [(0.5, 1e-3), (0.6, 1e-3), (0.6, 1e-3)]]
+    assert train.plateau_replay(rows, 1e-3, 0.5, 1) == (0.6, 0, 5e-4)
+    assert train.plateau_replay(rows, 1e-3, 0.5, 2)[:2] == (0.6, 1)
+
+
+def test_continue_from_adds_epochs_to_a_published_run(cifar_npz, tmp_path):
+    out = tmp_path / "mlp"
+    recipe = _plateau_mlp_recipe()
+    train.train("mlp", epochs=2, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe)
+    first_info = json.loads((out / "train_info.json").read_text())
+    first_hist = json.loads((out / "history.json").read_text())["epochs"]
+    first_model = artifacts.file_sha256(out / "model.keras")
+
+    train.train("mlp", epochs=4, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, continue_from=out)
+    info = json.loads((out / "train_info.json").read_text())
+    hist = json.loads((out / "history.json").read_text())["epochs"]
+    m = _assert_valid_artifacts(out, 200, "mlp")
+    assert m["epochs"] == 4 and [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert hist[:2] == first_hist  # the first run's epochs are kept as they were
+    prior = info["continued_from"]
+    assert prior["run_id"] == first_info["run_id"] != info["run_id"] and prior["epochs"] == 2
+    assert info["train_seconds"] == pytest.approx(first_info["train_seconds"] + sum(h["seconds"] for h in hist[2:]),
+                                                  abs=0.05)
+    assert info["started"] == first_info["started"]
+    assert hist[2]["learning_rate"] == pytest.approx(train.plateau_replay(first_hist, 1e-3, 0.5, 1)[2])
+    assert artifacts.file_sha256(out / "model.keras") != first_model
+    from cifar_dash import report
+
+    r = results.load_result("mlp", tmp_path)
+    assert "epochs 3-4 continued from a 2-epoch run (optimizer restarted)" in report.deviations(r)
+
+
+def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp_path):
+    out = tmp_path / "mlp"
+    recipe = _plateau_mlp_recipe()
+    train.train("mlp", epochs=2, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, evaluate=False)
+    before = artifacts.file_sha256(out / "model.keras")
+    cases = [
+        (dict(epochs=2), "needs more epochs"),  # nothing to add
+        (dict(epochs=3, seed=5), "other settings (seed)"),
+        (dict(epochs=3, limit=100), "limit 200, not 100"),
+        (dict(epochs=3, recipe=stages.get("mlp").recipe), "other settings (lr_schedule"),
+    ]
+    for kwargs, message in cases:
+        kw = {"limit": 200, "recipe": recipe, **kwargs}
+        with pytest.raises(train.ContinueError, match=re.escape(message)):
+            train.train("mlp", data_path=cifar_npz, out_dir=out, continue_from=out, **kw)
+    with pytest.raises(train.ContinueError, match="holds stage 'mlp', not 'cnn'"):
+        train.train("cnn", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "cnn", continue_from=out)
+    with pytest.raises(train.ContinueError, match="no finished run"):
+        train.train("mlp", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "x", recipe=recipe,
+                    continue_from=tmp_path / "nothing")
+    # a one-cycle recipe's rate spans the whole run: extending it would not be the recipe
+    train.train("vgg_aug", epochs=1, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg", evaluate=False)
+    with pytest.raises(train.ContinueError, match="cannot be extended"):
+        train.train("vgg_aug", epochs=2, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg",
+                    continue_from=tmp_path / "vgg")
+    assert artifacts.file_sha256(out / "model.keras") == before
