@@ -28,7 +28,7 @@ def _train(args):
     out = train.train(args.stage, epochs=args.epochs, limit=args.limit, data_path=args.data, backbone=args.backbone,
                       backbone_weights=args.backbone_weights, out_dir=args.out, resume=args.resume,
                       evaluate=not args.no_evaluate, mixed_precision=args.mixed_precision, seed=args.seed,
-                      continue_from=args.continue_from)
+                      continue_from=args.continue_from, save_every=60 * args.save_every)
     print(f"artifacts in {out}")
     return 0
 
@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--continue-from", type=Path, metavar="DIR",
                    help="add epochs to a published run of the same recipe (e.g. checkpoints/STAGE with --epochs "
                         "above its own): starts from its weights and history; the optimizer starts afresh")
+    t.add_argument("--save-every", type=float, default=10, metavar="MINUTES",
+                   help="mid-epoch checkpoint interval for --resume (default 10; 0: only at epoch ends)")
     t.add_argument("--no-evaluate", action="store_true", help="publish the model without evaluating it")
     t.add_argument("--seed", type=int, help="random seed (default: the recipe's); for run-to-run spread")
     t.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPUs); weights stay float32")

@@ -56,9 +56,7 @@ class Batches(keras.utils.PyDataset):
         if self.pad:  # padded once, cropped per batch
             p = self.pad
             self.x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-        self.epoch = 0
-        self._order = None
-        self.on_epoch_end()
+        self.set_epoch(0)
 
     def __len__(self):
         return math.ceil(len(self.x) / self.batch_size)
@@ -68,7 +66,7 @@ class Batches(keras.utils.PyDataset):
         self._order = np.random.default_rng((self.seed, epoch)).permutation(len(self.x))
 
     def on_epoch_end(self):
-        self.set_epoch(self.epoch + (self._order is not None))
+        pass  # Keras also calls this before the first epoch; EpochOrder sets the epoch from fit's own count
 
     def _augmented(self, idx, i):
         if self.pad:
@@ -96,6 +94,47 @@ class Batches(keras.utils.PyDataset):
             xb = lam[:, :, None, None] * xb + (1 - lam[:, :, None, None]) * xb[perm]
             yb = lam * yb + (1 - lam) * yb[perm]
         return xb, yb
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Each epoch's batches come from fit's epoch number (Batches.set_epoch), so a run resumed at epoch or step k
+    sees the batches an uninterrupted run saw. fit must not shuffle the batches itself (shuffle=False)."""
+
+    def __init__(self, batches: Batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
+
+
+class EpochTail(keras.utils.PyDataset):
+    """The batches of one epoch of ``Batches`` from step ``start`` on: a run resumed mid-epoch sees the same batches
+    an uninterrupted one would have."""
+
+    def __init__(self, batches: Batches, epoch: int, start: int):
+        super().__init__()
+        self.batches, self.start = batches, start
+        batches.set_epoch(epoch)
+
+    def __len__(self):
+        return len(self.batches) - self.start
+
+    def __getitem__(self, i):
+        return self.batches[self.start + i]
+
+    def on_epoch_end(self):
+        pass
+
+
+def images_before(step: int, batch_size: int, n: int) -> int:
+    return min(step * batch_size, n)
+
+
+def merge_means(a: dict, n_a: int, b: dict, n_b: int) -> dict:
+    """Per-image means over two parts of an epoch (Keras' epoch loss and accuracy are per-image means)."""
+    total = n_a + n_b
+    return {k: (a[k] * n_a + b[k] * n_b) / total for k in a if k in b} if total else dict(b)
 
 
 def make_optimizer(recipe: stages.Recipe, learning_rate, steps_per_epoch: int = 1, total_steps: int = 1):
@@ -148,6 +187,7 @@ class Progress(keras.callbacks.Callback):
         self.phase = ""
         self.epoch = 0
         self.step_times = []
+        self.offset = 0  # steps of the current epoch done before a mid-epoch resume
         self.last_write = 0.0
         self.last_line_fraction = -1
 
@@ -163,6 +203,7 @@ class Progress(keras.callbacks.Callback):
         self.epoch_start = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
+        batch += self.offset
         now = time.time()
         self.step_times.append(now)
         if len(self.step_times) > 50:
@@ -192,6 +233,7 @@ class Progress(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        self.offset = 0
         val = (f"val_loss {logs['val_loss']:.4f} val_acc {logs.get('val_accuracy', 0):.4f} "
                if "val_loss" in logs else "")
         line = (f"epoch {epoch + 1}/{self.total_epochs} ({self.phase}) loss {logs.get('loss', 0):.4f} "
@@ -203,28 +245,81 @@ class Progress(keras.callbacks.Callback):
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: history row, the full model with optimizer state, and state.json, all atomic."""
 
-    def __init__(self, work, state, phase_index, canceller=None):
+    def __init__(self, work, state, phase_index, canceller=None, n_train=0, batch_size=1):
         super().__init__()
         self.work, self.state, self.phase_index = Path(work), state, phase_index
         self.canceller = canceller
+        self.n_train, self.batch_size = n_train, batch_size
+        self.resumed = None  # the "partial" state this process started from, when it resumed mid-epoch
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.canceller is not None and self.canceller.requested:
-            return  # a cancelled epoch is incomplete: resume must redo it, not count it
+            return  # a cancelled epoch is incomplete: StepCheckpoint saved it part way, resume finishes it
         seconds = time.time() - self.t0
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))  # the schedule's value now
+        logs = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+        self.state.pop("partial", None)
+        partial, self.resumed = self.resumed, None
+        if partial and partial["epoch"] == epoch:  # the epoch began in an earlier process
+            seconds += partial["seconds"]
+            n_before = images_before(partial["step"], self.batch_size, self.n_train)
+            train_part = {k: v for k, v in logs.items() if not k.startswith("val_")}
+            logs.update(merge_means(partial["metrics"], n_before, train_part, self.n_train - n_before))
         row = {"epoch": epoch + 1, "phase": self.state["phases"][self.phase_index], "seconds": round(seconds, 2),
                "learning_rate": lr}
-        row.update({k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"})
+        row.update(logs)
         self.state["history"].append(row)
         self.state["epochs_done"] = epoch + 1
         self.state["train_seconds"] += seconds
         with artifacts.atomic_path(self.work / WORK_MODEL) as tmp:
             self.model.save(tmp)
         write_json(self.work / STATE, self.state)
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """Inside a long epoch: every ``every`` seconds, and when a cancel is requested, save the model with its
+    optimizer and the epoch's step, running means and seconds, so a kill loses at most ``every`` seconds and a
+    cancel nothing. (ResNet epochs take hours on a CPU.)"""
+
+    def __init__(self, work, state, every: float, n_train: int, batch_size: int, canceller=None):
+        super().__init__()
+        self.work, self.state, self.every = Path(work), state, every
+        self.n_train, self.batch_size = n_train, batch_size
+        self.canceller = canceller
+        self.resumed = None  # as EpochCheckpoint.resumed
+        self.offset = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.t0, self.last = epoch, time.time(), time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.offset, self.resumed = 0, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.time()
+        cancelling = self.canceller is not None and self.canceller.requested
+        if not (cancelling or (self.every and now - self.last >= self.every)):
+            return
+        step = self.offset + batch + 1
+        if step * self.batch_size >= self.n_train:
+            return  # the epoch's last step: its end-of-epoch checkpoint follows
+        metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+        seconds = now - self.t0
+        prior = self.resumed
+        if prior and prior["epoch"] == self.epoch:  # this process resumed the epoch part way through
+            n_before = images_before(prior["step"], self.batch_size, self.n_train)
+            n_now = images_before(step, self.batch_size, self.n_train) - n_before
+            metrics = merge_means(prior["metrics"], n_before, metrics, n_now)
+            seconds += prior["seconds"]
+        with artifacts.atomic_path(self.work / WORK_MODEL) as tmp:
+            self.model.save(tmp)
+        self.state["partial"] = {"epoch": self.epoch, "step": step, "metrics": metrics, "seconds": round(seconds, 2)}
+        write_json(self.work / STATE, self.state)
+        self.last = time.time()
+        self.t0 += self.last - now  # saving is not training time
 
 
 class CancelOnSignal(keras.callbacks.Callback):
@@ -339,13 +434,15 @@ def _config_key(stage_key, recipe, limit, fingerprint, continued_from=None):
 def train(stage_key: str, epochs: int | None = None, limit: int | None = None, data_path=None,
           backbone: str | None = None, backbone_weights=None, out_dir=None, resume: bool = False,
           evaluate: bool = True, mixed_precision: bool = False, seed: int | None = None,
-          recipe: stages.Recipe | None = None, continue_from=None, stream=sys.stderr) -> Path:
+          recipe: stages.Recipe | None = None, continue_from=None, save_every: float = 600.0,
+          stream=sys.stderr) -> Path:
     """Train ``stage_key`` and publish its artifacts into ``out_dir`` (default checkpoints/STAGE). Returns out_dir.
     ``recipe`` replaces the stage's own (ablations); ``epochs``, ``backbone`` and ``seed`` still apply on top.
     ``continue_from``: a published run of the same recipe with fewer epochs (e.g. checkpoints/STAGE); training
     starts from its weights and history and adds the missing epochs. A published model keeps no optimizer state, so
     the optimizer (Adam's moments) starts afresh at the first added epoch; the rate and the plateau counter are
-    replayed from its history. train_info records the run it continued."""
+    replayed from its history. train_info records the run it continued.
+    ``save_every``: seconds between mid-epoch checkpoints (0: only at epoch ends); a cancel also saves one."""
     stage = stages.get(stage_key)
     recipe = stages.recipe_for(dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed)
     if mixed_precision and not recipe.mixed_precision:
@@ -409,30 +506,47 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
         validation = (x_val, np.eye(NUM_CLASSES, dtype="float32")[y_val]) if len(x_val) else None
         canceller = CancelOnSignal()
         progress = Progress(progress_path, stage.key, recipe.epochs, len(train_batches), stream)
+        sizes = {"n_train": len(x_tr), "batch_size": recipe.batch_size}
         start_epoch = 0
         for i, phase in enumerate(recipe.phases):
             end_epoch = start_epoch + phase.epochs
             if state["epochs_done"] >= end_epoch:
                 start_epoch = end_epoch
                 continue
-            resuming_mid_phase = state["epochs_done"] > start_epoch
-            done_rows = state["history"][start_epoch:state["epochs_done"]]  # this phase's finished epochs
-            plateau = plateau_replay(done_rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)
-            if not resuming_mid_phase or getattr(model, "optimizer", None) is None:
-                compile_for_phase(model, recipe, phase, len(train_batches))
-                if resuming_mid_phase and recipe.lr_schedule == "reduce_on_plateau":  # continuation: fresh optimizer
-                    model.optimizer.learning_rate = plateau[2]
-            progress.phase = phase.name
-            callbacks = [canceller, progress, EpochCheckpoint(work, state, i, canceller)]
+            epoch_ckpt = EpochCheckpoint(work, state, i, canceller, **sizes)
+            step_ckpt = StepCheckpoint(work, state, save_every, canceller=canceller, **sizes)
+            # step_ckpt before canceller: a cancel saves the epoch so far before the run stops
+            callbacks = [EpochOrder(train_batches), step_ckpt, canceller, progress, epoch_ckpt]
+            plateau_cb = None
             if recipe.lr_schedule == "reduce_on_plateau":
-                callbacks.append(Plateau(
-                    monitor="val_accuracy", mode="max", factor=recipe.plateau_factor,
-                    patience=recipe.plateau_patience, min_lr=1e-7, verbose=0, start=plateau[:2]))
-            train_batches.set_epoch(state["epochs_done"])
-            model.fit(train_batches, validation_data=validation, validation_batch_size=256,
-                      epochs=end_epoch, initial_epoch=state["epochs_done"], callbacks=callbacks, verbose=0)
-            if canceller.requested:
-                raise Cancelled()
+                plateau_cb = Plateau(monitor="val_accuracy", mode="max", factor=recipe.plateau_factor,
+                                     patience=recipe.plateau_patience, min_lr=1e-7, verbose=0)
+                callbacks.append(plateau_cb)
+            progress.phase = phase.name
+            while state["epochs_done"] < end_epoch:
+                partial = state.get("partial")
+                resuming_mid_phase = state["epochs_done"] > start_epoch or partial is not None
+                done_rows = state["history"][start_epoch:state["epochs_done"]]  # this phase's finished epochs
+                plateau = plateau_replay(done_rows, phase.learning_rate, recipe.plateau_factor,
+                                         recipe.plateau_patience)
+                if not resuming_mid_phase or getattr(model, "optimizer", None) is None:
+                    compile_for_phase(model, recipe, phase, len(train_batches))
+                    if resuming_mid_phase and plateau_cb:  # continuation: fresh optimizer at the replayed rate
+                        model.optimizer.learning_rate = plateau[2]
+                if plateau_cb:
+                    plateau_cb.start = plateau[:2]
+                if partial:  # finish the epoch a killed or cancelled run left part way through
+                    print(f"resuming {stage.key} in epoch {partial['epoch'] + 1} at step {partial['step']}/"
+                          f"{len(train_batches)}", file=stream)
+                    epoch_ckpt.resumed = step_ckpt.resumed = partial
+                    progress.offset = step_ckpt.offset = partial["step"]
+                    data, epochs = EpochTail(train_batches, partial["epoch"], partial["step"]), partial["epoch"] + 1
+                else:
+                    data, epochs = train_batches, end_epoch
+                model.fit(data, validation_data=validation, validation_batch_size=256, epochs=epochs,
+                          initial_epoch=state["epochs_done"], callbacks=callbacks, verbose=0, shuffle=False)
+                if canceller.requested:
+                    raise Cancelled()
             start_epoch = end_epoch
 
         final = work / "final"
@@ -473,7 +587,8 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
                                    "epoch": recipe.epochs, "epochs": recipe.epochs, "out": str(out)})
         return out
     except Cancelled:
-        fail("cancelled", "cancelled on request; the previous checkpoint is untouched (resume with --resume)")
+        fail("cancelled", "cancelled on request; the previous checkpoint is untouched and the epoch so far is saved "
+                          "(resume with --resume)")
         raise
     except BaseException as e:
         fail("failed", f"{type(e).__name__}: {e}")

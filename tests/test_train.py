@@ -1,6 +1,6 @@
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -359,3 +359,71 @@ def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp
         train.train("vgg_aug", epochs=2, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg",
                     continue_from=tmp_path / "vgg")
     assert artifacts.file_sha256(out / "model.keras") == before
+
+
+def test_resume_mid_epoch_after_cancel_matches_an_uninterrupted_run(cifar_npz, tmp_path, monkeypatch):
+    """A run cancelled part way through an epoch saves that epoch so far; --resume finishes it on the same batches,
+    so the MLP (no dropout, no random layers) ends with the same history and weights as a run never stopped."""
+    kwargs = dict(epochs=3, limit=600, data_path=cifar_npz, evaluate=False)  # 540 training images: 5 steps an epoch
+    train.train("mlp", out_dir=tmp_path / "a", **kwargs)
+    ref = json.loads((tmp_path / "a" / "history.json").read_text())["epochs"]
+
+    out = tmp_path / "b"
+    original = train.Batches.__getitem__
+    fired = []
+
+    def getitem(self, i):
+        if self.epoch == 1 and i == 2 and not fired:
+            fired.append(i)
+            signal.raise_signal(signal.SIGTERM)  # what the dashboard's Cancel sends
+        return original(self, i)
+
+    monkeypatch.setattr(train.Batches, "__getitem__", getitem)
+    with pytest.raises(train.Cancelled):
+        train.train("mlp", out_dir=out, save_every=3600, **kwargs)
+    monkeypatch.setattr(train.Batches, "__getitem__", original)
+    state = json.loads((artifacts.work_dir("mlp", out) / train.STATE).read_text())
+    assert state["epochs_done"] == 1 and state["partial"]["epoch"] == 1 and 0 < state["partial"]["step"] < 5
+    progress = json.loads((artifacts.work_dir("mlp", out) / train.PROGRESS).read_text())
+    assert progress["state"] == "cancelled" and "epoch so far is saved" in progress["message"]
+
+    import io
+
+    log = io.StringIO()
+    train.train("mlp", out_dir=out, resume=True, stream=log, **kwargs)
+    assert f"resuming mlp in epoch 2 at step {state['partial']['step']}/5" in log.getvalue()
+    hist = json.loads((out / "history.json").read_text())["epochs"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    for a, b in zip(ref, hist):
+        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (a["epoch"], k)
+    assert hist[1]["seconds"] >= state["partial"]["seconds"]
+    wa = artifacts.load_model(tmp_path / "a" / "model.keras").get_weights()
+    wb = artifacts.load_model(out / "model.keras").get_weights()
+    assert all(np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(wa, wb))
+    assert "partial" not in json.loads((out / "train_info.json").read_text())
+
+
+def test_step_checkpoints_bound_what_a_crash_loses(cifar_npz, tmp_path, monkeypatch):
+    out = tmp_path / "mlp"
+    original = train.Batches.__getitem__
+
+    def getitem(self, i):
+        if self.epoch == 1 and i == 3:
+            raise MemoryError("simulated crash")
+        return original(self, i)
+
+    monkeypatch.setattr(train.Batches, "__getitem__", getitem)
+    with pytest.raises(Exception, match="simulated crash"):  # save_every tiny: a checkpoint after every step
+        train.train("mlp", epochs=3, limit=600, data_path=cifar_npz, out_dir=out, evaluate=False, save_every=1e-9)
+    state = json.loads((artifacts.work_dir("mlp", out) / train.STATE).read_text())
+    assert state["epochs_done"] == 1 and state["partial"]["epoch"] == 1 and 1 <= state["partial"]["step"] <= 3
+    assert set(state["partial"]["metrics"]) >= {"loss", "accuracy"}
+    monkeypatch.setattr(train.Batches, "__getitem__", original)
+    train.train("mlp", epochs=3, limit=600, data_path=cifar_npz, out_dir=out, evaluate=False, resume=True)
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())["epochs"]] == [1, 2, 3]
+
+
+def test_merge_means_weights_by_images():
+    assert train.merge_means({"loss": 1.0}, 100, {"loss": 4.0}, 300) == {"loss": 3.25}
+    assert train.images_before(3, 128, 540) == 384 and train.images_before(5, 128, 540) == 540
