@@ -72,7 +72,7 @@ def _read(path: Path) -> dict | None:
 
 def start(stage: str, epochs: int | None = None, limit: int | None = None, data_path: str | None = None,
           resume: bool = False, extra_env: dict | None = None, backbone: str | None = None,
-          mixed_precision: bool = False) -> dict:
+          mixed_precision: bool = False, continue_from: str | Path | None = None) -> dict:
     """Start training ``stage`` in the background. Raises JobRunning when one is already live."""
     stages.recipe_for(stages.get(stage), backbone=backbone)  # an unknown stage or backbone fails here, not later
     current = status(stage)
@@ -104,6 +104,8 @@ def start(stage: str, epochs: int | None = None, limit: int | None = None, data_
             cmd += ["--backbone", backbone]
         if mixed_precision:
             cmd += ["--mixed-precision"]
+        if continue_from:
+            cmd += ["--continue-from", str(continue_from)]
         env = {**os.environ, "PYTHONPATH": str(artifacts.project_root()), "PYTHONUNBUFFERED": "1",
                **(extra_env or {})}
         with open(log, "w") as fh:

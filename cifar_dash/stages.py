@@ -57,6 +57,12 @@ class Recipe:
     def epochs(self) -> int:
         return sum(p.epochs for p in self.phases)
 
+    @property
+    def extendable(self) -> bool:
+        """Whether a finished run can be continued for more epochs and still be this recipe (``train
+        --continue-from``): not when the rate schedule or the weight averaging spans the whole run."""
+        return self.lr_schedule != "onecycle" and not self.lookahead
+
     def with_epochs(self, epochs: int) -> Recipe:
         """Every phase runs ``epochs`` epochs (smoke runs and the dashboard's epoch field)."""
         return dataclasses.replace(self, phases=tuple(dataclasses.replace(p, epochs=epochs) for p in self.phases))

@@ -408,7 +408,7 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fing
         changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         raise ContinueError(f"{folder} was trained with other settings ({', '.join(changed) or 'phases'}); "
                             "a continuation may only add epochs")
-    if recipe.lr_schedule == "onecycle" or recipe.lookahead:
+    if not recipe.extendable:
         raise ContinueError("this recipe's schedule spans the whole run (one-cycle rate or Lookahead), so it cannot "
                             "be extended; train afresh with --epochs")
     done = [p["epochs"] for p in stored["phases"]]

@@ -210,13 +210,25 @@ def training_sidebar():
                 "Backbone", options, index=options.index(shipped) if shipped in options else 0, key="train_backbone",
                 help="ImageNet weights come from the Keras download, or from the file named by "
                      "CIFAR_DASH_<BACKBONE>_WEIGHTS (e.g. CIFAR_DASH_RESNET50_WEIGHTS) when set.")
+        published = next(r for r in all_results() if r.stage.key == key)
+        done = (published.metrics or {}).get("epochs") if published.status == "trained" else None
+        extend = False
+        if done and recipe.extendable:
+            extend = st.checkbox(
+                f"Continue the published {done}-epoch run", key="train_continue",
+                help="Start from the published model and its history and train the missing epochs (the optimizer "
+                     "starts afresh; the learning rate follows the history). 'Epochs per phase' is the new total.")
+            target = int(epochs) or recipe.epochs
+            if extend and target <= done:
+                st.warning(f"Set 'Epochs per phase' above {done} to add epochs.")
         bf16 = st.checkbox("bfloat16 compute", value=recipe.mixed_precision, key="train_bf16",
                            help="Mixed precision: bfloat16 maths, float32 weights. Faster on GPUs and on CPUs with "
                                 "AVX512-BF16 or AMX; slower on CPUs without them.")
         if st.button("Start training", key="train_start", type="primary"):
             try:
                 jobs.start(key, epochs=int(epochs) or None, limit=int(limit) or None,
-                           data_path=os.environ.get(data.ENV_VAR), backbone=backbone, mixed_precision=bf16)
+                           data_path=os.environ.get(data.ENV_VAR), backbone=backbone, mixed_precision=bf16,
+                           continue_from=published.folder if extend else None)
                 st.toast(f"Started training {key}")
             except jobs.JobRunning as e:
                 st.warning(str(e))

@@ -204,3 +204,24 @@ def test_explorer_shows_a_stored_ablation_and_warns_on_a_corrupt_one(trained_roo
     at.run()
     assert not at.exception
     assert any("ablations.json" in w.value for w in at.warning)
+
+
+def test_sidebar_offers_to_continue_the_published_run(app_env, monkeypatch):
+    from cifar_dash import jobs
+
+    calls = []
+    monkeypatch.setattr(jobs, "start", lambda key, **kw: calls.append((key, kw)) or {})
+    at = _app()
+    box = at.checkbox(key="train_continue")
+    assert box.label == "Continue the published 3-epoch run"  # the fixture's mlp: 3 epochs
+    box.check().run()
+    at.number_input(key="train_epochs").set_value(2).run()
+    assert any("above 3" in w.value for w in at.warning)
+    at.number_input(key="train_epochs").set_value(5).run()
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    key, kw = calls[-1]
+    assert key == "mlp" and kw["epochs"] == 5 and kw["continue_from"] == app_env / "mlp"
+    # a one-cycle recipe cannot be extended, so no offer (vgg_aug is untrained here anyway)
+    at.selectbox(key="train_stage").set_value("vgg_aug").run()
+    assert not [c for c in at.checkbox if c.key == "train_continue"]

@@ -70,3 +70,14 @@ def test_sidebar_options_reach_the_training_command(root, cifar_npz):
     assert r.train_info["mixed_precision"] is True and r.metrics["recipe"]["mixed_precision"] is True
     with pytest.raises(ValueError, match="takes backbone"):
         jobs.start("resnet50v2", backbone="vgg16")
+
+
+def test_a_job_can_continue_the_published_run(root, cifar_npz):
+    before = json.loads((root / "mlp" / "train_info.json").read_text())
+    rec = jobs.start("mlp", epochs=before["epochs"] + 1, limit=400, data_path=str(cifar_npz),
+                     continue_from=root / "mlp")
+    assert rec["cmd"][-2:] == ["--continue-from", str(root / "mlp")]
+    st = jobs.wait("mlp", timeout=240)
+    assert st.state == "done", (st.message, jobs.tail_log("mlp"))
+    info = json.loads((root / "mlp" / "train_info.json").read_text())
+    assert info["epochs"] == before["epochs"] + 1 and info["continued_from"]["run_id"] == before["run_id"]
