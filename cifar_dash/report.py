@@ -33,11 +33,11 @@ def deviations(r) -> list[str]:
         if bf16_now and (bf16_before or not prior):
             notes.append("bfloat16 compute")
         elif bf16_before:
-            notes.append(f"bfloat16 compute in epochs 1-{prior['epochs']}")
+            notes.append(f"bfloat16 compute in {_epochs(1, prior['epochs'])}")
         elif bf16_now:
-            notes.append(f"bfloat16 compute from epoch {prior['epochs'] + 1}")
+            notes.append(f"bfloat16 compute in {_epochs(prior['epochs'] + 1, m.get('epochs'))}")
     if prior:
-        notes.append(f"epochs {prior['epochs'] + 1}-{m.get('epochs')} continued from a {prior['epochs']}-epoch run "
+        notes.append(f"{_epochs(prior['epochs'] + 1, m.get('epochs'))} continued from a {prior['epochs']}-epoch run "
                      "(optimizer restarted)")
     changed = recipe_changes(m.get("recipe"), default)
     if changed:
@@ -45,6 +45,10 @@ def deviations(r) -> list[str]:
     if r.status == "stale":
         notes.append("model retrained since this evaluation")
     return notes
+
+
+def _epochs(first, last) -> str:
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
 
 
 # Settings a checkpoint may differ in without being another recipe (reported separately or per run).
@@ -114,6 +118,15 @@ def ablation_table(doc: dict) -> tuple[str, list[dict]]:
     """What each trick is worth, from an ablations.json (``benchmarks/ablate_speedrun.py``): a line saying how the runs
     were made (images, epochs, seeds, machine) and one row per variant, the full recipe first, with test accuracy
     (all test-time views and one view) and its difference from the full recipe in points."""
+    try:
+        return _ablation_table(doc)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        from .artifacts import ArtifactError
+
+        raise ArtifactError(f"ablations.json is not in the expected form ({type(e).__name__}: {e})") from e
+
+
+def _ablation_table(doc: dict) -> tuple[str, list[dict]]:
     rows = doc.get("rows") or []
     summary = doc.get("summary") or []
     if not rows or not summary:

@@ -49,9 +49,10 @@ if m.get("backbone"):
     ev += f" · backbone {analysis.backbone_label(r)}"
     if isinstance(w, dict) and w.get("file"):
         ev += f" ({w['file']})"
-if (r.train_info or {}).get("mixed_precision"):
-    ev += " · bfloat16 compute, float32 weights"
 st.caption(ev)
+differs = report.deviations(r)
+if differs:
+    st.caption("Differs from the stage's recipe: " + "; ".join(differs) + ".")
 if m.get("tta_accuracy"):
     names = {"none": "one view", "flip": "+ flip (2 views)", "flip_shift": "+ 1-pixel shifts (6 views)"}
     st.caption("Test-time augmentation, same model: " + " · ".join(

@@ -95,6 +95,8 @@ def test_explorer_confusion_matrix_and_cell_gallery(app_env):
     at.switch_page("pages/explorer.py").run()
     at.selectbox(key="explorer_stage").set_value("mlp").run()
     assert not at.exception
+    assert any(c.value == "Differs from the stage's recipe: 3 of the recipe's 20 epochs; smoke run on 400 images."
+               for c in at.caption)
     metrics = json.loads((app_env / "mlp" / "metrics.json").read_text())
     heat = next(c for c in _charts(at) if c["data"][0]["type"] == "heatmap")
     np.testing.assert_array_equal(_arr(heat["data"][0]["z"]), metrics["confusion_matrix"])
@@ -204,6 +206,10 @@ def test_explorer_shows_a_stored_ablation_and_warns_on_a_corrupt_one(trained_roo
     at.run()
     assert not at.exception
     assert any("ablations.json" in w.value for w in at.warning)
+    (root / "mlp" / "ablations.json").write_text(json.dumps({"rows": [{"variant": "full"}], "summary": summary}))
+    at.run()
+    assert not at.exception
+    assert any("not in the expected form" in w.value for w in at.warning)
 
 
 def test_sidebar_offers_to_continue_the_published_run(app_env, monkeypatch):

@@ -290,3 +290,9 @@ def test_ablation_table_reads_the_scripts_summary():
     one_run = {"rows": rows[:2], "summary": ab.summary(rows[:2]), "protocol": {"limit": 10000, "epochs": None}}
     protocol, _ = report.ablation_table(one_run)
     assert "smaller budget" in protocol and "One run per variant" in protocol
+    from cifar_dash.artifacts import ArtifactError
+
+    for r in rows:
+        del r["n_train"]  # valid JSON, but not what the script writes
+    with pytest.raises(ArtifactError, match="not in the expected form.*n_train"):
+        report.ablation_table({"rows": rows, "summary": ab.summary(rows)})
