@@ -33,6 +33,7 @@ class JobStatus:
     progress: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     message: str | None = None
+    external: bool = False  # a run started outside the dashboard (a terminal), seen through its progress.json
 
     @property
     def active(self) -> bool:
@@ -53,14 +54,7 @@ def _alive(pid: int) -> bool:
     p = _POPEN.get(pid)
     if p is not None:
         return p.poll() is None
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
-    except OSError:
-        return True
+    return train.pid_alive(pid)
 
 
 def _read(path: Path) -> dict | None:
@@ -76,6 +70,9 @@ def start(stage: str, epochs: int | None = None, limit: int | None = None, data_
     """Start training ``stage`` in the background. Raises JobRunning when one is already live."""
     stages.recipe_for(stages.get(stage), backbone=backbone)  # an unknown stage or backbone fails here, not later
     current = status(stage)
+    if current.active and current.external:
+        raise JobRunning(f"{stage} is already training outside the dashboard (pid {current.progress.get('pid')}); "
+                         "wait for it or cancel it first")
     if current.active:
         raise JobRunning(f"{stage} is already training (pid {current.job['pid']}, started "
                          f"{time.strftime('%H:%M:%S', time.localtime(current.job['started']))}); "
@@ -122,6 +119,19 @@ def start(stage: str, epochs: int | None = None, limit: int | None = None, data_
 
 
 def status(stage: str) -> JobStatus:
+    st = _job_status(stage)
+    if st.active:
+        return st
+    work = artifacts.work_dir(stage, artifacts.stage_dir(stage))
+    other = train.live_run(work)
+    if other and other.get("pid") != (st.job or {}).get("pid"):
+        history = (_read(work / train.STATE) or {}).get("history", [])
+        return JobStatus(stage, other["state"], None, other, history,
+                         f"started outside the dashboard (pid {other['pid']})", external=True)
+    return st
+
+
+def _job_status(stage: str) -> JobStatus:
     job = _read(_record_path(stage))
     if not job:
         return JobStatus(stage, "idle")
@@ -150,8 +160,11 @@ def cancel(stage: str) -> bool:
     st = status(stage)
     if not st.active:
         return False
-    try:
-        os.killpg(st.job["pid"], signal.SIGTERM)  # training stops after the current batch and says "cancelled"
+    try:  # training stops after the current batch, saves the epoch so far and says "cancelled"
+        if st.external:
+            os.kill(int(st.progress["pid"]), signal.SIGTERM)
+        else:
+            os.killpg(st.job["pid"], signal.SIGTERM)
     except ProcessLookupError:
         return False
     return True

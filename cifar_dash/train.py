@@ -33,6 +33,37 @@ class Cancelled(Exception):
     pass
 
 
+class AlreadyTraining(ValueError):
+    """Another live process is training the same stage into the same folder."""
+
+
+ACTIVE = ("loading", "running", "evaluating")
+
+
+def pid_alive(pid) -> bool:
+    """Whether ``pid`` is a live (not zombie) process."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, PermissionError, ValueError, TypeError, OverflowError):
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return True
+
+
+def live_run(work: Path) -> dict | None:
+    """The progress of a run another live process is making in this work folder (its progress.json names a live
+    pid in an active state), else None. Runs started from a terminal and from the dashboard both write it."""
+    try:
+        progress = json.loads((Path(work) / PROGRESS).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(progress, dict) or progress.get("state") not in ACTIVE or progress.get("pid") == os.getpid():
+        return None
+    return progress if pid_alive(progress.get("pid")) else None
+
+
 class Batches(keras.utils.PyDataset):
     """Shuffled mini-batches of raw images and one-hot (optionally MixUp-blended) labels, optionally augmented here
     in NumPy (``augment``: "flip_alternate", "crop:N"; see stages.Recipe.loader_augmentation). Every random choice
@@ -452,6 +483,10 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
     work = artifacts.work_dir(stage.key, out)
     work.mkdir(parents=True, exist_ok=True)
     progress_path = work / PROGRESS
+    other = live_run(work)
+    if other:  # checked before this run writes anything: the other run's state stays as it is
+        raise AlreadyTraining(f"{stage.key} is already training into {out} (pid {other['pid']}, {other['state']}); "
+                              "wait for it or cancel it (a cancel keeps its progress for --resume)")
 
     def fail(state, message):
         write_json(progress_path, {"stage": stage.key, "state": state, "pid": os.getpid(), "message": message,

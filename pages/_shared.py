@@ -258,6 +258,8 @@ def _job_card(s: jobs.JobStatus):
     if s.active and p.get("epochs"):
         head += f" · epoch {p.get('epoch')}/{p.get('epochs')}"
     box.markdown(head)
+    if s.external:
+        box.caption(s.message)
     if s.active:
         if p.get("steps"):
             done = ((p["epoch"] - 1) * p["steps"] + p.get("step", 0)) / (p["epochs"] * p["steps"])
@@ -279,7 +281,8 @@ def _job_card(s: jobs.JobStatus):
     elif s.state in ("failed", "cancelled", "killed"):
         box.error(f"{s.message or s.state}. The previous checkpoint is untouched.")
     with box.expander("Log"):
-        st.code(jobs.tail_log(s.stage, 25) or "(empty)", language=None)
+        st.code("(printed in the terminal that started this run)" if s.external else
+                jobs.tail_log(s.stage, 25) or "(empty)", language=None)
 
 
 if __name__ == "__main__":  # opened as a page by URL: there is nothing to show here

@@ -24,7 +24,8 @@ def _table():
             "stage": key, "state": s.state,
             "epoch": f"{p.get('epoch')}/{p.get('epochs')}" if p.get("epochs") else "",
             "ETA": _shared.fmt_seconds(p.get("eta_seconds")) if s.active else "",
-            "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(s.job["started"])) if s.job else "",
+            "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(s.job["started"])) if s.job else (
+                "outside the dashboard" if s.external else ""),
             "message": s.message or "",
         })
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

@@ -231,3 +231,21 @@ def test_sidebar_offers_to_continue_the_published_run(app_env, monkeypatch):
     # a one-cycle recipe cannot be extended, so no offer (vgg_aug is untrained here anyway)
     at.selectbox(key="train_stage").set_value("vgg_aug").run()
     assert not [c for c in at.checkbox if c.key == "train_continue"]
+
+
+def test_training_page_shows_a_run_started_in_a_terminal(app_env):
+    from cifar_dash import artifacts
+    from tests.test_train import _fake_live_run
+
+    proc = _fake_live_run(artifacts.work_dir("cnn", artifacts.stage_dir("cnn")))
+    try:
+        at = _app()
+        at.switch_page("pages/training.py").run()
+        assert not at.exception
+        table = next(d.value for d in at.dataframe if "stage" in d.value.columns)
+        row = table[table["stage"] == "cnn"].iloc[0]
+        assert row["state"] == "running" and row["started"] == "outside the dashboard" and row["epoch"] == "2/5"
+        assert any(f"started outside the dashboard (pid {proc.pid})" in c.value for c in at.caption)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -81,3 +81,20 @@ def test_a_job_can_continue_the_published_run(root, cifar_npz):
     assert st.state == "done", (st.message, jobs.tail_log("mlp"))
     info = json.loads((root / "mlp" / "train_info.json").read_text())
     assert info["epochs"] == before["epochs"] + 1 and info["continued_from"]["run_id"] == before["run_id"]
+
+
+def test_a_run_started_in_a_terminal_shows_up_and_blocks_a_second_one(root):
+    from tests.test_train import _fake_live_run
+
+    proc = _fake_live_run(artifacts.work_dir("cnn", artifacts.stage_dir("cnn")))
+    try:
+        st = jobs.status("cnn")
+        assert st.active and st.external and st.state == "running" and f"pid {proc.pid}" in st.message
+        with pytest.raises(jobs.JobRunning, match="outside the dashboard"):
+            jobs.start("cnn", epochs=1)
+        assert jobs.cancel("cnn")  # SIGTERM, as for the dashboard's own jobs
+        assert proc.wait(timeout=30) != 0
+        assert not jobs.status("cnn").active
+    finally:
+        proc.kill()
+        proc.wait()

@@ -427,3 +427,29 @@ def test_step_checkpoints_bound_what_a_crash_loses(cifar_npz, tmp_path, monkeypa
 def test_merge_means_weights_by_images():
     assert train.merge_means({"loss": 1.0}, 100, {"loss": 4.0}, 300) == {"loss": 3.25}
     assert train.images_before(3, 128, 540) == 384 and train.images_before(5, 128, 540) == 540
+
+
+def _fake_live_run(work, state="running"):
+    """A live process that progress.json names as training into ``work`` (as a terminal's run would)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    work.mkdir(parents=True, exist_ok=True)
+    (work / train.PROGRESS).write_text(json.dumps({"stage": "mlp", "state": state, "pid": proc.pid, "epoch": 2,
+                                                   "epochs": 5, "step": 3, "steps": 10, "updated": time.time()}))
+    return proc
+
+
+def test_a_second_run_into_the_same_folder_is_refused(cifar_npz, tmp_path):
+    out = tmp_path / "mlp"
+    work = artifacts.work_dir("mlp", out)
+    proc = _fake_live_run(work)
+    try:
+        before = (work / train.PROGRESS).read_text()
+        with pytest.raises(train.AlreadyTraining, match=f"already training into .* \\(pid {proc.pid}, running\\)"):
+            train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out)
+        assert (work / train.PROGRESS).read_text() == before  # the other run's progress is left alone
+    finally:
+        proc.kill()
+        proc.wait()
+    assert train.live_run(work) is None  # its process is gone: a new run may start
+    train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out, evaluate=False)
+    assert json.loads((work / train.PROGRESS).read_text())["state"] == "done"
