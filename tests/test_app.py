@@ -143,15 +143,26 @@ def test_predict_draws_test_images_one_prediction_per_stage(app_env):
 
 
 def test_training_page_and_sidebar_render(app_env):
+    from cifar_dash import artifacts
+    from tests.test_train import _fake_live_run
+
     at = _app()
     assert at.button(key="train_start").label == "Start training"
     assert at.selectbox(key="train_stage").value == "mlp"
-    at.switch_page("pages/training.py").run()
-    assert not at.exception
-    assert at.button(key="train_start").label == "Start training"  # the sidebar is on every page
-    assert list(at.dataframe[0].value["stage"]) == ["mlp", "deep_mlp", "cnn", "vgg_aug", "mobilenetv2_frozen",
-                                                    "mobilenetv2_finetune", "resnet50v2", "resnet50v2_sota",
-                                                    "speedrun"]
+    proc = _fake_live_run(artifacts.work_dir("cnn", artifacts.stage_dir("cnn")))  # a run started in a terminal
+    try:
+        at.switch_page("pages/training.py").run()
+        assert not at.exception
+        assert at.button(key="train_start").label == "Start training"  # the sidebar is on every page
+        table = at.dataframe[0].value
+        assert list(table["stage"]) == ["mlp", "deep_mlp", "cnn", "vgg_aug", "mobilenetv2_frozen",
+                                        "mobilenetv2_finetune", "resnet50v2", "resnet50v2_sota", "speedrun"]
+        row = table[table["stage"] == "cnn"].iloc[0]
+        assert row["state"] == "running" and row["started"] == "outside the dashboard" and row["epoch"] == "2/5"
+        assert any(f"started outside the dashboard (pid {proc.pid})" in c.value for c in at.caption)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_journey_states_each_seed_claim_with_a_verdict(app_env):
@@ -231,21 +242,3 @@ def test_sidebar_offers_to_continue_the_published_run(app_env, monkeypatch):
     # a one-cycle recipe cannot be extended, so no offer (vgg_aug is untrained here anyway)
     at.selectbox(key="train_stage").set_value("vgg_aug").run()
     assert not [c for c in at.checkbox if c.key == "train_continue"]
-
-
-def test_training_page_shows_a_run_started_in_a_terminal(app_env):
-    from cifar_dash import artifacts
-    from tests.test_train import _fake_live_run
-
-    proc = _fake_live_run(artifacts.work_dir("cnn", artifacts.stage_dir("cnn")))
-    try:
-        at = _app()
-        at.switch_page("pages/training.py").run()
-        assert not at.exception
-        table = next(d.value for d in at.dataframe if "stage" in d.value.columns)
-        row = table[table["stage"] == "cnn"].iloc[0]
-        assert row["state"] == "running" and row["started"] == "outside the dashboard" and row["epoch"] == "2/5"
-        assert any(f"started outside the dashboard (pid {proc.pid})" in c.value for c in at.caption)
-    finally:
-        proc.kill()
-        proc.wait()
