@@ -221,6 +221,11 @@ def training_sidebar():
             target = int(epochs) or recipe.epochs
             if extend and target <= done:
                 st.warning(f"Set 'Epochs per phase' above {done} to add epochs.")
+            published_limit = published.metrics.get("limit")
+            if extend and published_limit != (int(limit) or None):
+                st.warning("The published run was trained on " + (f"the first {published_limit:,} images: set "
+                           f"'Limit images' to {published_limit:,}" if published_limit else
+                           "all images: set 'Limit images' to 0") + " to continue it.")
         bf16 = st.checkbox("bfloat16 compute", value=recipe.mixed_precision, key="train_bf16",
                            help="Mixed precision: bfloat16 maths, float32 weights. Faster on GPUs and on CPUs with "
                                 "AVX512-BF16 or AMX; slower on CPUs without them.")

@@ -234,7 +234,10 @@ def test_sidebar_offers_to_continue_the_published_run(app_env, monkeypatch):
     box.check().run()
     at.number_input(key="train_epochs").set_value(2).run()
     assert any("above 3" in w.value for w in at.warning)
+    assert any("first 400 images: set 'Limit images' to 400" in w.value for w in at.warning)  # the fixture's limit
+    at.number_input(key="train_limit").set_value(400).run()
     at.number_input(key="train_epochs").set_value(5).run()
+    assert not at.warning
     at.button(key="train_start").click().run()
     assert not at.exception
     key, kw = calls[-1]
