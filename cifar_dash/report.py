@@ -39,6 +39,9 @@ def deviations(r) -> list[str]:
     if prior:
         notes.append(f"{_epochs(prior['epochs'] + 1, m.get('epochs'))} continued from a {prior['epochs']}-epoch run "
                      "(optimizer restarted)")
+        before = (prior.get("train_runtime") or {}).get("machine")
+        if before and before != (info.get("train_runtime") or {}).get("machine"):
+            notes.append(f"{_epochs(1, prior['epochs'])} trained on {before}")
     changed = recipe_changes(m.get("recipe"), default)
     if changed:
         notes.append("an earlier recipe (differs in " + ", ".join(changed) + ")")

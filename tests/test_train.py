@@ -264,6 +264,13 @@ def test_backbone_stand_in_and_bfloat16_are_said_plainly():
     assert "resnet50 backbone instead of resnet50v2" in notes and "bfloat16 compute" in notes
     same = results.StageResult(stages.get("resnet50v2"), "trained", metrics={"backbone": "resnet50v2", "epochs": 5})
     assert analysis.backbone_label(same) == "resnet50v2" and report.deviations(same) == []
+    continued = results.StageResult(
+        stages.get("resnet50v2_sota"), "trained", metrics={"backbone": "resnet50v2", "epochs": 2},
+        train_info={"mixed_precision": False, "train_runtime": {"machine": "CPU: B"},
+                    "continued_from": {"epochs": 1, "mixed_precision": True, "train_runtime": {"machine": "CPU: A"}}})
+    assert report.deviations(continued) == ["2 of the recipe's 5 epochs", "bfloat16 compute in epoch 1",
+                                            "epoch 2 continued from a 1-epoch run (optimizer restarted)",
+                                            "epoch 1 trained on CPU: A"]
 
 
 def test_a_checkpoint_from_an_earlier_recipe_says_so():
