@@ -43,6 +43,8 @@ ACTIVE = ("loading", "running", "evaluating")
 def pid_alive(pid) -> bool:
     """Whether ``pid`` is a live (not zombie) process."""
     try:
+        if int(pid) <= 0:  # 0 and negatives would signal process groups
+            return False
         os.kill(int(pid), 0)
     except (ProcessLookupError, PermissionError, ValueError, TypeError, OverflowError):
         return False

@@ -458,5 +458,6 @@ def test_a_second_run_into_the_same_folder_is_refused(cifar_npz, tmp_path):
         proc.kill()
         proc.wait()
     assert train.live_run(work) is None  # its process is gone: a new run may start
+    assert not any(train.pid_alive(p) for p in (0, -1, None, "x"))
     train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out, evaluate=False)
     assert json.loads((work / train.PROGRESS).read_text())["state"] == "done"
