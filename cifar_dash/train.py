@@ -211,7 +211,7 @@ def _fmt_seconds(s):
 class Progress(keras.callbacks.Callback):
     """Writes progress.json (for the dashboard) and draws a progress bar on stderr."""
 
-    def __init__(self, path, stage, total_epochs, steps, stream=sys.stderr):
+    def __init__(self, path, stage, total_epochs, steps, stream=sys.stderr, n_train=0, batch_size=1):
         super().__init__()
         self.path, self.stage = Path(path), stage
         self.total_epochs, self.steps = total_epochs, steps
@@ -221,6 +221,8 @@ class Progress(keras.callbacks.Callback):
         self.epoch = 0
         self.step_times = []
         self.offset = 0  # steps of the current epoch done before a mid-epoch resume
+        self.resumed = None  # that earlier part's state ("partial"), whose running means the shown ones include
+        self.n_train, self.batch_size = n_train, batch_size
         self.last_write = 0.0
         self.last_line_fraction = -1
 
@@ -245,7 +247,7 @@ class Progress(keras.callbacks.Callback):
         rate = (len(self.step_times) - 1) / span if len(self.step_times) > 2 and span > 0 else None
         remaining_steps = (self.steps - batch - 1) + (self.total_epochs - self.epoch - 1) * self.steps
         eta = remaining_steps / rate if rate else None
-        logs = {k: float(v) for k, v in (logs or {}).items()}
+        logs = self._whole_epoch({k: float(v) for k, v in (logs or {}).items()}, batch + 1)
         if now - self.last_write > 0.5 or batch + 1 == self.steps:
             self.last_write = now
             self.write("running", step=batch + 1, steps=self.steps, metrics=logs, eta_seconds=eta)
@@ -264,9 +266,18 @@ class Progress(keras.callbacks.Callback):
             self.last_line_fraction = int(frac * 4)
             print(text, file=self.stream, flush=True)
 
+    def _whole_epoch(self, logs, step):
+        """Running means over the whole epoch when it began in an earlier process."""
+        part = self.resumed
+        if not part or part["epoch"] != self.epoch:
+            return logs
+        n_before = images_before(part["step"], self.batch_size, self.n_train)
+        n_now = images_before(step, self.batch_size, self.n_train) - n_before
+        return {**logs, **merge_means(part["metrics"], n_before, logs, n_now)}
+
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        self.offset = 0
+        logs = self._whole_epoch({k: float(v) for k, v in (logs or {}).items()}, self.steps)
+        self.offset, self.resumed = 0, None
         val = (f"val_loss {logs['val_loss']:.4f} val_acc {logs.get('val_accuracy', 0):.4f} "
                if "val_loss" in logs else "")
         line = (f"epoch {epoch + 1}/{self.total_epochs} ({self.phase}) loss {logs.get('loss', 0):.4f} "
@@ -542,8 +553,8 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
                                 recipe.loader_augmentation)
         validation = (x_val, np.eye(NUM_CLASSES, dtype="float32")[y_val]) if len(x_val) else None
         canceller = CancelOnSignal()
-        progress = Progress(progress_path, stage.key, recipe.epochs, len(train_batches), stream)
         sizes = {"n_train": len(x_tr), "batch_size": recipe.batch_size}
+        progress = Progress(progress_path, stage.key, recipe.epochs, len(train_batches), stream, **sizes)
         start_epoch = 0
         for i, phase in enumerate(recipe.phases):
             end_epoch = start_epoch + phase.epochs
@@ -575,7 +586,7 @@ def train(stage_key: str, epochs: int | None = None, limit: int | None = None, d
                 if partial:  # finish the epoch a killed or cancelled run left part way through
                     print(f"resuming {stage.key} in epoch {partial['epoch'] + 1} at step {partial['step']}/"
                           f"{len(train_batches)}", file=stream)
-                    epoch_ckpt.resumed = step_ckpt.resumed = partial
+                    epoch_ckpt.resumed = step_ckpt.resumed = progress.resumed = partial
                     progress.offset = step_ckpt.offset = partial["step"]
                     data, epochs = EpochTail(train_batches, partial["epoch"], partial["step"]), partial["epoch"] + 1
                 else:

@@ -371,8 +371,11 @@ def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp
 def test_resume_mid_epoch_after_cancel_matches_an_uninterrupted_run(cifar_npz, tmp_path, monkeypatch):
     """A run cancelled part way through an epoch saves that epoch so far; --resume finishes it on the same batches,
     so the MLP (no dropout, no random layers) ends with the same history and weights as a run never stopped."""
+    import io
+
     kwargs = dict(epochs=3, limit=600, data_path=cifar_npz, evaluate=False)  # 540 training images: 5 steps an epoch
-    train.train("mlp", out_dir=tmp_path / "a", **kwargs)
+    ref_log = io.StringIO()
+    train.train("mlp", out_dir=tmp_path / "a", stream=ref_log, **kwargs)
     ref = json.loads((tmp_path / "a" / "history.json").read_text())["epochs"]
 
     out = tmp_path / "b"
@@ -394,11 +397,15 @@ def test_resume_mid_epoch_after_cancel_matches_an_uninterrupted_run(cifar_npz, t
     progress = json.loads((artifacts.work_dir("mlp", out) / train.PROGRESS).read_text())
     assert progress["state"] == "cancelled" and "epoch so far is saved" in progress["message"]
 
-    import io
-
     log = io.StringIO()
     train.train("mlp", out_dir=out, resume=True, stream=log, **kwargs)
     assert f"resuming mlp in epoch 2 at step {state['partial']['step']}/5" in log.getvalue()
+
+    def epoch_line(text, n):  # the printed epoch summary shows the whole epoch's means, as the history row does
+        line = next(x for x in text.splitlines() if x.startswith(f"epoch {n}/3"))
+        return [float(v) for v in re.findall(r"(?:loss|acc) ([0-9.]+)", line)]
+
+    assert epoch_line(log.getvalue(), 2) == pytest.approx(epoch_line(ref_log.getvalue(), 2), rel=1e-3, abs=1e-4)
     hist = json.loads((out / "history.json").read_text())["epochs"]
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     for a, b in zip(ref, hist):
