@@ -164,6 +164,16 @@ def images_before(step: int, batch_size: int, n: int) -> int:
     return min(step * batch_size, n)
 
 
+def with_earlier_part(partial, epoch, logs: dict, step: int, batch_size: int, n_train: int) -> dict:
+    """``logs`` (running means over this process's steps of ``epoch``, up to ``step``) over the whole epoch so far,
+    when the epoch began in an earlier process (``partial``, the saved state it resumed from)."""
+    if not partial or partial["epoch"] != epoch:
+        return logs
+    n_before = images_before(partial["step"], batch_size, n_train)
+    n_now = images_before(step, batch_size, n_train) - n_before
+    return {**logs, **merge_means(partial["metrics"], n_before, logs, n_now)}
+
+
 def merge_means(a: dict, n_a: int, b: dict, n_b: int) -> dict:
     """Per-image means over two parts of an epoch (Keras' epoch loss and accuracy are per-image means)."""
     total = n_a + n_b
@@ -268,12 +278,7 @@ class Progress(keras.callbacks.Callback):
 
     def _whole_epoch(self, logs, step):
         """Running means over the whole epoch when it began in an earlier process."""
-        part = self.resumed
-        if not part or part["epoch"] != self.epoch:
-            return logs
-        n_before = images_before(part["step"], self.batch_size, self.n_train)
-        n_now = images_before(step, self.batch_size, self.n_train) - n_before
-        return {**logs, **merge_means(part["metrics"], n_before, logs, n_now)}
+        return with_earlier_part(self.resumed, self.epoch, logs, step, self.batch_size, self.n_train)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = self._whole_epoch({k: float(v) for k, v in (logs or {}).items()}, self.steps)
@@ -309,9 +314,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         partial, self.resumed = self.resumed, None
         if partial and partial["epoch"] == epoch:  # the epoch began in an earlier process
             seconds += partial["seconds"]
-            n_before = images_before(partial["step"], self.batch_size, self.n_train)
-            train_part = {k: v for k, v in logs.items() if not k.startswith("val_")}
-            logs.update(merge_means(partial["metrics"], n_before, train_part, self.n_train - n_before))
+            logs = with_earlier_part(partial, epoch, logs, math.inf, self.batch_size, self.n_train)
         row = {"epoch": epoch + 1, "phase": self.state["phases"][self.phase_index], "seconds": round(seconds, 2),
                "learning_rate": lr}
         row.update(logs)
@@ -352,12 +355,9 @@ class StepCheckpoint(keras.callbacks.Callback):
             return  # the epoch's last step: its end-of-epoch checkpoint follows
         metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
         seconds = now - self.t0
-        prior = self.resumed
-        if prior and prior["epoch"] == self.epoch:  # this process resumed the epoch part way through
-            n_before = images_before(prior["step"], self.batch_size, self.n_train)
-            n_now = images_before(step, self.batch_size, self.n_train) - n_before
-            metrics = merge_means(prior["metrics"], n_before, metrics, n_now)
-            seconds += prior["seconds"]
+        metrics = with_earlier_part(self.resumed, self.epoch, metrics, step, self.batch_size, self.n_train)
+        if self.resumed and self.resumed["epoch"] == self.epoch:  # this process resumed the epoch part way through
+            seconds += self.resumed["seconds"]
         with artifacts.atomic_path(self.work / WORK_MODEL) as tmp:
             self.model.save(tmp)
         self.state["partial"] = {"epoch": self.epoch, "step": step, "metrics": metrics, "seconds": round(seconds, 2)}
