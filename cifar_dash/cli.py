@@ -95,6 +95,16 @@ def _results_table(args):
     return 0
 
 
+def _epochs_arg(text: str) -> int | tuple[int, ...]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a comma-separated list of numbers") from None
+    if any(c < 0 for c in counts) or (len(counts) == 1 and counts[0] < 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: epochs must be positive")
+    return counts[0] if len(counts) == 1 else tuple(counts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .stages import KEYS
 
@@ -105,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a stage (then evaluate it) and publish checkpoints/STAGE/")
     t.add_argument("stage", choices=KEYS)
-    t.add_argument("--epochs", type=int, help="epochs for every phase of the recipe (default: the recipe's)")
+    t.add_argument("--epochs", type=_epochs_arg, metavar="N[,N...]",
+                   help="epochs for every phase of the recipe, or one count per phase (e.g. 5,6 for a head phase and "
+                        "a fine-tuning phase; 0 keeps that phase's own); default: the recipe's")
     t.add_argument("--limit", type=int, help="train on the first N training images, test on the first N test images")
     t.add_argument("--data", help="CIFAR-10 .npz, cifar-10-batches-py folder or tar.gz (default: $CIFAR10_PATH, "
                                   "else the Keras download)")

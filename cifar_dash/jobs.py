@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,11 +65,11 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def start(stage: str, epochs: int | None = None, limit: int | None = None, data_path: str | None = None,
+def start(stage: str, epochs: int | Sequence[int] | None = None, limit: int | None = None, data_path: str | None = None,
           resume: bool = False, extra_env: dict | None = None, backbone: str | None = None,
           mixed_precision: bool = False, continue_from: str | Path | None = None) -> dict:
     """Start training ``stage`` in the background. Raises JobRunning when one is already live."""
-    stages.recipe_for(stages.get(stage), backbone=backbone)  # an unknown stage or backbone fails here, not later
+    stages.recipe_for(stages.get(stage), epochs, backbone)  # an unknown stage, epochs or backbone fails here
     current = status(stage)
     if current.active and current.external:
         raise JobRunning(f"{stage} is already training outside the dashboard (pid {current.progress.get('pid')}); "
@@ -89,8 +90,8 @@ def start(stage: str, epochs: int | None = None, limit: int | None = None, data_
         out = artifacts.stage_dir(stage)
         log = jobs_dir() / f"{stage}.log"
         cmd = [sys.executable, "-m", "cifar_dash", "train", stage, "--out", str(out)]
-        if epochs:
-            cmd += ["--epochs", str(int(epochs))]
+        if epochs:  # one count for every phase, or one per phase
+            cmd += ["--epochs", str(int(epochs)) if isinstance(epochs, int) else ",".join(str(int(e)) for e in epochs)]
         if limit:
             cmd += ["--limit", str(int(limit))]
         if data_path:
@@ -144,7 +145,11 @@ def _job_status(stage: str) -> JobStatus:
     alive = _alive(job["pid"])
     state = progress.get("state", "starting")
     message = progress.get("message")
-    if not alive and state in ACTIVE_STATES:
+    refused = [line for line in tail_log(stage, 5).splitlines() if line.startswith("error: ")] if (
+        not alive and state in ACTIVE_STATES) else []
+    if refused:  # the command refused to start (e.g. it lost a start race to a run from a terminal)
+        state, message = "failed", refused[-1][len("error: "):]
+    elif not alive and state in ACTIVE_STATES:
         code = _POPEN[job["pid"]].returncode if job["pid"] in _POPEN else None
         state = "killed"
         message = (f"the training process ended unexpectedly (exit code {code}); the last good checkpoint is "

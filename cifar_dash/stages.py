@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import models
@@ -63,9 +63,21 @@ class Recipe:
         --continue-from``): not when the rate schedule or the weight averaging spans the whole run."""
         return self.lr_schedule != "onecycle" and not self.lookahead
 
-    def with_epochs(self, epochs: int) -> Recipe:
-        """Every phase runs ``epochs`` epochs (smoke runs and the dashboard's epoch field)."""
-        return dataclasses.replace(self, phases=tuple(dataclasses.replace(p, epochs=epochs) for p in self.phases))
+    def with_epochs(self, epochs: int | Sequence[int]) -> Recipe:
+        """``epochs`` (an int) for every phase, or one count per phase in order (0 keeps that phase's own)."""
+        if isinstance(epochs, int):
+            counts = [epochs] * len(self.phases)
+        else:
+            counts = [int(e) for e in epochs]
+            if len(counts) != len(self.phases):
+                names = ", ".join(p.name for p in self.phases)
+                raise ValueError(f"{len(counts)} epoch counts for {len(self.phases)} phases ({names}); give one per "
+                                 "phase, or one number for all")
+            counts = [c or p.epochs for c, p in zip(counts, self.phases)]
+        if any(c < 1 for c in counts):
+            raise ValueError(f"epochs must be at least 1 per phase, not {epochs}")
+        return dataclasses.replace(self, phases=tuple(dataclasses.replace(p, epochs=c)
+                                                      for p, c in zip(self.phases, counts)))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -218,7 +230,20 @@ def stored_recipe(recipe: dict) -> dict:
     return {**defaults, **recipe}
 
 
-def recipe_for(stage: Stage, epochs: int | None = None, backbone: str | None = None,
+def extension_problem(done: Sequence[int], wanted: Sequence[int]) -> str | None:
+    """Why a run with ``done`` epochs per phase cannot be continued to ``wanted`` epochs per phase (None: it can).
+    A continuation adds epochs to the last phase only; every earlier phase must already be complete."""
+    done, wanted = list(done), list(wanted)
+    if len(done) == len(wanted) and done[:-1] == wanted[:-1] and wanted[-1] > done[-1]:
+        return None
+    if len(done) == 1:
+        return f"the published run has {done[0]} epochs; a continuation needs more than {done[0]}, not {sum(wanted)}"
+    per_phase = ",".join(map(str, done))
+    return (f"the published run has {per_phase} epochs per phase; a continuation adds epochs to the last phase only, "
+            f"not {','.join(map(str, wanted))} (e.g. {','.join(map(str, done[:-1]))},{done[-1] + 1})")
+
+
+def recipe_for(stage: Stage, epochs: int | Sequence[int] | None = None, backbone: str | None = None,
                seed: int | None = None) -> Recipe:
     recipe = stage.recipe
     if seed is not None:

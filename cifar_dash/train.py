@@ -456,10 +456,9 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fing
         raise ContinueError("this recipe's schedule spans the whole run (one-cycle rate or Lookahead), so it cannot "
                             "be extended; train afresh with --epochs")
     done = [p["epochs"] for p in stored["phases"]]
-    wanted = [p.epochs for p in recipe.phases]
-    if done[:-1] != wanted[:-1] or wanted[-1] <= done[-1]:
-        raise ContinueError(f"{folder} has {sum(done)} epochs ({done} per phase); a continuation needs more epochs "
-                            f"in the last phase only, not {wanted}")
+    problem = stages.extension_problem(done, [p.epochs for p in recipe.phases])
+    if problem:
+        raise ContinueError(f"{folder}: {problem}" + (" (--epochs takes one count per phase)" if len(done) > 1 else ""))
     if len(history) != sum(done):
         raise ContinueError(f"{folder}: history has {len(history)} epochs, train_info {sum(done)}")
     return {"folder": str(folder), "run_id": info.get("run_id"), "epochs": sum(done),
@@ -475,7 +474,7 @@ def _config_key(stage_key, recipe, limit, fingerprint, continued_from=None):
     return key
 
 
-def train(stage_key: str, epochs: int | None = None, limit: int | None = None, data_path=None,
+def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: int | None = None, data_path=None,
           backbone: str | None = None, backbone_weights=None, out_dir=None, resume: bool = False,
           evaluate: bool = True, mixed_precision: bool = False, seed: int | None = None,
           recipe: stages.Recipe | None = None, continue_from=None, save_every: float = 600.0,

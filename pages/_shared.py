@@ -194,9 +194,17 @@ def training_sidebar():
         keys = list(stages.KEYS)
         key = st.selectbox("Stage", keys, key="train_stage", format_func=stage_label)
         recipe = stages.get(key).recipe
-        phases = " + ".join(f"{p.epochs} {p.name}" for p in recipe.phases)
-        epochs = st.number_input("Epochs per phase (0 = recipe)", min_value=0, max_value=500, value=0, step=1,
-                                 key="train_epochs", help=f"The recipe runs {phases} epochs.")
+        if len(recipe.phases) == 1:
+            epochs = int(st.number_input("Epochs (0 = recipe)", min_value=0, max_value=500, value=0, step=1,
+                                         key="train_epochs", help=f"The recipe runs {recipe.epochs} epochs.")) or None
+        else:  # one field per phase, e.g. a frozen-backbone head phase, then fine-tuning
+            st.caption("Epochs per phase (0 = recipe)")
+            cols = st.columns(len(recipe.phases))
+            counts = tuple(int(c.number_input(p.name, min_value=0, max_value=500, value=0, step=1,
+                                              key=f"train_epochs_{key}_{p.name}",
+                                              help=f"The recipe runs {p.epochs} {p.name} epochs."))
+                           for c, p in zip(cols, recipe.phases))
+            epochs = counts if any(counts) else None
         limit = st.number_input("Limit images (0 = all 50,000)", min_value=0, max_value=50000, value=0, step=100,
                                 key="train_limit", help="Train on the first N training images and test on the "
                                                         "first N test images: a quick smoke run.")
@@ -217,10 +225,12 @@ def training_sidebar():
             extend = st.checkbox(
                 f"Continue the published {done}-epoch run", key="train_continue",
                 help="Start from the published model and its history and train the missing epochs (the optimizer "
-                     "starts afresh; the learning rate follows the history). 'Epochs per phase' is the new total.")
-            target = int(epochs) or recipe.epochs
-            if extend and target <= done:
-                st.warning(f"Set 'Epochs per phase' above {done} to add epochs.")
+                     "starts afresh; the learning rate follows the history). The epochs above are the new total.")
+            done_phases = [p["epochs"] for p in (published.metrics.get("recipe") or {}).get("phases", [])]
+            wanted = [p.epochs for p in stages.recipe_for(stages.get(key), epochs).phases]
+            problem = stages.extension_problem(done_phases, wanted) if extend else None
+            if problem:
+                st.warning(f"To continue: {problem}.")
             published_limit = published.metrics.get("limit")
             if extend and published_limit != (int(limit) or None):
                 st.warning("The published run was trained on " + (f"the first {published_limit:,} images: set "
@@ -231,7 +241,7 @@ def training_sidebar():
                                 "AVX512-BF16 or AMX; slower on CPUs without them.")
         if st.button("Start training", key="train_start", type="primary"):
             try:
-                jobs.start(key, epochs=int(epochs) or None, limit=int(limit) or None,
+                jobs.start(key, epochs=epochs, limit=int(limit) or None,
                            data_path=os.environ.get(data.ENV_VAR), backbone=backbone, mixed_precision=bf16,
                            continue_from=published.folder if extend else None)
                 st.toast(f"Started training {key}")

@@ -233,7 +233,7 @@ def test_sidebar_offers_to_continue_the_published_run(app_env, monkeypatch):
     assert box.label == "Continue the published 3-epoch run"  # the fixture's mlp: 3 epochs
     box.check().run()
     at.number_input(key="train_epochs").set_value(2).run()
-    assert any("above 3" in w.value for w in at.warning)
+    assert any("needs more than 3, not 2" in w.value for w in at.warning)
     assert any("first 400 images: set 'Limit images' to 400" in w.value for w in at.warning)  # the fixture's limit
     at.number_input(key="train_limit").set_value(400).run()
     at.number_input(key="train_epochs").set_value(5).run()
@@ -245,3 +245,20 @@ def test_sidebar_offers_to_continue_the_published_run(app_env, monkeypatch):
     # a one-cycle recipe cannot be extended, so no offer (vgg_aug is untrained here anyway)
     at.selectbox(key="train_stage").set_value("vgg_aug").run()
     assert not [c for c in at.checkbox if c.key == "train_continue"]
+
+
+def test_sidebar_sets_epochs_per_phase(app_env, monkeypatch):
+    from cifar_dash import jobs
+
+    calls = []
+    monkeypatch.setattr(jobs, "start", lambda key, **kw: calls.append((key, kw)) or {})
+    at = _app()
+    at.selectbox(key="train_stage").set_value("mobilenetv2_finetune").run()
+    head, finetune = at.number_input(key="train_epochs_mobilenetv2_finetune_head"), \
+        at.number_input(key="train_epochs_mobilenetv2_finetune_finetune")
+    assert (head.label, finetune.label) == ("head", "finetune") and "runs 3 finetune epochs" in finetune.help
+    at.button(key="train_start").click().run()
+    assert calls[-1] == ("mobilenetv2_finetune", {**calls[-1][1], "epochs": None})  # 0, 0: the recipe's
+    finetune.set_value(6).run()
+    at.button(key="train_start").click().run()
+    assert not at.exception and calls[-1][1]["epochs"] == (0, 6)

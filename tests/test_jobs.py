@@ -98,3 +98,26 @@ def test_a_run_started_in_a_terminal_shows_up_and_blocks_a_second_one(root):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_job_that_loses_a_start_race_says_why(root, cifar_npz, monkeypatch):
+    """A terminal run starts between the dashboard's check and its job's start: the job is refused by the training
+    command itself and says so (not "killed")."""
+    from tests.test_train import _fake_live_run
+
+    proc = _fake_live_run(artifacts.work_dir("mlp", artifacts.stage_dir("mlp")))
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(jobs, "status", lambda stage: jobs.JobStatus(stage, "idle"))  # the check saw nothing yet
+            jobs.start("mlp", epochs=1, limit=100, data_path=str(cifar_npz))
+        for _ in range(600):
+            st = jobs._job_status("mlp")
+            if not st.active:
+                break
+            jobs.time.sleep(0.1)
+        assert st.state == "failed" and st.message.startswith(f"mlp is already training into {root / 'mlp'}"), st
+        assert jobs.status("mlp").external  # while the other run lives, the sidebar shows that one
+    finally:
+        proc.kill()
+        proc.wait()
+    assert jobs.status("mlp").state == "failed"

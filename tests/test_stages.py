@@ -296,3 +296,36 @@ def test_ablation_table_reads_the_scripts_summary():
         del r["n_train"]  # valid JSON, but not what the script writes
     with pytest.raises(ArtifactError, match="not in the expected form.*n_train"):
         report.ablation_table({"rows": rows, "summary": ab.summary(rows)})
+
+
+def test_epochs_per_phase():
+    r = stages.get("mobilenetv2_finetune").recipe
+    assert [p.epochs for p in r.with_epochs(4).phases] == [4, 4]
+    assert [p.epochs for p in r.with_epochs((2, 7)).phases] == [2, 7]
+    assert [p.epochs for p in r.with_epochs((0, 7)).phases] == [r.phases[0].epochs, 7]  # 0 keeps the recipe's
+    with pytest.raises(ValueError, match="3 epoch counts for 2 phases \\(head, finetune\\)"):
+        r.with_epochs((1, 2, 3))
+    with pytest.raises(ValueError, match="at least 1"):
+        r.with_epochs(-1)
+    assert stages.recipe_for(stages.get("mlp"), (5,)).epochs == 5
+
+
+def test_extension_problem():
+    assert stages.extension_problem([5, 3], [5, 4]) is None
+    assert stages.extension_problem([1], [2]) is None
+    assert "has 5,3 epochs per phase; a continuation adds epochs to the last phase only, not 5,3 (e.g. 5,4)" in \
+        stages.extension_problem([5, 3], [5, 3])
+    assert "not 6,6 (e.g. 5,4)" in stages.extension_problem([5, 3], [6, 6])
+    assert stages.extension_problem([3], [2]) == "the published run has 3 epochs; a continuation needs more than 3, " \
+                                                 "not 2"
+
+
+def test_cli_epochs_argument():
+    from cifar_dash import cli
+
+    parse = cli.build_parser().parse_args
+    assert parse(["train", "mlp", "--epochs", "3"]).epochs == 3
+    assert parse(["train", "mobilenetv2_finetune", "--epochs", "5,0"]).epochs == (5, 0)
+    for bad in ("0", "x", "3,-1"):
+        with pytest.raises(SystemExit):
+            parse(["train", "mlp", "--epochs", bad])

@@ -346,7 +346,7 @@ def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp
     train.train("mlp", epochs=2, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, evaluate=False)
     before = artifacts.file_sha256(out / "model.keras")
     cases = [
-        (dict(epochs=2), "needs more epochs"),  # nothing to add
+        (dict(epochs=2), "a continuation needs more than 2, not 2"),  # nothing to add
         (dict(epochs=3, seed=5), "other settings (seed)"),
         (dict(epochs=3, limit=100), "limit 200, not 100"),
         (dict(epochs=3, recipe=stages.get("mlp").recipe), "other settings (lr_schedule"),
@@ -366,6 +366,24 @@ def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp
         train.train("vgg_aug", epochs=2, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg",
                     continue_from=tmp_path / "vgg")
     assert artifacts.file_sha256(out / "model.keras") == before
+
+
+def test_a_two_phase_run_is_continued_in_its_last_phase(cifar_npz, tmp_path):
+    """mobilenetv2_finetune (head, then fine-tuning): one epoch count per phase; a continuation adds fine-tuning
+    epochs to the published run and refuses to touch a finished earlier phase."""
+    out = tmp_path / "mobilenetv2_finetune"
+    kw = dict(limit=24, data_path=cifar_npz, out_dir=out, backbone_weights="none")
+    train.train("mobilenetv2_finetune", epochs=(1, 1), evaluate=False, **kw)
+    first = json.loads((out / "train_info.json").read_text())
+    assert [p["epochs"] for p in first["recipe"]["phases"]] == [1, 1]
+    with pytest.raises(train.ContinueError, match=re.escape("not 2,2 (e.g. 1,2)")):
+        train.train("mobilenetv2_finetune", epochs=2, continue_from=out, **kw)
+    train.train("mobilenetv2_finetune", epochs=(1, 2), continue_from=out, **kw)
+    info = json.loads((out / "train_info.json").read_text())
+    hist = json.loads((out / "history.json").read_text())["epochs"]
+    assert [p["epochs"] for p in info["recipe"]["phases"]] == [1, 2] and len(hist) == 3
+    assert info["continued_from"]["run_id"] == first["run_id"]
+    assert [h["phase"] for h in hist] == ["head", "finetune", "finetune"]
 
 
 def test_resume_mid_epoch_after_cancel_matches_an_uninterrupted_run(cifar_npz, tmp_path, monkeypatch):
