@@ -70,6 +70,51 @@ def start(stage: str, epochs: int | Sequence[int] | None = None, limit: int | No
           mixed_precision: bool = False, continue_from: str | Path | None = None) -> dict:
     """Start training ``stage`` in the background. Raises JobRunning when one is already live."""
     stages.recipe_for(stages.get(stage), epochs, backbone)  # an unknown stage, epochs or backbone fails here
+    out = artifacts.stage_dir(stage)
+    cmd = [sys.executable, "-m", "cifar_dash", "train", stage, "--out", str(out)]
+    if epochs:  # one count for every phase, or one per phase
+        cmd += ["--epochs", str(int(epochs)) if isinstance(epochs, int) else ",".join(str(int(e)) for e in epochs)]
+    if limit:
+        cmd += ["--limit", str(int(limit))]
+    if data_path:
+        cmd += ["--data", str(data_path)]
+    if resume:
+        cmd += ["--resume"]
+    if backbone:
+        cmd += ["--backbone", backbone]
+    if mixed_precision:
+        cmd += ["--mixed-precision"]
+    if continue_from:
+        cmd += ["--continue-from", str(continue_from)]
+    return _launch(stage, cmd, out, {"epochs": epochs, "limit": limit}, extra_env)
+
+
+def resumable(stage: str) -> dict | None:
+    """The saved state (train.saved_run) that the stage's last dashboard job left, when that job is over and
+    ``resume`` can continue it; None otherwise (nothing saved, or the state belongs to another run)."""
+    job = _read(_record_path(stage))
+    if not job or _alive(job["pid"]):
+        return None
+    saved = train.saved_run(artifacts.work_dir(stage, Path(job["out"])))
+    if not saved or saved["pid"] not in [job["pid"], *job.get("lineage", [])]:
+        return None
+    return saved
+
+
+def resume(stage: str, extra_env: dict | None = None) -> dict:
+    """Continue the stage's cancelled, killed or failed dashboard job where it stopped: the same command with
+    ``--resume``. Raises JobRunning when a run is live, ValueError when there is nothing to resume."""
+    job = _read(_record_path(stage))
+    if not resumable(stage):
+        raise ValueError(f"{stage}: no interrupted dashboard run to resume")
+    cmd = list(job["cmd"]) + ([] if "--resume" in job["cmd"] else ["--resume"])
+    lineage = [*job.get("lineage", []), job["pid"]]
+    return _launch(stage, cmd, Path(job["out"]), {"epochs": job.get("epochs"), "limit": job.get("limit"),
+                                                  "lineage": lineage}, extra_env, append_log=True)
+
+
+def _launch(stage: str, cmd: list[str], out: Path, fields: dict, extra_env: dict | None,
+            append_log: bool = False) -> dict:
     current = status(stage)
     if current.active and current.external:
         raise JobRunning(f"{stage} is already training outside the dashboard (pid {current.progress.get('pid')}); "
@@ -87,31 +132,15 @@ def start(stage: str, epochs: int | Sequence[int] | None = None, limit: int | No
         lock.unlink(missing_ok=True)
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     try:
-        out = artifacts.stage_dir(stage)
         log = jobs_dir() / f"{stage}.log"
-        cmd = [sys.executable, "-m", "cifar_dash", "train", stage, "--out", str(out)]
-        if epochs:  # one count for every phase, or one per phase
-            cmd += ["--epochs", str(int(epochs)) if isinstance(epochs, int) else ",".join(str(int(e)) for e in epochs)]
-        if limit:
-            cmd += ["--limit", str(int(limit))]
-        if data_path:
-            cmd += ["--data", str(data_path)]
-        if resume:
-            cmd += ["--resume"]
-        if backbone:
-            cmd += ["--backbone", backbone]
-        if mixed_precision:
-            cmd += ["--mixed-precision"]
-        if continue_from:
-            cmd += ["--continue-from", str(continue_from)]
         env = {**os.environ, "PYTHONPATH": str(artifacts.project_root()), "PYTHONUNBUFFERED": "1",
                **(extra_env or {})}
-        with open(log, "w") as fh:
+        with open(log, "a" if append_log else "w") as fh:  # a resumed job's log follows the interrupted one's
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     cwd=artifacts.project_root(), env=env, start_new_session=True)
         _POPEN[proc.pid] = proc
         record = {"stage": stage, "pid": proc.pid, "cmd": cmd, "started": time.time(), "log": str(log),
-                  "out": str(out), "epochs": epochs, "limit": limit}
+                  "out": str(out), **fields}
         artifacts.write_json(_record_path(stage), record)
         return record
     finally:

@@ -40,6 +40,22 @@ class AlreadyTraining(ValueError):
 ACTIVE = ("loading", "running", "evaluating")
 
 
+def saved_run(work: Path) -> dict | None:
+    """What ``--resume`` would continue in this work folder: {"epochs_done", "epochs", "partial" (the epoch part
+    way through, or None), "train_seconds", "pid" (the process that last saved it)}, else None."""
+    work = Path(work)
+    try:
+        state = json.loads((work / STATE).read_text())
+        epochs = sum(int(p["epochs"]) for p in state["config"]["recipe"]["phases"])
+        done = int(state["epochs_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (work / WORK_MODEL).exists() or (done == 0 and not state.get("partial")):
+        return None
+    return {"epochs_done": done, "epochs": epochs, "partial": state.get("partial"),
+            "train_seconds": float(state.get("train_seconds") or 0.0), "pid": state.get("pid")}
+
+
 def pid_alive(pid) -> bool:
     """Whether ``pid`` is a live (not zombie) process."""
     try:
@@ -294,10 +310,9 @@ class Progress(keras.callbacks.Callback):
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch: history row, the full model with optimizer state, and state.json, all atomic."""
 
-    def __init__(self, work, state, phase_index, canceller=None, n_train=0, batch_size=1):
+    def __init__(self, work, state, phase_index, n_train=0, batch_size=1):
         super().__init__()
         self.work, self.state, self.phase_index = Path(work), state, phase_index
-        self.canceller = canceller
         self.n_train, self.batch_size = n_train, batch_size
         self.resumed = None  # the "partial" state this process started from, when it resumed mid-epoch
 
@@ -305,8 +320,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.t0 = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.canceller is not None and self.canceller.requested:
-            return  # a cancelled epoch is incomplete: StepCheckpoint saved it part way, resume finishes it
+        # Reached only when every batch and the validation ran: a cancel raises in the batch callbacks (after
+        # StepCheckpoint saved the epoch so far). One that arrives after the last batch lets this epoch be saved;
+        # CancelOnSignal stops the run before the next epoch begins.
         seconds = time.time() - self.t0
         lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))  # the schedule's value now
         logs = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
@@ -383,6 +399,10 @@ class CancelOnSignal(keras.callbacks.Callback):
 
     def on_test_batch_end(self, batch, logs=None):
         if self.requested:
+            raise Cancelled()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.requested:  # arrived while the previous epoch ended (and was saved)
             raise Cancelled()
 
 
@@ -547,6 +567,7 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
                 state["backbone_weights"] = describe_weights(recipe, resolved_weights)
         else:
             model = artifacts.load_model_compiled(work / WORK_MODEL)
+        state["pid"] = os.getpid()  # saved with every checkpoint: which process's run this state is
 
         train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed,
                                 recipe.loader_augmentation)
@@ -560,7 +581,7 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
             if state["epochs_done"] >= end_epoch:
                 start_epoch = end_epoch
                 continue
-            epoch_ckpt = EpochCheckpoint(work, state, i, canceller, **sizes)
+            epoch_ckpt = EpochCheckpoint(work, state, i, **sizes)
             step_ckpt = StepCheckpoint(work, state, save_every, canceller=canceller, **sizes)
             # step_ckpt before canceller: a cancel saves the epoch so far before the run stops
             callbacks = [EpochOrder(train_batches), step_ckpt, canceller, progress, epoch_ckpt]

@@ -295,6 +295,19 @@ def _job_card(s: jobs.JobStatus):
                     f"{status_badge(r)}")
     elif s.state in ("failed", "cancelled", "killed"):
         box.error(f"{s.message or s.state}. The previous checkpoint is untouched.")
+        saved = jobs.resumable(s.stage)
+        if saved:
+            part = saved["partial"]
+            box.caption(f"Saved: {saved['epochs_done']} of {saved['epochs']} epochs done"
+                        + (f", epoch {part['epoch'] + 1} saved at step {part['step']}" if part else "")
+                        + f" ({fmt_seconds(saved['train_seconds'] + (part or {}).get('seconds', 0))} of training).")
+            if box.button("Resume", key=f"resume_{s.stage}", help="Run the same command again with --resume: it "
+                          "continues from the saved state on the same batches."):
+                try:
+                    jobs.resume(s.stage)
+                    st.rerun(scope="app")
+                except (jobs.JobRunning, ValueError) as e:
+                    box.warning(str(e))
     with box.expander("Log"):
         st.code("(printed in the terminal that started this run)" if s.external else
                 jobs.tail_log(s.stage, 25) or "(empty)", language=None)

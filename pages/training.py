@@ -11,7 +11,8 @@ _shared.page_setup("Training")
 st.title("Training jobs")
 st.caption("Jobs run `python -m cifar_dash train STAGE` in the background (train, then evaluate). Start them from "
            "the sidebar; each stage runs one job at a time. A cancelled or failed job leaves the previous checkpoint "
-           "as it was; `--resume` continues a killed run.")
+           "as it was; its card in the sidebar offers to resume it from the last save (every 10 minutes, at every "
+           "epoch end and on cancel), or run the same command with `--resume`.")
 
 
 @st.fragment(run_every=2)

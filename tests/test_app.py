@@ -262,3 +262,21 @@ def test_sidebar_sets_epochs_per_phase(app_env, monkeypatch):
     finetune.set_value(6).run()
     at.button(key="train_start").click().run()
     assert not at.exception and calls[-1][1]["epochs"] == (0, 6)
+
+
+def test_a_cancelled_job_card_offers_resume(app_env, monkeypatch):
+    from cifar_dash import jobs
+
+    cancelled = jobs.JobStatus("cnn", "cancelled", {"pid": 123, "started": 0, "cmd": []}, {"updated": 0}, [],
+                               "cancelled on request; the epoch so far is saved (resume with --resume)")
+    monkeypatch.setattr(jobs, "all_status", lambda: {"cnn": cancelled})
+    saved = {"epochs_done": 3, "epochs": 15, "partial": {"epoch": 3, "step": 120, "seconds": 40.0},
+             "train_seconds": 200.0, "pid": 123}
+    monkeypatch.setattr(jobs, "resumable", lambda stage: saved if stage == "cnn" else None)
+    calls = []
+    monkeypatch.setattr(jobs, "resume", lambda stage: calls.append(stage) or {})
+    at = _app()
+    assert any("Saved: 3 of 15 epochs done, epoch 4 saved at step 120 (4.0 min of training)" in c.value
+               for c in at.caption), [c.value for c in at.caption]
+    at.button(key="resume_cnn").click().run()
+    assert not at.exception and calls == ["cnn"]

@@ -121,3 +121,37 @@ def test_a_job_that_loses_a_start_race_says_why(root, cifar_npz, monkeypatch):
         proc.kill()
         proc.wait()
     assert jobs.status("mlp").state == "failed"
+
+
+def test_a_cancelled_job_resumes_from_the_dashboard(root, cifar_npz):
+    from cifar_dash import train
+
+    with pytest.raises(ValueError, match="no interrupted dashboard run"):
+        jobs.resume("mlp")
+    rec = jobs.start("mlp", epochs=60, limit=400, data_path=str(cifar_npz))
+    for _ in range(1200):
+        p = jobs.status("mlp").progress
+        if p.get("state") == "running" and p.get("epoch", 0) >= 3:
+            break
+        jobs.time.sleep(0.1)
+    assert jobs.cancel("mlp")
+    assert jobs.wait("mlp", timeout=120).state == "cancelled"
+    jobs._POPEN[rec["pid"]].wait(timeout=60)  # "cancelled" is written just before the process exits
+    saved = jobs.resumable("mlp")
+    assert saved and saved["epochs"] == 60 and 2 <= saved["epochs_done"] < 60 and saved["pid"] == rec["pid"]
+    # a state saved by some other run in that folder is not offered
+    work = artifacts.work_dir("mlp", root / "mlp")
+    state = json.loads((work / train.STATE).read_text())
+    (work / train.STATE).write_text(json.dumps({**state, "pid": 1}))
+    assert jobs.resumable("mlp") is None
+    (work / train.STATE).write_text(json.dumps(state))
+
+    again = jobs.resume("mlp")
+    assert again["cmd"] == rec["cmd"] + ["--resume"] and again["lineage"] == [rec["pid"]]
+    st = jobs.wait("mlp", timeout=240)
+    assert st.state == "done", (st.message, jobs.tail_log("mlp"))
+    log = jobs.tail_log("mlp", 10_000)
+    assert "cancelled" in log and f"resuming mlp after epoch {saved['epochs_done']}/60" in log  # one log, both runs
+    hist = json.loads((root / "mlp" / "history.json").read_text())["epochs"]
+    assert [h["epoch"] for h in hist] == list(range(1, 61))
+    assert jobs.resumable("mlp") is None  # the finished run's state is gone

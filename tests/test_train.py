@@ -436,6 +436,36 @@ def test_resume_mid_epoch_after_cancel_matches_an_uninterrupted_run(cifar_npz, t
     assert "partial" not in json.loads((out / "train_info.json").read_text())
 
 
+def test_a_cancel_after_an_epochs_last_batch_saves_that_epoch(cifar_npz, tmp_path, monkeypatch):
+    """A cancel that arrives once the epoch's batches and validation are done (here: as its end begins) keeps that
+    epoch and stops before the next; the state stays consistent (no part of a later epoch on top of a missing one),
+    and --resume goes on from the next epoch to the uninterrupted run's history."""
+    kwargs = dict(epochs=3, limit=600, data_path=cifar_npz, evaluate=False)
+    train.train("mlp", out_dir=tmp_path / "a", **kwargs)
+    ref = json.loads((tmp_path / "a" / "history.json").read_text())["epochs"]
+
+    out = tmp_path / "b"
+    original = train.EpochCheckpoint.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", on_epoch_end)
+    with pytest.raises(train.Cancelled):
+        train.train("mlp", out_dir=out, save_every=3600, **kwargs)
+    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", original)
+    state = json.loads((artifacts.work_dir("mlp", out) / train.STATE).read_text())
+    assert state["epochs_done"] == 2 and "partial" not in state and len(state["history"]) == 2
+    train.train("mlp", out_dir=out, resume=True, **kwargs)
+    hist = json.loads((out / "history.json").read_text())["epochs"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    for a, b in zip(ref, hist):
+        assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1e-6)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
 def test_step_checkpoints_bound_what_a_crash_loses(cifar_npz, tmp_path, monkeypatch):
     out = tmp_path / "mlp"
     original = train.Batches.__getitem__
