@@ -37,8 +37,9 @@ def deviations(r) -> list[str]:
         elif bf16_now:
             notes.append(f"bfloat16 compute in {_epochs(prior['epochs'] + 1, m.get('epochs'))}")
     if prior:
-        notes.append(f"{_epochs(prior['epochs'] + 1, m.get('epochs'))} continued from a {prior['epochs']}-epoch run "
-                     "(optimizer restarted)")
+        measured = f" that measured {prior['test_accuracy']:.2%}" if prior.get("test_accuracy") is not None else ""
+        notes.append(f"{_epochs(prior['epochs'] + 1, m.get('epochs'))} continued from a {prior['epochs']}-epoch run"
+                     f"{measured} (optimizer restarted)")
         before = (prior.get("train_runtime") or {}).get("machine")
         if before and before != (info.get("train_runtime") or {}).get("machine"):
             notes.append(f"{_epochs(1, prior['epochs'])} trained on {before}")

@@ -481,10 +481,21 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fing
         raise ContinueError(f"{folder}: {problem}" + (" (--epochs takes one count per phase)" if len(done) > 1 else ""))
     if len(history) != sum(done):
         raise ContinueError(f"{folder}: history has {len(history)} epochs, train_info {sum(done)}")
+    try:  # what the published run measured, kept beside the continuation's own result
+        test_accuracy = artifacts.read_json(folder / artifacts.METRICS).get("test_accuracy")
+    except (artifacts.ArtifactError, AttributeError):
+        test_accuracy = None
     return {"folder": str(folder), "run_id": info.get("run_id"), "epochs": sum(done),
             "train_seconds": float(info.get("train_seconds") or 0.0), "history": history,
             "started": info.get("started"), "backbone_weights": info.get("backbone_weights"),
-            "mixed_precision": bool(info.get("mixed_precision")), "train_runtime": info.get("train_runtime")}
+            "mixed_precision": bool(info.get("mixed_precision")), "train_runtime": info.get("train_runtime"),
+            "test_accuracy": test_accuracy}
+
+
+def _continued_from(prior: dict) -> dict:
+    """What train_info records of the published run a continuation started from."""
+    return {k: prior[k] for k in ("run_id", "epochs", "train_seconds", "mixed_precision", "train_runtime",
+                                  "test_accuracy")}
 
 
 def _config_key(stage_key, recipe, limit, fingerprint, continued_from=None):
@@ -541,6 +552,8 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
             old = json.loads((work / STATE).read_text())
             if old.get("config") == json.loads(json.dumps(config)):
                 state = old
+                if prior:  # the same published run (its id is in the config); re-read, so older states gain new fields
+                    state["continued_from"] = _continued_from(prior)
                 print(f"resuming {stage.key} after epoch {state['epochs_done']}/{recipe.epochs}", file=stream)
             else:
                 print(f"not resuming {stage.key}: the earlier run used other settings; starting afresh", file=stream)
@@ -556,8 +569,7 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
                 state.update(epochs_done=prior["epochs"], train_seconds=prior["train_seconds"],
                              history=list(prior["history"]), started=prior["started"] or state["started"],
                              backbone_weights=prior["backbone_weights"],
-                             continued_from={k: prior[k] for k in ("run_id", "epochs", "train_seconds",
-                                                                   "mixed_precision", "train_runtime")})
+                             continued_from=_continued_from(prior))
                 print(f"continuing {stage.key} (run {prior['run_id']}) after epoch {prior['epochs']}/"
                       f"{recipe.epochs}; the optimizer starts afresh", file=stream)
             else:

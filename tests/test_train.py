@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -320,6 +321,7 @@ def test_continue_from_adds_epochs_to_a_published_run(cifar_npz, tmp_path):
     first_info = json.loads((out / "train_info.json").read_text())
     first_hist = json.loads((out / "history.json").read_text())["epochs"]
     first_model = artifacts.file_sha256(out / "model.keras")
+    shutil.copy(out / "metrics.json", tmp_path / "first_metrics.json")
 
     train.train("mlp", epochs=4, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, continue_from=out)
     info = json.loads((out / "train_info.json").read_text())
@@ -337,7 +339,10 @@ def test_continue_from_adds_epochs_to_a_published_run(cifar_npz, tmp_path):
     from cifar_dash import report
 
     r = results.load_result("mlp", tmp_path)
-    assert "epochs 3-4 continued from a 2-epoch run (optimizer restarted)" in report.deviations(r)
+    first_accuracy = json.loads((tmp_path / "first_metrics.json").read_text())["test_accuracy"]
+    assert prior["test_accuracy"] == first_accuracy  # what the published run measured stays on record
+    assert (f"epochs 3-4 continued from a 2-epoch run that measured {first_accuracy:.2%} (optimizer restarted)"
+            in report.deviations(r))
 
 
 def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp_path):
@@ -464,6 +469,36 @@ def test_a_cancel_after_an_epochs_last_batch_saves_that_epoch(cifar_npz, tmp_pat
     for a, b in zip(ref, hist):
         assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1e-6)
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
+def test_a_resumed_continuation_records_the_published_runs_accuracy(cifar_npz, tmp_path, monkeypatch):
+    """A continuation stopped and resumed (here: with its state written before continued_from had test_accuracy)
+    still records what the run it continued measured: the record is re-read from that run on resume."""
+    out = tmp_path / "mlp"
+    kwargs = dict(limit=300, data_path=cifar_npz, out_dir=out)
+    train.train("mlp", epochs=1, **kwargs)
+    first = json.loads((out / "metrics.json").read_text())
+    original = train.EpochCheckpoint.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", on_epoch_end)
+    with pytest.raises(train.Cancelled):
+        train.train("mlp", epochs=3, continue_from=out, save_every=3600, **kwargs)
+    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", original)
+    state_file = artifacts.work_dir("mlp", out) / train.STATE
+    state = json.loads(state_file.read_text())
+    assert state["epochs_done"] == 2 and state["continued_from"]["test_accuracy"] == first["test_accuracy"]
+    del state["continued_from"]["test_accuracy"]  # as an older version wrote it
+    state_file.write_text(json.dumps(state))
+    train.train("mlp", epochs=3, continue_from=out, resume=True, **kwargs)
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["continued_from"]["run_id"] == first["run_id"]
+    assert info["continued_from"]["test_accuracy"] == first["test_accuracy"]
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
 
 
 def test_step_checkpoints_bound_what_a_crash_loses(cifar_npz, tmp_path, monkeypatch):
