@@ -441,6 +441,21 @@ def test_resume_mid_epoch_after_cancel_matches_an_uninterrupted_run(cifar_npz, t
     assert "partial" not in json.loads((out / "train_info.json").read_text())
 
 
+def _cancelled_as_epoch_ends(monkeypatch, at_epoch, stage, **kwargs):
+    """Train ``stage`` with a SIGTERM (the dashboard's Cancel) arriving as epoch ``at_epoch`` (0-based) ends."""
+    original = train.EpochCheckpoint.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == at_epoch:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", on_epoch_end)
+    with pytest.raises(train.Cancelled):
+        train.train(stage, **kwargs)
+    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", original)
+
+
 def test_a_cancel_after_an_epochs_last_batch_saves_that_epoch(cifar_npz, tmp_path, monkeypatch):
     """A cancel that arrives once the epoch's batches and validation are done (here: as its end begins) keeps that
     epoch and stops before the next; the state stays consistent (no part of a later epoch on top of a missing one),
@@ -450,17 +465,7 @@ def test_a_cancel_after_an_epochs_last_batch_saves_that_epoch(cifar_npz, tmp_pat
     ref = json.loads((tmp_path / "a" / "history.json").read_text())["epochs"]
 
     out = tmp_path / "b"
-    original = train.EpochCheckpoint.on_epoch_end
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            signal.raise_signal(signal.SIGTERM)
-        return original(self, epoch, logs)
-
-    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", on_epoch_end)
-    with pytest.raises(train.Cancelled):
-        train.train("mlp", out_dir=out, save_every=3600, **kwargs)
-    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", original)
+    _cancelled_as_epoch_ends(monkeypatch, 1, "mlp", out_dir=out, save_every=3600, **kwargs)
     state = json.loads((artifacts.work_dir("mlp", out) / train.STATE).read_text())
     assert state["epochs_done"] == 2 and "partial" not in state and len(state["history"]) == 2
     train.train("mlp", out_dir=out, resume=True, **kwargs)
@@ -478,17 +483,7 @@ def test_a_resumed_continuation_records_the_published_runs_accuracy(cifar_npz, t
     kwargs = dict(limit=300, data_path=cifar_npz, out_dir=out)
     train.train("mlp", epochs=1, **kwargs)
     first = json.loads((out / "metrics.json").read_text())
-    original = train.EpochCheckpoint.on_epoch_end
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            signal.raise_signal(signal.SIGTERM)
-        return original(self, epoch, logs)
-
-    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", on_epoch_end)
-    with pytest.raises(train.Cancelled):
-        train.train("mlp", epochs=3, continue_from=out, save_every=3600, **kwargs)
-    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", original)
+    _cancelled_as_epoch_ends(monkeypatch, 1, "mlp", epochs=3, continue_from=out, save_every=3600, **kwargs)
     state_file = artifacts.work_dir("mlp", out) / train.STATE
     state = json.loads(state_file.read_text())
     assert state["epochs_done"] == 2 and state["continued_from"]["test_accuracy"] == first["test_accuracy"]
