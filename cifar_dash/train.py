@@ -383,13 +383,24 @@ class StepCheckpoint(keras.callbacks.Callback):
 
 
 class CancelOnSignal(keras.callbacks.Callback):
+    """SIGTERM (the dashboard's Cancel) or Ctrl-C stops the run at the next batch, after the epoch so far is saved.
+    A second Ctrl-C interrupts at once. ``restore`` puts the previous handlers back."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self):
         super().__init__()
         self.requested = False
-        signal.signal(signal.SIGTERM, self._handler)
+        self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
 
     def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.requested = True
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
     def on_train_batch_end(self, batch, logs=None):
         # Raise rather than set stop_training: Keras would still run the whole validation pass (minutes for the
@@ -536,6 +547,7 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
                                    "updated": time.time()})
 
     policy = keras.mixed_precision.global_policy()
+    canceller = None
     try:
         write_json(progress_path, {"stage": stage.key, "state": "loading", "pid": os.getpid(), "updated": time.time()})
         cifar = data_mod.load(data_path)
@@ -675,6 +687,8 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
         raise
     finally:
         keras.mixed_precision.set_global_policy(policy)
+        if canceller is not None:
+            canceller.restore()
 
 
 def publish(src: Path, out: Path) -> None:

@@ -105,7 +105,8 @@ def test_resume_after_kill(cifar_npz, tmp_path):
     assert [h["epoch"] for h in hist] == list(range(1, 41))
 
 
-def test_cancel_with_sigterm_keeps_state(cifar_npz, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_cancel_with_sigterm_or_ctrl_c_keeps_state(sig, cifar_npz, tmp_path):
     out = tmp_path / "mlp"
     env = {**ENV, "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "cifar_dash", "train", "mlp", "--epochs", "200", "--limit", "600",
@@ -117,9 +118,11 @@ def test_cancel_with_sigterm_keeps_state(cifar_npz, tmp_path):
         if progress.exists() and json.loads(progress.read_text()).get("state") == "running":
             break
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     assert proc.wait(timeout=60) == 130
     assert json.loads(progress.read_text())["state"] == "cancelled"
+    state = json.loads((artifacts.work_dir("mlp", out) / train.STATE).read_text())
+    assert state["history"] or state["partial"]["step"] > 0  # the training so far is kept for --resume
     assert not (out / "model.keras").exists()
 
 
@@ -451,8 +454,10 @@ def _cancelled_as_epoch_ends(monkeypatch, at_epoch, stage, **kwargs):
         return original(self, epoch, logs)
 
     monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", on_epoch_end)
+    handlers = {s: signal.getsignal(s) for s in train.CancelOnSignal.SIGNALS}
     with pytest.raises(train.Cancelled):
         train.train(stage, **kwargs)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the caller's handlers are back
     monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", original)
 
 
