@@ -492,8 +492,9 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fing
         raise ContinueError(f"{folder}: {problem}" + (" (--epochs takes one count per phase)" if len(done) > 1 else ""))
     if len(history) != sum(done):
         raise ContinueError(f"{folder}: history has {len(history)} epochs, train_info {sum(done)}")
-    try:  # what the published run measured, kept beside the continuation's own result
-        test_accuracy = artifacts.read_json(folder / artifacts.METRICS).get("test_accuracy")
+    try:  # what the published run measured (its own evaluation, not a stale one), kept beside the continuation's
+        metrics = artifacts.read_json(folder / artifacts.METRICS)
+        test_accuracy = metrics.get("test_accuracy") if metrics.get("run_id") == info.get("run_id") else None
     except (artifacts.ArtifactError, AttributeError):
         test_accuracy = None
     return {"folder": str(folder), "run_id": info.get("run_id"), "epochs": sum(done),

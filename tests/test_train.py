@@ -499,6 +499,11 @@ def test_a_resumed_continuation_records_the_published_runs_accuracy(cifar_npz, t
     assert info["continued_from"]["run_id"] == first["run_id"]
     assert info["continued_from"]["test_accuracy"] == first["test_accuracy"]
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+    stale = json.loads((out / "metrics.json").read_text()) | {"run_id": "an earlier run"}
+    (out / "metrics.json").write_text(json.dumps(stale))  # an evaluation of another model says nothing of this one
+    prior = train.read_continuation(out, "mlp", stages.recipe_for(stages.get("mlp"), 4), 300,
+                                    info["train_data_fingerprint"])
+    assert prior["run_id"] == info["run_id"] and prior["test_accuracy"] is None
 
 
 def test_step_checkpoints_bound_what_a_crash_loses(cifar_npz, tmp_path, monkeypatch):
