@@ -26,29 +26,42 @@ def deviations(r) -> list[str]:
         notes.append(f"smoke run on {m['limit']:,} images")
     if default.backbone and m.get("backbone") != default.backbone:
         notes.append(f"{m.get('backbone')} backbone instead of {default.backbone}")
-    info = r.train_info or {}
-    prior = info.get("continued_from") or {}
+    spans = lineage(r.train_info or {}, m.get("epochs"))
     if not default.mixed_precision:
-        bf16_now, bf16_before = bool(info.get("mixed_precision")), bool(prior.get("mixed_precision"))
-        if bf16_now and (bf16_before or not prior):
+        bf16 = [s for s in spans if s["mixed_precision"]]
+        if bf16 and len(bf16) == len(spans):
             notes.append("bfloat16 compute")
-        elif bf16_before:
-            notes.append(f"bfloat16 compute in {_epochs(1, prior['epochs'])}")
-        elif bf16_now:
-            notes.append(f"bfloat16 compute in {_epochs(prior['epochs'] + 1, m.get('epochs'))}")
-    if prior:
-        measured = f" that measured {prior['test_accuracy']:.2%}" if prior.get("test_accuracy") is not None else ""
-        notes.append(f"{_epochs(prior['epochs'] + 1, m.get('epochs'))} continued from a {prior['epochs']}-epoch run"
-                     f"{measured} (optimizer restarted)")
-        before = (prior.get("train_runtime") or {}).get("machine")
-        if before and before != (info.get("train_runtime") or {}).get("machine"):
-            notes.append(f"{_epochs(1, prior['epochs'])} trained on {before}")
+        elif bf16:
+            notes.append("bfloat16 compute in " + ", ".join(_epochs(s["first"], s["last"]) for s in bf16))
+    for before, span in zip(spans, spans[1:]):
+        measured = (f" that measured {before['test_accuracy']:.2%}" if before["test_accuracy"] is not None else "")
+        notes.append(f"{_epochs(span['first'], span['last'])} continued from a {before['last']}-epoch run{measured} "
+                     "(optimizer restarted)")
+    final_machine = spans[-1]["machine"] if spans else None
+    for span in spans[:-1]:
+        if span["machine"] and span["machine"] != final_machine:
+            notes.append(f"{_epochs(span['first'], span['last'])} trained on {span['machine']}")
     changed = recipe_changes(m.get("recipe"), default)
     if changed:
         notes.append("an earlier recipe (differs in " + ", ".join(changed) + ")")
     if r.status == "stale":
         notes.append("model retrained since this evaluation")
     return notes
+
+
+def lineage(info: dict, epochs) -> list[dict]:
+    """The spans of epochs a shipped run was trained in, oldest first: one per run when it was continued from a
+    published run (``--continue-from``, possibly several times), each with its precision, machine and, for all but
+    the last, the test accuracy that run measured. Read from train_info's nested ``continued_from``."""
+    spans, run, last = [], info, epochs
+    while run is not None:
+        prior = run.get("continued_from") or None
+        first = prior["epochs"] + 1 if prior else 1
+        spans.append({"first": first, "last": last, "mixed_precision": bool(run.get("mixed_precision")),
+                      "machine": (run.get("train_runtime") or {}).get("machine"),
+                      "test_accuracy": run.get("test_accuracy") if run is not info else None})
+        run, last = prior, first - 1
+    return spans[::-1]
 
 
 def _epochs(first, last) -> str:

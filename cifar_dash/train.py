@@ -501,13 +501,17 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fing
             "train_seconds": float(info.get("train_seconds") or 0.0), "history": history,
             "started": info.get("started"), "backbone_weights": info.get("backbone_weights"),
             "mixed_precision": bool(info.get("mixed_precision")), "train_runtime": info.get("train_runtime"),
-            "test_accuracy": test_accuracy}
+            "test_accuracy": test_accuracy, "continued_from": info.get("continued_from")}
 
 
 def _continued_from(prior: dict) -> dict:
-    """What train_info records of the published run a continuation started from."""
-    return {k: prior[k] for k in ("run_id", "epochs", "train_seconds", "mixed_precision", "train_runtime",
-                                  "test_accuracy")}
+    """What train_info records of the published run a continuation started from, with the run that one continued
+    (nested, oldest innermost), so every epoch keeps where and in which precision it was trained."""
+    out = {k: prior[k] for k in ("run_id", "epochs", "train_seconds", "mixed_precision", "train_runtime",
+                                 "test_accuracy")}
+    if prior.get("continued_from"):
+        out["continued_from"] = prior["continued_from"]
+    return out
 
 
 def _config_key(stage_key, recipe, limit, fingerprint, continued_from=None):

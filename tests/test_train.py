@@ -274,6 +274,19 @@ def test_backbone_stand_in_and_bfloat16_are_said_plainly():
     assert report.deviations(continued) == ["2 of the recipe's 5 epochs", "bfloat16 compute in epoch 1",
                                             "epoch 2 continued from a 1-epoch run (optimizer restarted)",
                                             "epoch 1 trained on CPU: A"]
+    # continued twice, each run on its own machine and precision (train_info nests the runs, oldest innermost)
+    twice = results.StageResult(
+        stages.get("resnet50v2_sota"), "trained", metrics={"backbone": "resnet50v2", "epochs": 4},
+        train_info={"mixed_precision": True, "train_runtime": {"machine": "CPU: C"},
+                    "continued_from": {"epochs": 2, "mixed_precision": False, "test_accuracy": 0.9255,
+                                       "train_runtime": {"machine": "CPU: B"},
+                                       "continued_from": {"epochs": 1, "mixed_precision": True, "test_accuracy": 0.9271,
+                                                          "train_runtime": {"machine": "CPU: A"}}}})
+    assert [(s["first"], s["last"]) for s in report.lineage(twice.train_info, 4)] == [(1, 1), (2, 2), (3, 4)]
+    assert report.deviations(twice) == ["4 of the recipe's 5 epochs", "bfloat16 compute in epoch 1, epochs 3-4",
+                                        "epoch 2 continued from a 1-epoch run that measured 92.71% (optimizer restarted)",
+                                        "epochs 3-4 continued from a 2-epoch run that measured 92.55% (optimizer "
+                                        "restarted)", "epoch 1 trained on CPU: A", "epoch 2 trained on CPU: B"]
 
 
 def test_a_checkpoint_from_an_earlier_recipe_says_so():
@@ -344,6 +357,20 @@ def test_continue_from_adds_epochs_to_a_published_run(cifar_npz, tmp_path):
     assert prior["test_accuracy"] == first_accuracy  # what the published run measured stays on record
     assert (f"epochs 3-4 continued from a 2-epoch run that measured {first_accuracy:.2%} (optimizer restarted)"
             in report.deviations(r))
+
+    # continued again: the chain of runs is kept, so every epoch still says which run trained it
+    second_accuracy = json.loads((out / "metrics.json").read_text())["test_accuracy"]
+    train.train("mlp", epochs=5, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, continue_from=out,
+                mixed_precision=True)
+    third = json.loads((out / "train_info.json").read_text())
+    assert third["continued_from"]["run_id"] == info["run_id"] and third["continued_from"]["epochs"] == 4
+    assert third["continued_from"]["continued_from"] == prior  # the first link, as the second run recorded it
+    notes = report.deviations(results.load_result("mlp", tmp_path))
+    start = notes.index("bfloat16 compute in epoch 5")
+    assert notes[start:start + 3] == [
+        "bfloat16 compute in epoch 5",
+        f"epochs 3-4 continued from a 2-epoch run that measured {first_accuracy:.2%} (optimizer restarted)",
+        f"epoch 5 continued from a 4-epoch run that measured {second_accuracy:.2%} (optimizer restarted)"]
 
 
 def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp_path):
