@@ -58,10 +58,13 @@ def cost_scatter(results, x: str = "params") -> go.Figure:
     return fig
 
 
-def training_curves(history: list[dict], metric: str = "accuracy") -> go.Figure:
+def training_curves(history: list[dict], metric: str = "accuracy", spans: list[dict] = ()) -> go.Figure:
+    """Train and validation curves per epoch; a dotted line where the phase changes, a dashed one where the run was
+    continued from a published run (``spans`` from report.lineage: the optimizer restarted there)."""
     epochs = [h["epoch"] for h in history]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=epochs, y=[h.get(metric) for h in history], name=f"train {metric}", mode="lines+markers"))
+    name = "learning rate" if metric == "learning_rate" else f"train {metric}"
+    fig.add_trace(go.Scatter(x=epochs, y=[h.get(metric) for h in history], name=name, mode="lines+markers"))
     if any(f"val_{metric}" in h for h in history):  # recipes that train on every image have no validation curve
         fig.add_trace(go.Scatter(x=epochs, y=[h.get(f"val_{metric}") for h in history], name=f"validation {metric}",
                                  mode="lines+markers"))
@@ -69,8 +72,14 @@ def training_curves(history: list[dict], metric: str = "accuracy") -> go.Figure:
     for i in range(1, len(phases)):
         if phases[i] != phases[i - 1]:
             fig.add_vline(x=epochs[i] - 0.5, line_dash="dot", annotation_text=phases[i])
-    fig.update_layout(xaxis_title="epoch", yaxis_title=metric, margin=dict(l=10, r=10, t=30, b=10),
-                      legend=dict(orientation="h", y=1.1))
+    for span in list(spans)[1:]:
+        label = "continued" + (", bfloat16" if span["mixed_precision"] else "")
+        fig.add_vline(x=span["first"] - 0.5, line_dash="dash", annotation_text=label,
+                      annotation_position="bottom right")
+    fig.update_layout(xaxis_title="epoch", yaxis_title=name if metric == "learning_rate" else metric,
+                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.1))
+    if metric == "learning_rate":  # schedules halve or decay the rate: a log axis shows each step the same size
+        fig.update_yaxes(type="log", exponentformat="e")
     return fig
 
 

@@ -79,11 +79,15 @@ if ablations:
     st.dataframe(pd.DataFrame(ablations), hide_index=True, width="stretch")
 
 st.subheader("Training curves")
-tab_acc, tab_loss = st.tabs(["accuracy", "loss"])
+spans = report.lineage(r.train_info or {}, m.get("epochs"))
+tab_acc, tab_loss, tab_lr = st.tabs(["accuracy", "loss", "learning rate"])
 with tab_acc:
-    st.plotly_chart(figures.training_curves(r.history, "accuracy"), key="curve_acc")
+    st.plotly_chart(figures.training_curves(r.history, "accuracy", spans), key="curve_acc")
 with tab_loss:
-    st.plotly_chart(figures.training_curves(r.history, "loss"), key="curve_loss")
+    st.plotly_chart(figures.training_curves(r.history, "loss", spans), key="curve_loss")
+with tab_lr:  # the rate at the end of each epoch (one-cycle recipes change it every step)
+    st.plotly_chart(figures.training_curves(r.history, "learning_rate", spans), key="curve_lr")
+    st.caption(f"Rate schedule: {r.stage.recipe.lr_schedule.replace('_', ' ')}; the rate each epoch ended with.")
 if r.history:
     last = r.history[-1]
     if "val_accuracy" in last:
@@ -94,7 +98,9 @@ if r.history:
         held = ("no validation curve: this recipe holds no training images out"
                 + (f" (it trained on all {n_train:,})" if n_train else ""))
     st.caption(f"Last epoch: train accuracy {last.get('accuracy', 0):.3f}, {held}. Training accuracy is measured "
-               "with augmentation/MixUp on, where the recipe has them.")
+               "with augmentation/MixUp on, where the recipe has them."
+               + (" A dashed line marks where the run was continued from a published run (the optimizer restarted "
+                  "there)." if len(spans) > 1 else ""))
 
 st.subheader("Confusion matrix")
 normalize = st.toggle("Row-normalised", key="cm_norm")

@@ -111,6 +111,10 @@ def test_explorer_confusion_matrix_and_cell_gallery(app_env):
     assert len(at.get("image")) == min(n, 32) + min(n_wrong, 24)  # the cell's gallery + most confident mistakes
     curves = [c for c in _charts(at) if c["data"][0].get("name") == "train accuracy"]
     assert _arr(curves[0]["data"][0]["y"]) == pytest.approx([h["accuracy"] for h in results.load_result("mlp").history])
+    rate = next(c for c in _charts(at) if c["data"][0].get("name") == "learning rate")
+    history = results.load_result("mlp").history
+    assert _arr(rate["data"][0]["y"]) == pytest.approx([h["learning_rate"] for h in history])
+    assert rate["layout"]["yaxis"]["type"] == "log"
 
 
 def test_compare_counts_fixed_and_broken(app_env):

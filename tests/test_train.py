@@ -287,6 +287,12 @@ def test_backbone_stand_in_and_bfloat16_are_said_plainly():
                                         "epoch 2 continued from a 1-epoch run that measured 92.71% (optimizer restarted)",
                                         "epochs 3-4 continued from a 2-epoch run that measured 92.55% (optimizer "
                                         "restarted)", "epoch 1 trained on CPU: A", "epoch 2 trained on CPU: B"]
+    from cifar_dash import figures
+
+    history = [{"epoch": e, "phase": "finetune", "accuracy": 0.8, "val_accuracy": 0.9} for e in (1, 2, 3, 4)]
+    fig = figures.training_curves(history, "accuracy", report.lineage(twice.train_info, 4))
+    assert [(s.x0, s.line.dash) for s in fig.layout.shapes] == [(1.5, "dash"), (2.5, "dash")]
+    assert [a.text for a in fig.layout.annotations] == ["continued", "continued, bfloat16"]
 
 
 def test_a_checkpoint_from_an_earlier_recipe_says_so():
