@@ -28,11 +28,17 @@ def deviations(r) -> list[str]:
         notes.append(f"{m.get('backbone')} backbone instead of {default.backbone}")
     spans = lineage(r.train_info or {}, m.get("epochs"))
     if not default.mixed_precision:
-        bf16 = [s for s in spans if s["mixed_precision"]]
-        if bf16 and len(bf16) == len(spans):
+        bf16 = []  # (first, last) epochs computed in bfloat16, adjacent spans joined
+        for s in spans:
+            if s["mixed_precision"]:
+                if bf16 and bf16[-1][1] == s["first"] - 1:
+                    bf16[-1] = (bf16[-1][0], s["last"])
+                else:
+                    bf16.append((s["first"], s["last"]))
+        if bf16 and all(s["mixed_precision"] for s in spans):
             notes.append("bfloat16 compute")
         elif bf16:
-            notes.append("bfloat16 compute in " + ", ".join(_epochs(s["first"], s["last"]) for s in bf16))
+            notes.append("bfloat16 compute in " + ", ".join(_epochs(*b) for b in bf16))
     for before, span in zip(spans, spans[1:]):
         measured = (f" that measured {before['test_accuracy']:.2%}" if before["test_accuracy"] is not None else "")
         notes.append(f"{_epochs(span['first'], span['last'])} continued from a {before['last']}-epoch run{measured} "

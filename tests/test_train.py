@@ -287,6 +287,16 @@ def test_backbone_stand_in_and_bfloat16_are_said_plainly():
                                         "epoch 2 continued from a 1-epoch run that measured 92.71% (optimizer restarted)",
                                         "epochs 3-4 continued from a 2-epoch run that measured 92.55% (optimizer "
                                         "restarted)", "epoch 1 trained on CPU: A", "epoch 2 trained on CPU: B"]
+    # a third continuation in bfloat16 right after one: the precision note joins adjacent spans
+    thrice = {"mixed_precision": True, "train_runtime": {"machine": "CPU: C"},
+              "continued_from": {**twice.train_info, "epochs": 4, "test_accuracy": 0.93}}
+    r3 = results.StageResult(stages.get("resnet50v2_sota"), "trained",
+                             metrics={"backbone": "resnet50v2", "epochs": 5}, train_info=thrice)
+    assert [(s["first"], s["last"]) for s in report.lineage(thrice, 5)] == [(1, 1), (2, 2), (3, 4), (5, 5)]
+    assert report.deviations(r3)[:2] == ["bfloat16 compute in epoch 1, epochs 3-5",
+                                         "epoch 2 continued from a 1-epoch run that measured 92.71% (optimizer "
+                                         "restarted)"]
+    assert report.deviations(r3)[3] == "epoch 5 continued from a 4-epoch run that measured 93.00% (optimizer restarted)"
     from cifar_dash import figures
 
     history = [{"epoch": e, "phase": "finetune", "accuracy": 0.8, "val_accuracy": 0.9} for e in (1, 2, 3, 4)]
