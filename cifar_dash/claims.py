@@ -44,6 +44,10 @@ def _pct(v):
     return f"{100 * v:.1f}%"
 
 
+def _pct2(v):  # for differences of tenths of a point
+    return f"{100 * v:.2f}%"
+
+
 def colour_vs_shape(results) -> Claim:
     text = "The MLP leans on background colour more than on shape."
     r = _by_key(results)
@@ -107,6 +111,65 @@ def finetuning_helps(results) -> Claim:
                  f"test accuracy {_pct(a)} frozen -> {_pct(b)} fine-tuned ({100 * (b - a):+.2f} points).")
 
 
+def _halvings(result) -> list[tuple[int, float, float, float]]:
+    """Epochs a run trained at a lower rate than the epoch before: (epoch, rate, best validation accuracy before it,
+    its own validation accuracy)."""
+    h, out = result.history or [], []
+    for i in range(1, len(h)):
+        if h[i].get("learning_rate", 0) < 0.99 * h[i - 1].get("learning_rate", 0):
+            out.append((h[i]["epoch"], h[i]["learning_rate"], max(r["val_accuracy"] for r in h[:i]),
+                        h[i]["val_accuracy"]))
+    return out
+
+
+def plateau_halving_helps(results) -> Claim:
+    text = "ReduceLROnPlateau: halving the rate when validation accuracy stalls lifts it again."
+    r = _by_key(results)
+    runs = [r[k] for k in ("resnet50v2", "resnet50v2_sota") if k in r]
+    if not runs:
+        return Claim(text, "not measured", "needs a ResNet stage trained")
+    seen = [(x.stage.key, *h) for x in runs for h in _halvings(x)]
+    if not seen:
+        return Claim(text, "not measured", "the rate was never halved: " + "; ".join(
+            f"{x.stage.key} validation accuracy by epoch "
+            + " -> ".join(_pct2(e["val_accuracy"]) for e in x.history) for x in runs)
+            + " (it is halved after an epoch that does not beat the best so far).")
+    ev = "; ".join(f"{key}: rate {rate:.1e} from epoch {epoch}, validation accuracy {_pct2(val)} against "
+                   f"{_pct2(best)} before" for key, epoch, rate, best, val in seen)
+    return Claim(text, "supported" if all(val > best for *_, best, val in seen) else "contradicted", ev + ".")
+
+
+def _test_accuracy_by_epochs(result) -> dict[int, float]:
+    """Test accuracy measured after N epochs: the shipped run's, and each run it was continued from."""
+    from . import report
+
+    spans = report.lineage(result.train_info or {}, result.metrics.get("epochs"))
+    out = {s["last"]: s["test_accuracy"] for s in spans[:-1] if s["test_accuracy"] is not None}
+    out[result.metrics.get("epochs")] = result.accuracy
+    return out
+
+
+def tricks_help_at_same_budget(results) -> Claim:
+    text = "At the same budget, MixUp + AdamW + label smoothing raise accuracy over the plain ResNet recipe."
+    r = _by_key(results)
+    if "resnet50v2" not in r or "resnet50v2_sota" not in r:
+        return Claim(text, "not measured", "needs resnet50v2 and resnet50v2_sota trained")
+    a, b = r["resnet50v2"], r["resnet50v2_sota"]
+    if a.metrics.get("backbone") != b.metrics.get("backbone") or not a.history or not b.history:
+        return Claim(text, "not measured", "the two runs use different backbones or have no history")
+    k = min(len(a.history), len(b.history))
+    va, vb = a.history[k - 1]["val_accuracy"], b.history[k - 1]["val_accuracy"]
+    ev = f"After {_epochs({'epochs': k})} each: validation accuracy {_pct2(va)} plain -> {_pct2(vb)} with the tricks"
+    ta, tb = _test_accuracy_by_epochs(a), _test_accuracy_by_epochs(b)
+    common = sorted(ta.keys() & tb.keys())
+    if common:
+        e = common[-1]
+        ev += f"; test accuracy after {_epochs({'epochs': e})} {_pct2(ta[e])} -> {_pct2(tb[e])}"
+    ev += (f". Shipped: resnet50v2 {_epochs(a.metrics)} {_pct2(a.accuracy)}, resnet50v2_sota "
+           f"{_epochs(b.metrics)} {_pct2(b.accuracy)}.")
+    return Claim(text, "supported" if vb > va else "contradicted", ev)
+
+
 def label_smoothing_calibrates(results) -> Claim:
     text = "Label smoothing (with MixUp) lowers over-confidence."
     r = _by_key(results)
@@ -159,7 +222,8 @@ def _pflop(flops):
 
 
 CHECKS = (colour_vs_shape, deep_mlp_overfits, augmentation_blocks_overfitting, frozen_is_small_and_fast,
-          finetuning_helps, label_smoothing_calibrates, small_net_from_scratch)
+          finetuning_helps, plateau_halving_helps, tricks_help_at_same_budget, label_smoothing_calibrates,
+          small_net_from_scratch)
 
 
 def evaluate_claims(results) -> list[Claim]:

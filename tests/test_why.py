@@ -132,3 +132,39 @@ def test_speedrun_claim_compares_against_the_best_trained_resnet():
     slow_machine.metrics["n_train"] = 50_000
     c = claims.small_net_from_scratch([slow_machine, rn])
     assert c.verdict == "supported" and "35.0x the compute" in c.evidence and "0.36 PFLOP" in c.evidence
+
+
+def _resnet(key, vals, rates, test_acc, backbone="resnet50", train_info=None):
+    from cifar_dash import stages
+
+    history = [{"epoch": i + 1, "val_accuracy": v, "learning_rate": lr, "accuracy": 0.9}
+               for i, (v, lr) in enumerate(zip(vals, rates))]
+    m = {"test_accuracy": test_acc, "epochs": len(vals), "backbone": backbone}
+    return results.StageResult(stages.get(key), "trained", metrics=m, history=history, train_info=train_info or {})
+
+
+def test_plateau_claim_reads_the_rate_and_validation_history():
+    plain = _resnet("resnet50v2", [0.90], [1e-4], 0.9)
+    assert claims.plateau_halving_helps([plain]).verdict == "not measured"
+    assert "never halved" in claims.plateau_halving_helps([plain]).evidence
+    lifted = _resnet("resnet50v2_sota", [0.9298, 0.9278, 0.9310], [1e-4, 1e-4, 5e-5], 0.93)
+    c = claims.plateau_halving_helps([plain, lifted])
+    assert c.verdict == "supported"
+    assert c.evidence == "resnet50v2_sota: rate 5.0e-05 from epoch 3, validation accuracy 93.10% against 92.98% before."
+    flat = _resnet("resnet50v2_sota", [0.9298, 0.9278, 0.9290], [1e-4, 1e-4, 5e-5], 0.93)
+    assert claims.plateau_halving_helps([flat]).verdict == "contradicted"
+
+
+def test_tricks_claim_compares_at_the_same_number_of_epochs():
+    plain = _resnet("resnet50v2", [0.9184], [1e-4], 0.9182)
+    # sota continued once: its 1-epoch run measured 92.71% on the test set, kept in train_info
+    sota = _resnet("resnet50v2_sota", [0.9298, 0.9278], [1e-4, 1e-4], 0.9255,
+                   train_info={"continued_from": {"epochs": 1, "test_accuracy": 0.9271}})
+    c = claims.tricks_help_at_same_budget([plain, sota])
+    assert c.verdict == "supported"
+    assert c.evidence.startswith("After 1 epoch each: validation accuracy 91.84% plain -> 92.98% with the tricks; "
+                                 "test accuracy after 1 epoch 91.82% -> 92.71%.")
+    worse = _resnet("resnet50v2_sota", [0.9100], [1e-4], 0.91)
+    assert claims.tricks_help_at_same_budget([plain, worse]).verdict == "contradicted"
+    other = _resnet("resnet50v2_sota", [0.95], [1e-4], 0.95, backbone="resnet50v2")
+    assert claims.tricks_help_at_same_budget([plain, other]).verdict == "not measured"
