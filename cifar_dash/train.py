@@ -383,8 +383,9 @@ class StepCheckpoint(keras.callbacks.Callback):
 
 
 class CancelOnSignal(keras.callbacks.Callback):
-    """SIGTERM (the dashboard's Cancel) or Ctrl-C stops the run at the next batch, after the epoch so far is saved.
-    A second Ctrl-C interrupts at once. ``restore`` puts the previous handlers back."""
+    """SIGTERM (the dashboard's Cancel) or Ctrl-C stops the run at the next batch, after the epoch so far is saved;
+    on an epoch's last batch or during its validation, once that epoch is finished and saved (a mid-epoch save cannot
+    hold a finished epoch). A second Ctrl-C interrupts at once. ``restore`` puts the previous handlers back."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -404,12 +405,9 @@ class CancelOnSignal(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         # Raise rather than set stop_training: Keras would still run the whole validation pass (minutes for the
-        # ResNet stages) before returning.
-        if self.requested:
-            raise Cancelled()
-
-    def on_test_batch_end(self, batch, logs=None):
-        if self.requested:
+        # ResNet stages) before returning. Not on the epoch's last batch: StepCheckpoint leaves that one to the
+        # epoch-end checkpoint, which then saves the epoch; the run stops as the next epoch begins.
+        if self.requested and batch + 1 < (self.params or {}).get("steps", batch + 2):
             raise Cancelled()
 
     def on_epoch_begin(self, epoch, logs=None):

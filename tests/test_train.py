@@ -502,6 +502,32 @@ def _cancelled_as_epoch_ends(monkeypatch, at_epoch, stage, **kwargs):
     monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", original)
 
 
+@pytest.mark.parametrize("when", ["last batch", "validation"])
+def test_a_cancel_in_an_epochs_last_batch_or_validation_saves_that_epoch(when, cifar_npz, tmp_path, monkeypatch):
+    """A cancel that arrives during an epoch's last batch or its validation lets the epoch finish and keeps it
+    (a mid-epoch save is never made of the last batch), then stops before the next epoch."""
+    kwargs = dict(epochs=3, limit=600, data_path=cifar_npz, evaluate=False)  # 5 steps an epoch
+    original = train.Progress.on_train_batch_end
+
+    def on_train_batch_end(self, batch, logs=None):  # as batch 4 of 5 ends: the signal lands in the last batch
+        if when == "last batch" and self.epoch == 0 and batch == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, batch, logs)
+
+    def on_test_begin(self, logs=None):  # before the first validation batch
+        if when == "validation" and self.epoch == 0:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(train.Progress, "on_train_batch_end", on_train_batch_end)
+    monkeypatch.setattr(train.Progress, "on_test_begin", on_test_begin)
+    out = tmp_path / "mlp"
+    with pytest.raises(train.Cancelled):
+        train.train("mlp", out_dir=out, save_every=3600, **kwargs)
+    state = json.loads((artifacts.work_dir("mlp", out) / train.STATE).read_text())
+    assert state["epochs_done"] == 1 and "partial" not in state and len(state["history"]) == 1
+    assert "val_accuracy" in state["history"][0]
+
+
 def test_a_cancel_after_an_epochs_last_batch_saves_that_epoch(cifar_npz, tmp_path, monkeypatch):
     """A cancel that arrives once the epoch's batches and validation are done (here: as its end begins) keeps that
     epoch and stops before the next; the state stays consistent (no part of a later epoch on top of a missing one),
