@@ -11,7 +11,8 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def _run(*args, root=None):
-    env = dict(ENV)
+    # the test's own cache (set per test by conftest), so a failed run's progress never lands in the user's cache
+    env = {**ENV, "CIFAR_DASH_CACHE": os.environ["CIFAR_DASH_CACHE"]}
     if root:
         env["CIFAR_DASH_CHECKPOINTS"] = str(root)
     return subprocess.run([sys.executable, "-m", "cifar_dash", *args], env=env, cwd=ROOT, capture_output=True,
