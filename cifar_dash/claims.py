@@ -178,6 +178,11 @@ def label_smoothing_calibrates(results) -> Claim:
     ca, cb = r["resnet50v2"].metrics["calibration"], r["resnet50v2_sota"].metrics["calibration"]
     ev = (f"mean confidence on wrong answers {ca['mean_confidence_wrong']:.3f} -> {cb['mean_confidence_wrong']:.3f}; "
           f"ECE {ca['ece']:.4f} -> {cb['ece']:.4f}.")
+    for x in (r["resnet50v2"], r["resnet50v2_sota"]):
+        conf = x.metrics["calibration"].get("mean_confidence")
+        if conf is not None and conf < x.accuracy - 0.01:  # ECE then measures under-confidence, not over-confidence
+            ev += (f" {x.stage.key} is under-confident: mean confidence {conf:.3f} against accuracy "
+                   f"{x.accuracy:.3f}.")
     return Claim(text, "supported" if cb["mean_confidence_wrong"] < ca["mean_confidence_wrong"] else "contradicted", ev)
 
 

@@ -168,3 +168,17 @@ def test_tricks_claim_compares_at_the_same_number_of_epochs():
     assert claims.tricks_help_at_same_budget([plain, worse]).verdict == "contradicted"
     other = _resnet("resnet50v2_sota", [0.95], [1e-4], 0.95, backbone="resnet50v2")
     assert claims.tricks_help_at_same_budget([plain, other]).verdict == "not measured"
+
+
+def test_label_smoothing_claim_says_when_a_model_is_under_confident():
+    def cal(conf, wrong):
+        return {"calibration": {"mean_confidence": conf, "mean_confidence_wrong": wrong, "ece": abs(conf - 0.9)}}
+
+    plain = _resnet("resnet50v2", [0.9], [1e-4], 0.9)
+    smooth = _resnet("resnet50v2_sota", [0.9], [1e-4], 0.9)
+    plain.metrics.update(cal(0.91, 0.69))
+    smooth.metrics.update(cal(0.80, 0.61))
+    c = claims.label_smoothing_calibrates([plain, smooth])
+    assert c.verdict == "supported"
+    assert c.evidence == ("mean confidence on wrong answers 0.690 -> 0.610; ECE 0.0100 -> 0.1000. resnet50v2_sota is "
+                          "under-confident: mean confidence 0.800 against accuracy 0.900.")
