@@ -87,7 +87,8 @@ with tab_loss:
     st.plotly_chart(figures.training_curves(r.history, "loss", spans), key="curve_loss")
 with tab_lr:  # the rate at the end of each epoch (one-cycle recipes change it every step)
     st.plotly_chart(figures.training_curves(r.history, "learning_rate", spans), key="curve_lr")
-    st.caption(f"Rate schedule: {r.stage.recipe.lr_schedule.replace('_', ' ')}; the rate each epoch ended with.")
+    st.caption(f"Rate schedule of this run: {str(recipe.get('lr_schedule', 'constant')).replace('_', ' ')}; the rate "
+               "each epoch ended with.")
 if r.history:
     last = r.history[-1]
     if "val_accuracy" in last:
