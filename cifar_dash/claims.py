@@ -159,12 +159,12 @@ def tricks_help_at_same_budget(results) -> Claim:
         return Claim(text, "not measured", "the two runs use different backbones or have no history")
     k = min(len(a.history), len(b.history))
     va, vb = a.history[k - 1]["val_accuracy"], b.history[k - 1]["val_accuracy"]
-    ev = f"After {_epochs({'epochs': k})} each: validation accuracy {_pct2(va)} plain -> {_pct2(vb)} with the tricks"
+    ev = f"After {_n_epochs(k)} each: validation accuracy {_pct2(va)} plain -> {_pct2(vb)} with the tricks"
     ta, tb = _test_accuracy_by_epochs(a), _test_accuracy_by_epochs(b)
     common = sorted(ta.keys() & tb.keys())
     if common:
         e = common[-1]
-        ev += f"; test accuracy after {_epochs({'epochs': e})} {_pct2(ta[e])} -> {_pct2(tb[e])}"
+        ev += f"; test accuracy after {_n_epochs(e)} {_pct2(ta[e])} -> {_pct2(tb[e])}"
     ev += (f". Shipped: resnet50v2 {_epochs(a.metrics)} {_pct2(a.accuracy)}, resnet50v2_sota "
            f"{_epochs(b.metrics)} {_pct2(b.accuracy)}.")
     return Claim(text, "supported" if vb > va else "contradicted", ev)
@@ -219,7 +219,11 @@ def train_flops(m: dict) -> float | None:
 
 
 def _epochs(m):
-    return f"{m['epochs']} epoch" + ("" if m["epochs"] == 1 else "s")
+    return _n_epochs(m["epochs"])
+
+
+def _n_epochs(n):
+    return f"{n} epoch" + ("" if n == 1 else "s")
 
 
 def _pflop(flops):
