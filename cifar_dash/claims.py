@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import artifacts
+from . import artifacts, report
 
 
 @dataclass
@@ -141,8 +141,6 @@ def plateau_halving_helps(results) -> Claim:
 
 def _test_accuracy_by_epochs(result) -> dict[int, float]:
     """Test accuracy measured after N epochs: the shipped run's, and each run it was continued from."""
-    from . import report
-
     spans = report.lineage(result.train_info or {}, result.metrics.get("epochs"))
     out = {s["last"]: s["test_accuracy"] for s in spans[:-1] if s["test_accuracy"] is not None}
     out[result.metrics.get("epochs")] = result.accuracy
