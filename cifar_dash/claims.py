@@ -147,6 +147,10 @@ def _test_accuracy_by_epochs(result) -> dict[int, float]:
     return out
 
 
+def _rates(rates) -> str:
+    return ", ".join("?" if x is None else f"{x:.0e}" for x in rates)
+
+
 def tricks_help_at_same_budget(results) -> Claim:
     text = "At the same budget, MixUp + AdamW + label smoothing raise accuracy over the plain ResNet recipe."
     r = _by_key(results)
@@ -165,6 +169,10 @@ def tricks_help_at_same_budget(results) -> Claim:
         ev += f"; test accuracy after {_n_epochs(e)} {_pct2(ta[e])} -> {_pct2(tb[e])}"
     ev += (f". Shipped: resnet50v2 {_epochs(a.metrics)} {_pct2(a.accuracy)}, resnet50v2_sota "
            f"{_epochs(b.metrics)} {_pct2(b.accuracy)}.")
+    ra, rb = ([row.get("learning_rate") for row in x.history[:k]] for x in (a, b))
+    if ra != rb:  # ReduceLROnPlateau reacts to each run's own validation accuracy
+        ev += (f" The rates differ too (plain {_rates(ra)}; with the tricks {_rates(rb)}), so the gap is the tricks "
+               "and the schedule together.")
     return Claim(text, "supported" if vb > va else "contradicted", ev)
 
 

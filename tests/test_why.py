@@ -164,6 +164,13 @@ def test_tricks_claim_compares_at_the_same_number_of_epochs():
     assert c.verdict == "supported"
     assert c.evidence.startswith("After 1 epoch each: validation accuracy 91.84% plain -> 92.98% with the tricks; "
                                  "test accuracy after 1 epoch 91.82% -> 92.71%.")
+    assert "rates differ" not in c.evidence
+    plain3 = _resnet("resnet50v2", [0.9184, 0.9202, 0.9336], [1e-4, 1e-4, 1e-4], 0.9341)
+    halved = _resnet("resnet50v2_sota", [0.9298, 0.9278, 0.9446], [1e-4, 1e-4, 5e-5], 0.9463)
+    c3 = claims.tricks_help_at_same_budget([plain3, halved])
+    assert c3.verdict == "supported"
+    assert c3.evidence.endswith("The rates differ too (plain 1e-04, 1e-04, 1e-04; with the tricks 1e-04, 1e-04, "
+                                "5e-05), so the gap is the tricks and the schedule together.")
     worse = _resnet("resnet50v2_sota", [0.9100], [1e-4], 0.91)
     assert claims.tricks_help_at_same_budget([plain, worse]).verdict == "contradicted"
     other = _resnet("resnet50v2_sota", [0.95], [1e-4], 0.95, backbone="resnet50v2")
