@@ -23,8 +23,10 @@ def _stages(args):
 
 
 def _train(args):
-    from . import train
+    from . import runtime, train
 
+    if args.mixed_precision and (note := runtime.bfloat16_warning()):
+        print(f"note: --mixed-precision: {note}", file=sys.stderr)
     out = train.train(args.stage, epochs=args.epochs, limit=args.limit, data_path=args.data, backbone=args.backbone,
                       backbone_weights=args.backbone_weights, out_dir=args.out, resume=args.resume,
                       evaluate=not args.no_evaluate, mixed_precision=args.mixed_precision, seed=args.seed,

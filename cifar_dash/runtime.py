@@ -33,6 +33,20 @@ def cpu_isa() -> str | None:
     return None
 
 
+BF16_ISAS = ("AMX", "AVX-512 BF16")
+
+
+def bfloat16_warning(machine: dict | None = None) -> str | None:
+    """Why bfloat16 compute (``--mixed-precision``) would likely slow training on ``machine`` (an ``info()`` dict;
+    default: this one), or None where it should pay (a GPU, a CPU with AVX512-BF16 or AMX) or the CPU is unknown."""
+    machine = machine if machine is not None else info()
+    isa = machine.get("cpu_isa")
+    if machine.get("gpu") or isa is None or isa in BF16_ISAS:
+        return None
+    return (f"this CPU has {isa} but neither AVX512-BF16 nor AMX, so bfloat16 maths is emulated and training is "
+            "likely slower than in float32 (see benchmarks/bench_training.py)")
+
+
 def accelerator() -> str | None:
     import keras
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from cifar_dash import artifacts, data, figures, jobs, predict, results, stages
+from cifar_dash import artifacts, data, figures, jobs, predict, results, runtime, stages
 
 
 def _stamp(key: str) -> tuple:
@@ -239,6 +239,8 @@ def training_sidebar():
         bf16 = st.checkbox("bfloat16 compute", value=recipe.mixed_precision, key="train_bf16",
                            help="Mixed precision: bfloat16 maths, float32 weights. Faster on GPUs and on CPUs with "
                                 "AVX512-BF16 or AMX; slower on CPUs without them.")
+        if bf16 and (note := runtime.bfloat16_warning()):
+            st.caption(f"On this machine: {note}.")
         if st.button("Start training", key="train_start", type="primary"):
             try:
                 jobs.start(key, epochs=epochs, limit=int(limit) or None,

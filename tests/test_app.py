@@ -284,3 +284,17 @@ def test_a_cancelled_job_card_offers_resume(app_env, monkeypatch):
                for c in at.caption), [c.value for c in at.caption]
     at.button(key="resume_cnn").click().run()
     assert not at.exception and calls == ["cnn"]
+
+
+def test_sidebar_says_when_bfloat16_would_be_emulated_here(app_env, monkeypatch):
+    from cifar_dash import runtime
+
+    monkeypatch.setattr(runtime, "info", lambda: {"gpu": None, "cpu_isa": "AVX-512"})
+    at = _app()
+    assert not [c for c in at.caption if "emulated" in c.value]
+    at.checkbox(key="train_bf16").check().run()
+    assert not at.exception
+    assert [c for c in at.caption if "On this machine: this CPU has AVX-512 but neither" in c.value]
+    monkeypatch.setattr(runtime, "info", lambda: {"gpu": "NVIDIA H100", "cpu_isa": "AVX-512"})
+    at.run()
+    assert not [c for c in at.caption if "emulated" in c.value]
