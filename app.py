@@ -18,6 +18,8 @@ st.caption("Each stage changes one idea. Dashed grey: the seed deck's reported f
            "code measured on the 10,000 CIFAR-10 test images, with the evidence on hover.")
 res = _shared.all_results()
 st.plotly_chart(figures.growth_curve(res), key="growth_curve")
+for note in analysis.order_inversions(res):
+    st.info(note, icon=":material/swap_vert:")
 
 rows = analysis.stage_rows(res)
 df = pd.DataFrame(rows).drop(columns=["error"])

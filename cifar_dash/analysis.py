@@ -34,6 +34,33 @@ def stage_rows(results) -> list[dict]:
     return rows
 
 
+def order_inversions(results) -> list[str]:
+    """Where two consecutive stages come out in the opposite order from the seed's figures (the later one reported
+    higher, measured lower), one sentence each saying by how much and with how many epochs each was trained, so a
+    dip in the growth curve is explained where it is drawn."""
+    notes = []
+    for a, b in zip(results, results[1:]):
+        if not (a.ok and b.ok) or a.stage.reported_accuracy is None or b.stage.reported_accuracy is None:
+            continue
+        rep_gap = b.stage.reported_accuracy - a.stage.reported_accuracy
+        gap = 100 * (b.accuracy - a.accuracy)
+        if rep_gap <= 0 or gap >= 0:
+            continue
+
+        def run(r):
+            return f"{r.metrics.get('epochs')} of its recipe's {r.stage.recipe.epochs} epochs"
+
+        ea, eb = a.metrics.get("epochs"), b.metrics.get("epochs")
+        why = ("They were trained for different numbers of epochs, so this is not a like-for-like comparison."
+               if ea != eb or ea != a.stage.recipe.epochs or eb != b.stage.recipe.epochs
+               else "Both ran their recipes' full epochs: the seed's order did not reproduce here.")
+        notes.append(f"{b.stage.key} measures {100 * b.accuracy:.2f}% ({run(b)}), {-gap:.2f} points under "
+                     f"{a.stage.key}'s {100 * a.accuracy:.2f}% ({run(a)}), though the seed reports it {rep_gap:.2f} "
+                     f"points above ({b.stage.reported_accuracy:.2f}% against {a.stage.reported_accuracy:.2f}%). "
+                     + why)
+    return notes
+
+
 def backbone_label(result) -> str | None:
     """The backbone a checkpoint used, saying so plainly where it is not the recipe's default."""
     m = result.metrics or {}

@@ -298,3 +298,16 @@ def test_sidebar_says_when_bfloat16_would_be_emulated_here(app_env, monkeypatch)
     monkeypatch.setattr(runtime, "info", lambda: {"gpu": "NVIDIA H100", "cpu_isa": "AVX-512"})
     at.run()
     assert not [c for c in at.caption if "emulated" in c.value]
+
+
+def test_journey_explains_where_measured_order_inverts_the_seeds(monkeypatch, cifar_npz):
+    shipped = ROOT / "checkpoints"
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(shipped))
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    at = _app()
+    expected = analysis.order_inversions(results.load_all(shipped))
+    assert [i.value for i in at.info if " though the seed reports it " in i.value] == expected
+    for note in expected:  # each figure in the note is the stage's own metrics.json
+        key = note.split(" ", 1)[0]
+        acc = json.loads((shipped / key / "metrics.json").read_text())["test_accuracy"]
+        assert f"{key} measures {100 * acc:.2f}%" in note
