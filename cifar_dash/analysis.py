@@ -51,9 +51,12 @@ def order_inversions(results) -> list[str]:
             return f"{r.metrics.get('epochs')} of its recipe's {r.stage.recipe.epochs} epochs"
 
         ea, eb = a.metrics.get("epochs"), b.metrics.get("epochs")
-        why = ("They were trained for different numbers of epochs, so this is not a like-for-like comparison."
-               if ea != eb or ea != a.stage.recipe.epochs or eb != b.stage.recipe.epochs
-               else "Both ran their recipes' full epochs: the seed's order did not reproduce here.")
+        if ea != eb:
+            why = "They were trained for different numbers of epochs, so this is not a like-for-like comparison."
+        elif ea != a.stage.recipe.epochs or eb != b.stage.recipe.epochs:
+            why = "Both stopped short of their recipes' epochs, so the seed's order may still hold at full length."
+        else:
+            why = "Both ran their recipes' full epochs: the seed's order did not reproduce here."
         notes.append(f"{b.stage.key} measures {100 * b.accuracy:.2f}% ({run(b)}), {-gap:.2f} points under "
                      f"{a.stage.key}'s {100 * a.accuracy:.2f}% ({run(a)}), though the seed reports it {rep_gap:.2f} "
                      f"points above ({b.stage.reported_accuracy:.2f}% against {a.stage.reported_accuracy:.2f}%). "

@@ -21,6 +21,8 @@ def test_order_inversions_names_a_stage_measured_under_one_the_seed_reports_belo
     # full recipes on both sides: the note says the order itself did not reproduce
     (full,) = analysis.order_inversions([_r("resnet50v2", 0.95), _r("resnet50v2_sota", 0.94)])
     assert "Both ran their recipes' full epochs" in full
+    (short,) = analysis.order_inversions([_r("resnet50v2", 0.95, 3), _r("resnet50v2_sota", 0.94, 3)])
+    assert "Both stopped short of their recipes' epochs" in short
 
 
 def test_order_inversions_ignore_expected_drops_agreeing_orders_and_missing_stages():
