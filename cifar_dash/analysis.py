@@ -34,6 +34,10 @@ def stage_rows(results) -> list[dict]:
     return rows
 
 
+def _epochs_run(result) -> str:
+    return f"{result.metrics.get('epochs')} of its recipe's {result.stage.recipe.epochs} epochs"
+
+
 def order_inversions(results) -> list[str]:
     """Where two consecutive stages come out in the opposite order from the seed's figures (the later one reported
     higher, measured lower), one sentence each saying by how much and with how many epochs each was trained, so a
@@ -46,10 +50,6 @@ def order_inversions(results) -> list[str]:
         gap = 100 * (b.accuracy - a.accuracy)
         if rep_gap <= 0 or gap >= 0:
             continue
-
-        def run(r):
-            return f"{r.metrics.get('epochs')} of its recipe's {r.stage.recipe.epochs} epochs"
-
         ea, eb = a.metrics.get("epochs"), b.metrics.get("epochs")
         if ea != eb:
             why = "They were trained for different numbers of epochs, so this is not a like-for-like comparison."
@@ -57,8 +57,8 @@ def order_inversions(results) -> list[str]:
             why = "Both stopped short of their recipes' epochs, so the seed's order may still hold at full length."
         else:
             why = "Both ran their recipes' full epochs: the seed's order did not reproduce here."
-        notes.append(f"{b.stage.key} measures {100 * b.accuracy:.2f}% ({run(b)}), {-gap:.2f} points under "
-                     f"{a.stage.key}'s {100 * a.accuracy:.2f}% ({run(a)}), though the seed reports it {rep_gap:.2f} "
+        notes.append(f"{b.stage.key} measures {100 * b.accuracy:.2f}% ({_epochs_run(b)}), {-gap:.2f} points under "
+                     f"{a.stage.key}'s {100 * a.accuracy:.2f}% ({_epochs_run(a)}), though the seed reports it {rep_gap:.2f} "
                      f"points above ({b.stage.reported_accuracy:.2f}% against {a.stage.reported_accuracy:.2f}%). "
                      + why)
     return notes
