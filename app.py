@@ -56,7 +56,7 @@ st.subheader("What the data says")
 st.caption("Each claim of the seed deck, checked against this project's measurements (computed from the stored "
            "artifacts, not typed).")
 icons = {"supported": ":material/check_circle:", "contradicted": ":material/cancel:",
-         "not measured": ":material/help:"}
+         "within noise": ":material/balance:", "not measured": ":material/help:"}
 for c in claims.evaluate_claims(res):
     st.markdown(f"{icons[c.verdict]} **{c.claim}** — *{c.verdict}*. {c.evidence}")
 

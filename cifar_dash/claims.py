@@ -11,7 +11,7 @@ from . import artifacts, report
 @dataclass
 class Claim:
     claim: str
-    verdict: str  # supported | contradicted | not measured
+    verdict: str  # supported | contradicted | within noise | not measured
     evidence: str
 
 
@@ -175,7 +175,25 @@ def tricks_help_at_same_budget(results) -> Claim:
     if ra != rb:
         ev += (f" The rates differ too (plain {ra}; with the tricks {rb}), so the gap is the tricks and the schedule "
                "together.")
+    n = (b.train_info or {}).get("n_validation") or (a.train_info or {}).get("n_validation")
+    z = validation_gap_z(va, vb, n)
+    if z is not None and abs(z) < 1.96:
+        ev += (f" The validation gap ({100 * (vb - va):+.2f} points) is {abs(z):.1f} standard errors of a difference "
+               f"between two accuracies on {n:,} images, under the 1.96 of a two-sided 95% test: at this budget the "
+               "two recipes are not told apart.")
+        return Claim(text, "within noise", ev)
     return Claim(text, "supported" if vb > va else "contradicted", ev)
+
+
+def validation_gap_z(va: float, vb: float, n: int | None) -> float | None:
+    """The gap between two accuracies measured on n images each, in standard errors of the difference (the two
+    treated as independent, which overstates the error when both ran on the same images, so the test leans towards
+    calling a gap noise). None when n is unknown."""
+    if not n:
+        return None
+    p = (va + vb) / 2
+    se = (2 * p * (1 - p) / n) ** 0.5
+    return (vb - va) / se if se > 0 else None
 
 
 def label_smoothing_calibrates(results) -> Claim:

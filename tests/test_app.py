@@ -171,7 +171,8 @@ def test_training_page_and_sidebar_render(app_env):
 
 def test_journey_states_each_seed_claim_with_a_verdict(app_env):
     at = _app()
-    verdicts = [t for t in _texts(at) if "— *supported*" in t or "— *contradicted*" in t or "— *not measured*" in t]
+    verdicts = [t for t in _texts(at) if any(f"— *{v}*" in t for v in
+                                             ("supported", "contradicted", "within noise", "not measured"))]
     assert len(verdicts) == len(claims.CHECKS)
     assert any("deep_mlp (2,366,474 parameters)" in t for t in verdicts)
     calib = next(c for c in _charts(at) if any(d.get("name") == "ECE" for d in c["data"]))

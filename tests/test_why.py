@@ -177,6 +177,27 @@ def test_tricks_claim_compares_at_the_same_number_of_epochs():
     assert claims.tricks_help_at_same_budget([plain, other]).verdict == "not measured"
 
 
+def test_tricks_claim_calls_a_gap_under_two_standard_errors_noise():
+    # the shipped pair after five epochs each: validation 95.20% plain, 94.96% with the tricks, on 5,000 images
+    plain = _resnet("resnet50v2", [0.9184, 0.9202, 0.9336, 0.9322, 0.9520], [1e-4] * 4 + [5e-5], 0.9516,
+                    train_info={"n_validation": 5000})
+    sota = _resnet("resnet50v2_sota", [0.9298, 0.9278, 0.9446, 0.9492, 0.9496], [1e-4, 1e-4] + [5e-5] * 3, 0.9521,
+                   train_info={"n_validation": 5000})
+    c = claims.tricks_help_at_same_budget([plain, sota])
+    assert c.verdict == "within noise"
+    # sqrt(2 * 0.9508 * 0.0492 / 5000) = 0.432 points, so -0.24 points is 0.6 standard errors
+    assert "The validation gap (-0.24 points) is 0.6 standard errors" in c.evidence
+    assert c.evidence.endswith("at this budget the two recipes are not told apart.")
+    # the same gap on 50,000 images would be 1.75 standard errors: still noise; 1.0 point on 5,000 (2.2-2.5) is not
+    assert claims.validation_gap_z(0.9520, 0.9496, 50_000) == pytest.approx(-1.75, abs=0.01)
+    wide = _resnet("resnet50v2_sota", [0.9620], [1e-4], 0.96, train_info={"n_validation": 5000})
+    narrow = _resnet("resnet50v2", [0.9520], [1e-4], 0.95, train_info={"n_validation": 5000})
+    assert claims.tricks_help_at_same_budget([narrow, wide]).verdict == "supported"
+    lower = _resnet("resnet50v2_sota", [0.9420], [1e-4], 0.94, train_info={"n_validation": 5000})
+    assert claims.tricks_help_at_same_budget([narrow, lower]).verdict == "contradicted"
+    assert claims.validation_gap_z(0.95, 0.96, None) is None
+
+
 def test_label_smoothing_claim_says_when_a_model_is_under_confident():
     def cal(conf, wrong):
         return {"calibration": {"mean_confidence": conf, "mean_confidence_wrong": wrong, "ece": abs(conf - 0.9)}}
