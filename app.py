@@ -14,8 +14,10 @@ from pages import _shared
 _shared.page_setup("Journey")
 
 st.title("CIFAR-10, from a 46% MLP to 94%")
-st.caption("Each stage changes one idea. Dashed grey: the seed deck's reported figure. Blue: what this project's "
-           "code measured on the 10,000 CIFAR-10 test images, with the evidence on hover.")
+st.caption(
+    "Each stage changes one idea. Dashed grey: the seed deck's reported figure. Blue: what this project's "
+    "code measured on the 10,000 CIFAR-10 test images, with the evidence on hover."
+)
 res = _shared.all_results()
 st.plotly_chart(figures.growth_curve(res), key="growth_curve")
 for note in analysis.order_inversions(res):
@@ -24,18 +26,25 @@ for note in analysis.order_inversions(res):
 rows = analysis.stage_rows(res)
 df = pd.DataFrame(rows).drop(columns=["error"])
 st.subheader("Stages")
-st.dataframe(df, hide_index=True, width="stretch", column_config={
-    "reported %": st.column_config.NumberColumn(format="%.2f"),
-    "measured %": st.column_config.NumberColumn(format="%.2f"),
-    "train s": st.column_config.NumberColumn(format="%.0f"),
-    "params": st.column_config.NumberColumn(format="%d"),
-})
+st.dataframe(
+    df,
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "reported %": st.column_config.NumberColumn(format="%.2f"),
+        "measured %": st.column_config.NumberColumn(format="%.2f"),
+        "train s": st.column_config.NumberColumn(format="%.0f"),
+        "params": st.column_config.NumberColumn(format="%d"),
+    },
+)
 missing = [r for r in res if r.status != "trained"]
 for r in missing:
     if r.status == "untrained":
         c1, c2 = st.columns([5, 1])
-        c1.info(f"**{r.stage.key}** is not trained yet: {r.stage.recipe.epochs} epochs of its recipe, or run "
-                f"`python -m cifar_dash train {r.stage.key}`.")
+        c1.info(
+            f"**{r.stage.key}** is not trained yet: {r.stage.recipe.epochs} epochs of its recipe, or run "
+            f"`python -m cifar_dash train {r.stage.key}`."
+        )
         if c2.button("Train now", key=f"train_now_{r.stage.key}"):
             try:
                 jobs.start(r.stage.key, data_path=os.environ.get(data.ENV_VAR))
@@ -46,17 +55,31 @@ for r in missing:
         st.error(f"**{r.stage.key}**: {r.error}")
 
 st.subheader("Accuracy against cost")
-axis = st.radio("Cost", ["params", "train_seconds", "flops_per_image"], horizontal=True, key="cost_axis",
-                format_func=lambda v: {"params": "parameters", "train_seconds": "training seconds",
-                                       "flops_per_image": "FLOPs per image (forward)"}[v])
+axis = st.radio(
+    "Cost",
+    ["params", "train_seconds", "flops_per_image"],
+    horizontal=True,
+    key="cost_axis",
+    format_func=lambda v: {
+        "params": "parameters",
+        "train_seconds": "training seconds",
+        "flops_per_image": "FLOPs per image (forward)",
+    }[v],
+)
 st.plotly_chart(figures.cost_scatter(res, axis), key="cost_scatter")
 st.caption("Training seconds are wall-clock on the machine named in each stage's evidence; compare within one machine.")
 
 st.subheader("What the data says")
-st.caption("Each claim of the seed deck, checked against this project's measurements (computed from the stored "
-           "artifacts, not typed).")
-icons = {"supported": ":material/check_circle:", "contradicted": ":material/cancel:",
-         "within noise": ":material/balance:", "not measured": ":material/help:"}
+st.caption(
+    "Each claim of the seed deck, checked against this project's measurements (computed from the stored "
+    "artifacts, not typed)."
+)
+icons = {
+    "supported": ":material/check_circle:",
+    "contradicted": ":material/cancel:",
+    "within noise": ":material/balance:",
+    "not measured": ":material/help:",
+}
 for c in claims.evaluate_claims(res):
     st.markdown(f"{icons[c.verdict]} **{c.claim}** — *{c.verdict}*. {c.evidence}")
 
@@ -64,11 +87,15 @@ rb = _shared.robustness_by_stage()
 st.subheader("Robustness: accuracy when the input changes")
 if rb:
     st.plotly_chart(figures.robustness_chart(rb), key="robustness")
-    st.caption("Colour only = heavy blur (shapes gone); shape only = grayscale edges (colours gone). Measured by "
-               "`python -m cifar_dash robustness STAGE` on the first test images (count in the hover of each file).")
+    st.caption(
+        "Colour only = heavy blur (shapes gone); shape only = grayscale edges (colours gone). Measured by "
+        "`python -m cifar_dash robustness STAGE` on the first test images (count in the hover of each file)."
+    )
 else:
     st.info("No robustness sweep yet: run `python -m cifar_dash robustness STAGE`.")
 st.subheader("Calibration across stages")
 st.plotly_chart(figures.calibration_chart(res), key="calibration")
-st.caption("A well-calibrated model is less confident when it is wrong; ECE is the gap between confidence and "
-           "accuracy, averaged over 15 confidence bins.")
+st.caption(
+    "A well-calibrated model is less confident when it is wrong; ECE is the gap between confidence and "
+    "accuracy, averaged over 15 confidence bins."
+)

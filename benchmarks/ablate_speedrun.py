@@ -51,17 +51,34 @@ def run_one(name: str, seed: int, epochs, limit, data, runs_dir: Path) -> dict:
 
     out = runs_dir / f"{name}-s{seed}-e{epochs or 'recipe'}-n{limit or 'all'}"
     start = time.perf_counter()
-    train.train("speedrun", epochs=epochs, limit=limit, data_path=data, out_dir=out, resume=True, seed=seed,
-                recipe=variant_recipe(name), stream=sys.stderr)
+    train.train(
+        "speedrun",
+        epochs=epochs,
+        limit=limit,
+        data_path=data,
+        out_dir=out,
+        resume=True,
+        seed=seed,
+        recipe=variant_recipe(name),
+        stream=sys.stderr,
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     return {
-        "variant": name, "removes": VARIANTS[name][0], "seed": seed, "epochs": metrics["epochs"],
-        "n_train": metrics["n_train"], "n_test": metrics["n_test"], "test_accuracy": metrics["test_accuracy"],
-        "tta_accuracy": metrics.get("tta_accuracy"), "train_seconds": metrics["train_seconds"],
+        "variant": name,
+        "removes": VARIANTS[name][0],
+        "seed": seed,
+        "epochs": metrics["epochs"],
+        "n_train": metrics["n_train"],
+        "n_test": metrics["n_test"],
+        "test_accuracy": metrics["test_accuracy"],
+        "tta_accuracy": metrics.get("tta_accuracy"),
+        "train_seconds": metrics["train_seconds"],
         "train_images_per_second": metrics["train_images_per_second"],
         "wall_seconds": round(time.perf_counter() - start, 1),
-        "train_machine": metrics.get("train_machine"), "backend": metrics.get("backend"),
-        "keras_version": metrics.get("keras_version"), "data_fingerprint": metrics.get("data_fingerprint"),
+        "train_machine": metrics.get("train_machine"),
+        "backend": metrics.get("backend"),
+        "keras_version": metrics.get("keras_version"),
+        "data_fingerprint": metrics.get("data_fingerprint"),
         "run_id": metrics.get("run_id"),
     }
 
@@ -81,11 +98,18 @@ def summary(rows: list[dict]) -> list[dict]:
         mean, sd = stats([r["test_accuracy"] for r in rs])
         views = [r["tta_accuracy"]["none"] for r in rs if r.get("tta_accuracy")]
         one_view = statistics.fmean(views) if views else None
-        out.append({"variant": name, "removes": VARIANTS.get(name, ("?",))[0], "runs": len(rs),
-                    "mean_accuracy": round(mean, 5), "std": round(sd, 5) if sd is not None else None,
-                    "mean_one_view": round(one_view, 5) if one_view is not None else None,
-                    "vs_full_points": round(100 * (mean - full), 2) if full is not None else None,
-                    "mean_train_seconds": round(statistics.fmean(r["train_seconds"] for r in rs), 1)})
+        out.append(
+            {
+                "variant": name,
+                "removes": VARIANTS.get(name, ("?",))[0],
+                "runs": len(rs),
+                "mean_accuracy": round(mean, 5),
+                "std": round(sd, 5) if sd is not None else None,
+                "mean_one_view": round(one_view, 5) if one_view is not None else None,
+                "vs_full_points": round(100 * (mean - full), 2) if full is not None else None,
+                "mean_train_seconds": round(statistics.fmean(r["train_seconds"] for r in rs), 1),
+            }
+        )
     return out
 
 
@@ -96,8 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's 10 epochs (shorter proxy)")
     ap.add_argument("--limit", type=int, default=None, help="train and test on N images (shorter proxy)")
     ap.add_argument("--data", default=None, help="CIFAR-10 path (default: CIFAR10_PATH or the Keras download)")
-    ap.add_argument("--json", default=None,
-                    help="results file (default checkpoints/speedrun/ablations.json, which the dashboard shows)")
+    ap.add_argument(
+        "--json", default=None, help="results file (default checkpoints/speedrun/ablations.json, which the dashboard shows)"
+    )
     ap.add_argument("--runs-dir", default=None, help="where runs are kept (default ~/.cache/cifar-dash/ablations)")
     args = ap.parse_args(argv)
 
@@ -129,8 +154,10 @@ def main(argv=None) -> int:
         sd = f"{100 * s['std']:.2f}" if s["std"] is not None else "-"
         vs = f"{s['vs_full_points']:+.2f}" if s["vs_full_points"] is not None else "-"
         one = f"{100 * s['mean_one_view']:.2f}%" if s["mean_one_view"] is not None else "-"
-        print(f"{s['variant']:20s} {s['runs']:4d} {100 * s['mean_accuracy']:8.2f}% {sd:>6s} "
-              f"{one:>7s} {vs:>8s} {s['mean_train_seconds']:8.1f}")
+        print(
+            f"{s['variant']:20s} {s['runs']:4d} {100 * s['mean_accuracy']:8.2f}% {sd:>6s} "
+            f"{one:>7s} {vs:>8s} {s['mean_train_seconds']:8.1f}"
+        )
     return 0
 
 

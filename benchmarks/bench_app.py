@@ -28,9 +28,11 @@ PAGES = ["app.py", "pages/explorer.py", "pages/compare.py", "pages/predict.py", 
 
 
 def cold_start() -> float:
-    code = ("import time; t=time.perf_counter(); from streamlit.testing.v1 import AppTest; "
-            f"at=AppTest.from_file({str(ROOT / 'app.py')!r}, default_timeout=300); at.run(); "
-            "assert not at.exception; print(time.perf_counter()-t)")
+    code = (
+        "import time; t=time.perf_counter(); from streamlit.testing.v1 import AppTest; "
+        f"at=AppTest.from_file({str(ROOT / 'app.py')!r}, default_timeout=300); at.run(); "
+        "assert not at.exception; print(time.perf_counter()-t)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -100,8 +102,10 @@ def main():
     p = predictions(args.reps)
     print(f"loading {len(p['stages'])} models: {p['load_all_models_s']:.2f} s")
     for n in (1, 16):
-        print(f"upload-to-predictions, {n:2d} image(s) through all {len(p['stages'])} stages: "
-              f"{1000 * p[f'{n}_images_all_stages_s']:.1f} ms")
+        print(
+            f"upload-to-predictions, {n:2d} image(s) through all {len(p['stages'])} stages: "
+            f"{1000 * p[f'{n}_images_all_stages_s']:.1f} ms"
+        )
         for k, v in p[f"{n}_images_per_stage_s"].items():
             print(f"    {k:22s} {1000 * v:8.1f} ms")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -37,7 +37,7 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
     t = time.perf_counter()
     for _ in range(reps):
         a @ a
-    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
 
 
 def one(stage_key: str, policy: str, steps: int, xla: str = "recipe") -> dict:
@@ -67,10 +67,17 @@ def one(stage_key: str, policy: str, steps: int, xla: str = "recipe") -> dict:
     seconds = time.perf_counter() - t
     rate = steps * recipe.batch_size / seconds
     flops = models.flops_per_image(model)
-    return {"stage": stage_key, "policy": policy, "xla": bool(recipe.jit_compile), "batch_size": recipe.batch_size,
-            "steps": steps, "images_per_second": round(rate, 1), "forward_flops_per_image": flops,
-            "train_gflops_per_second": round(3 * flops * rate / 1e9, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "stage": stage_key,
+        "policy": policy,
+        "xla": bool(recipe.jit_compile),
+        "batch_size": recipe.batch_size,
+        "steps": steps,
+        "images_per_second": round(rate, 1),
+        "forward_flops_per_image": flops,
+        "train_gflops_per_second": round(3 * flops * rate / 1e9, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def main(argv=None):
@@ -93,17 +100,26 @@ def main(argv=None):
     for key in args.stages:
         for policy in args.precisions:
             for xla in args.xla:
-                out = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", key, policy,
-                                      xla], capture_output=True, text=True, check=True, cwd=ROOT)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--steps", str(args.steps), "--child", key, policy, xla],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    cwd=ROOT,
+                )
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append(row)
-                print(f"{key:20s} {policy:15s} XLA {'on ' if row['xla'] else 'off'} batch {row['batch_size']:5d}: "
-                      f"{row['images_per_second']:8.1f} images/s, {row['train_gflops_per_second']:6.1f} GFLOP/s "
-                      f"({100 * row['train_gflops_per_second'] / ceiling:.0f}% of matmul), "
-                      f"peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"{key:20s} {policy:15s} XLA {'on ' if row['xla'] else 'off'} batch {row['batch_size']:5d}: "
+                    f"{row['images_per_second']:8.1f} images/s, {row['train_gflops_per_second']:6.1f} GFLOP/s "
+                    f"({100 * row['train_gflops_per_second'] / ceiling:.0f}% of matmul), "
+                    f"peak RSS {row['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "matmul_gflops": round(ceiling, 1),
-                                         "runtime": runtime.info()}, indent=1))
+        args.json.write_text(
+            json.dumps({"rows": rows, "matmul_gflops": round(ceiling, 1), "runtime": runtime.info()}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -13,24 +13,26 @@ def stage_rows(results) -> list[dict]:
     for r in results:
         m = r.metrics or {}
         inf = m.get("inference") or {}
-        rows.append({
-            "stage": r.stage.key,
-            "title": r.stage.title,
-            "status": r.status,
-            "reported %": r.stage.reported_accuracy,
-            "measured %": round(100 * m["test_accuracy"], 2) if m else None,
-            "test images": m.get("n_test"),
-            "params": m.get("params"),
-            "trainable": m.get("trainable_params"),
-            "epochs": m.get("epochs"),
-            "train s": m.get("train_seconds"),
-            "ms/image (batch 1)": round(inf["batch_1_ms"], 2) if inf else None,
-            "ms/image (batch 256)": round(inf["batch_256_ms_per_image"], 3) if inf else None,
-            "ECE": round(m["calibration"]["ece"], 4) if m else None,
-            "train machine": m.get("train_machine"),
-            "backbone": backbone_label(r),
-            "error": r.error,
-        })
+        rows.append(
+            {
+                "stage": r.stage.key,
+                "title": r.stage.title,
+                "status": r.status,
+                "reported %": r.stage.reported_accuracy,
+                "measured %": round(100 * m["test_accuracy"], 2) if m else None,
+                "test images": m.get("n_test"),
+                "params": m.get("params"),
+                "trainable": m.get("trainable_params"),
+                "epochs": m.get("epochs"),
+                "train s": m.get("train_seconds"),
+                "ms/image (batch 1)": round(inf["batch_1_ms"], 2) if inf else None,
+                "ms/image (batch 256)": round(inf["batch_256_ms_per_image"], 3) if inf else None,
+                "ECE": round(m["calibration"]["ece"], 4) if m else None,
+                "train machine": m.get("train_machine"),
+                "backbone": backbone_label(r),
+                "error": r.error,
+            }
+        )
     return rows
 
 
@@ -57,10 +59,11 @@ def order_inversions(results) -> list[str]:
             why = "Both stopped short of their recipes' epochs, so the seed's order may still hold at full length."
         else:
             why = "Both ran their recipes' full epochs: the seed's order did not reproduce here."
-        notes.append(f"{b.stage.key} measures {100 * b.accuracy:.2f}% ({_epochs_run(b)}), {-gap:.2f} points under "
-                     f"{a.stage.key}'s {100 * a.accuracy:.2f}% ({_epochs_run(a)}), though the seed reports it {rep_gap:.2f} "
-                     f"points above ({b.stage.reported_accuracy:.2f}% against {a.stage.reported_accuracy:.2f}%). "
-                     + why)
+        notes.append(
+            f"{b.stage.key} measures {100 * b.accuracy:.2f}% ({_epochs_run(b)}), {-gap:.2f} points under "
+            f"{a.stage.key}'s {100 * a.accuracy:.2f}% ({_epochs_run(a)}), though the seed reports it {rep_gap:.2f} "
+            f"points above ({b.stage.reported_accuracy:.2f}% against {a.stage.reported_accuracy:.2f}%). " + why
+        )
     return notes
 
 
@@ -97,8 +100,13 @@ def fixed_and_broken(earlier, later) -> dict:
     common, ia, ib = aligned(earlier, later)
     ok_a = earlier.predicted[ia] == earlier.labels[ia]
     ok_b = later.predicted[ib] == later.labels[ib]
-    return {"indices": common, "fixed": common[~ok_a & ok_b], "broken": common[ok_a & ~ok_b],
-            "both_right": int((ok_a & ok_b).sum()), "both_wrong": int((~ok_a & ~ok_b).sum())}
+    return {
+        "indices": common,
+        "fixed": common[~ok_a & ok_b],
+        "broken": common[ok_a & ~ok_b],
+        "both_right": int((ok_a & ok_b).sum()),
+        "both_wrong": int((~ok_a & ~ok_b).sum()),
+    }
 
 
 def per_class_accuracy(preds) -> np.ndarray:
@@ -130,14 +138,20 @@ def most_disputed(preds_by_stage: dict, n: int = 24) -> list[dict]:
         common = p.indices if common is None else np.intersect1d(common, p.indices)
     if common is None or not len(common):
         return []
-    votes = np.stack([preds_by_stage[k].predicted[np.searchsorted(preds_by_stage[k].indices, common)] for k in keys],
-                     axis=1)
+    votes = np.stack([preds_by_stage[k].predicted[np.searchsorted(preds_by_stage[k].indices, common)] for k in keys], axis=1)
     labels = preds_by_stage[keys[0]].labels[np.searchsorted(preds_by_stage[keys[0]].indices, common)]
     distinct = np.array([len(set(row)) for row in votes])
     majority = np.array([np.bincount(row, minlength=10).max() for row in votes])
     order = np.lexsort((majority, -distinct))[:n]
-    return [{"index": int(common[i]), "label": int(labels[i]), "votes": dict(zip(keys, map(int, votes[i]))),
-             "distinct": int(distinct[i])} for i in order]
+    return [
+        {
+            "index": int(common[i]),
+            "label": int(labels[i]),
+            "votes": dict(zip(keys, map(int, votes[i]))),
+            "distinct": int(distinct[i]),
+        }
+        for i in order
+    ]
 
 
 def disagreement(probs_by_stage: dict) -> dict:
@@ -146,5 +160,9 @@ def disagreement(probs_by_stage: dict) -> dict:
     if not top:
         return {"top": {}, "consensus": None, "agree": True, "share": 0.0}
     counts = np.bincount(list(top.values()), minlength=10)
-    return {"top": top, "consensus": int(counts.argmax()), "agree": len(set(top.values())) == 1,
-            "share": float(counts.max() / len(top))}
+    return {
+        "top": top,
+        "consensus": int(counts.argmax()),
+        "agree": len(set(top.values())) == 1,
+        "share": float(counts.max() / len(top)),
+    }

@@ -92,8 +92,9 @@ def read_json(path: Path) -> dict:
 def save_predictions(path: Path, probs: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, probs=probs.astype(np.float32), labels=labels.astype(np.int64),
-                                indices=indices.astype(np.int64))
+            np.savez_compressed(
+                fh, probs=probs.astype(np.float32), labels=labels.astype(np.int64), indices=indices.astype(np.int64)
+            )
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,15 @@ def _stages(args):
     rows = [("key", "title", "reported", "measured", "status")]
     for r in results.load_all(args.checkpoints):
         measured = f"{100 * r.accuracy:.2f}%" if r.accuracy is not None else "-"
-        rows.append((r.stage.key, r.stage.title, f"{r.stage.reported_accuracy:.2f}%", measured,
-                     r.status + (f" ({r.error})" if r.error else "")))
+        rows.append(
+            (
+                r.stage.key,
+                r.stage.title,
+                f"{r.stage.reported_accuracy:.2f}%",
+                measured,
+                r.status + (f" ({r.error})" if r.error else ""),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
@@ -27,10 +34,21 @@ def _train(args):
 
     if args.mixed_precision and (note := runtime.bfloat16_warning()):
         print(f"note: --mixed-precision: {note}", file=sys.stderr)
-    out = train.train(args.stage, epochs=args.epochs, limit=args.limit, data_path=args.data, backbone=args.backbone,
-                      backbone_weights=args.backbone_weights, out_dir=args.out, resume=args.resume,
-                      evaluate=not args.no_evaluate, mixed_precision=args.mixed_precision, seed=args.seed,
-                      continue_from=args.continue_from, save_every=60 * args.save_every)
+    out = train.train(
+        args.stage,
+        epochs=args.epochs,
+        limit=args.limit,
+        data_path=args.data,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        out_dir=args.out,
+        resume=args.resume,
+        evaluate=not args.no_evaluate,
+        mixed_precision=args.mixed_precision,
+        seed=args.seed,
+        continue_from=args.continue_from,
+        save_every=60 * args.save_every,
+    )
     print(f"artifacts in {out}")
     return 0
 
@@ -45,8 +63,11 @@ def _evaluate(args):
 def _predict(args):
     from . import images, predict, results
 
-    loaded = [predict.load_stage(r.stage.key, args.checkpoints) for r in results.load_all(args.checkpoints)
-              if r.status in ("trained", "stale")]
+    loaded = [
+        predict.load_stage(r.stage.key, args.checkpoints)
+        for r in results.load_all(args.checkpoints)
+        if r.status in ("trained", "stale")
+    ]
     if not loaded:
         print("no trained stages: run `python -m cifar_dash train mlp` first", file=sys.stderr)
         return 1
@@ -79,8 +100,11 @@ def _runs(args):
     out = artifacts.stage_dir(args.stage) / artifacts.RUNS
     artifacts.write_json(out, summary)
     sd = summary["std_test_accuracy"]
-    print(f"{args.stage}: {summary['n_runs']} runs, test accuracy {100 * summary['mean_test_accuracy']:.2f}%"
-          + (f" +- {100 * sd:.2f}" if sd is not None else "") + f"; written to {out}")
+    print(
+        f"{args.stage}: {summary['n_runs']} runs, test accuracy {100 * summary['mean_test_accuracy']:.2f}%"
+        + (f" +- {100 * sd:.2f}" if sd is not None else "")
+        + f"; written to {out}"
+    )
     return 0
 
 
@@ -117,22 +141,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a stage (then evaluate it) and publish checkpoints/STAGE/")
     t.add_argument("stage", choices=KEYS)
-    t.add_argument("--epochs", type=_epochs_arg, metavar="N[,N...]",
-                   help="epochs for every phase of the recipe, or one count per phase (e.g. 5,6 for a head phase and "
-                        "a fine-tuning phase; 0 keeps that phase's own); default: the recipe's")
+    t.add_argument(
+        "--epochs",
+        type=_epochs_arg,
+        metavar="N[,N...]",
+        help="epochs for every phase of the recipe, or one count per phase (e.g. 5,6 for a head phase and "
+        "a fine-tuning phase; 0 keeps that phase's own); default: the recipe's",
+    )
     t.add_argument("--limit", type=int, help="train on the first N training images, test on the first N test images")
-    t.add_argument("--data", help="CIFAR-10 .npz, cifar-10-batches-py folder or tar.gz (default: $CIFAR10_PATH, "
-                                  "else the Keras download)")
+    t.add_argument(
+        "--data",
+        help="CIFAR-10 .npz, cifar-10-batches-py folder or tar.gz (default: $CIFAR10_PATH, else the Keras download)",
+    )
     t.add_argument("--backbone", help="ResNet stages: resnet50v2 (default) or resnet50")
-    t.add_argument("--backbone-weights", help="local ImageNet weights file for the backbone "
-                                              "(default: $CIFAR_DASH_<BACKBONE>_WEIGHTS, else Keras' download)")
+    t.add_argument(
+        "--backbone-weights",
+        help="local ImageNet weights file for the backbone (default: $CIFAR_DASH_<BACKBONE>_WEIGHTS, else Keras' download)",
+    )
     t.add_argument("--out", type=Path, help="output folder (default: checkpoints/STAGE)")
     t.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
-    t.add_argument("--continue-from", type=Path, metavar="DIR",
-                   help="add epochs to a published run of the same recipe (e.g. checkpoints/STAGE with --epochs "
-                        "above its own): starts from its weights and history; the optimizer starts afresh")
-    t.add_argument("--save-every", type=float, default=10, metavar="MINUTES",
-                   help="mid-epoch checkpoint interval for --resume (default 10; 0: only at epoch ends)")
+    t.add_argument(
+        "--continue-from",
+        type=Path,
+        metavar="DIR",
+        help="add epochs to a published run of the same recipe (e.g. checkpoints/STAGE with --epochs "
+        "above its own): starts from its weights and history; the optimizer starts afresh",
+    )
+    t.add_argument(
+        "--save-every",
+        type=float,
+        default=10,
+        metavar="MINUTES",
+        help="mid-epoch checkpoint interval for --resume (default 10; 0: only at epoch ends)",
+    )
     t.add_argument("--no-evaluate", action="store_true", help="publish the model without evaluating it")
     t.add_argument("--seed", type=int, help="random seed (default: the recipe's); for run-to-run spread")
     t.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPUs); weights stay float32")
@@ -149,8 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.set_defaults(fn=_predict)
 
-    rb = sub.add_parser("robustness", help="accuracy under grayscale, flips, shifts, noise, blur, JPEG, colour-only "
-                                           "and shape-only views; writes checkpoints/STAGE/robustness.json")
+    rb = sub.add_parser(
+        "robustness",
+        help="accuracy under grayscale, flips, shifts, noise, blur, JPEG, colour-only "
+        "and shape-only views; writes checkpoints/STAGE/robustness.json",
+    )
     rb.add_argument("stage", choices=KEYS)
     rb.add_argument("--limit", type=int, default=2000, help="first N test images (default 2000; 0 = all)")
     rb.add_argument("--data")

@@ -17,8 +17,16 @@ from pathlib import Path
 import numpy as np
 
 CLASS_NAMES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SHAPE = (32, 32, 3)
@@ -42,8 +50,11 @@ class Cifar10:
 
     def fingerprints(self) -> dict:
         """Whole set, training part, test part: a model trained elsewhere can prove it saw the same images."""
-        return {"all": self.fingerprint(), "train": fingerprint(self.x_train, self.y_train),
-                "test": fingerprint(self.x_test, self.y_test)}
+        return {
+            "all": self.fingerprint(),
+            "train": fingerprint(self.x_train, self.y_train),
+            "test": fingerprint(self.x_test, self.y_test),
+        }
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
@@ -141,8 +152,7 @@ def load(path: str | os.PathLike | None = None) -> Cifar10:
         (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
     except Exception as e:
         raise DataError(
-            f"keras.datasets.cifar10 download failed ({type(e).__name__}: {e}); "
-            f"point --data or {ENV_VAR} at a local copy"
+            f"keras.datasets.cifar10 download failed ({type(e).__name__}: {e}); point --data or {ENV_VAR} at a local copy"
         ) from e
     return _validate(x_train, y_train, x_test, y_test, where="keras.datasets.cifar10")
 

@@ -60,7 +60,7 @@ def tta_levels(model, x, batch_size: int = 256, tta="none") -> dict[str, np.ndar
     if mode == "flip_shift":
         padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
         h, w = x.shape[1:3]
-        views = [padded[:, :h, :w], padded[:, 2:h + 2, 2:w + 2]]
+        views = [padded[:, :h, :w], padded[:, 2 : h + 2, 2 : w + 2]]
         shifted = sum((run(v) + flipped(v)) / 2 for v in views) / 2
         levels["flip_shift"] = (levels["flip"] + shifted) / 2
     return levels
@@ -82,8 +82,11 @@ def inference_ms(model, x, tta=False, batch1_reps: int = 20) -> dict:
     model.predict_on_batch(xb)
     best = min(_timed(model.predict_on_batch, xb) for _ in range(2))
     factor = TTA_VIEWS[tta_mode(tta)]
-    return {"batch_1_ms": factor * 1000 * float(np.median(times)), "batch_256_ms_per_image": factor * 1000 * best / n,
-            "batch_256_n": n}
+    return {
+        "batch_1_ms": factor * 1000 * float(np.median(times)),
+        "batch_256_ms_per_image": factor * 1000 * best / n,
+        "batch_256_n": n,
+    }
 
 
 def _timed(fn, *args):
@@ -103,40 +106,44 @@ def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys
     if len(levels) > 1:  # what test-time augmentation is worth: accuracy at each level, from the same views
         result["tta_accuracy"] = {k: float((v.argmax(1) == np.asarray(y_test)).mean()) for k, v in levels.items()}
     total, trainable = models.count_params(model)
-    result.update({
-        "stage": train_info["stage"],
-        "run_id": train_info.get("run_id"),
-        "params": total,
-        "flops_per_image": models.flops_per_image(model),
-        "trainable_params": train_info.get("trainable_params", trainable),
-        "inference": inference_ms(model, x_test, tta=tta),
-        "eval_seconds": round(eval_seconds, 2),
-        "tta": tta,
-        "epochs": train_info.get("epochs"),
-        "train_seconds": train_info.get("train_seconds"),
-        "train_images_per_second": train_info.get("train_images_per_second"),
-        "n_train": train_info.get("n_train"),
-        "limit": train_info.get("limit"),
-        "recipe": train_info.get("recipe"),
-        "backbone": train_info.get("backbone"),
-        "backbone_weights": train_info.get("backbone_weights"),
-        "mixed_precision": train_info.get("mixed_precision"),
-        "train_machine": train_info.get("train_runtime", {}).get("machine"),
-        "train_runtime": train_info.get("train_runtime"),
-        "eval_runtime": runtime.info(),
-        "machine": runtime.info()["machine"],
-        "keras_version": runtime.info()["versions"]["keras"],
-        "backend": runtime.info()["backend"],
-        "data_fingerprint": train_info.get("data_fingerprint"),
-        "train_data_fingerprint": train_info.get("train_data_fingerprint"),
-        "test_data_fingerprint": train_info.get("test_data_fingerprint"),
-        "evaluated": time.time(),
-    })
+    result.update(
+        {
+            "stage": train_info["stage"],
+            "run_id": train_info.get("run_id"),
+            "params": total,
+            "flops_per_image": models.flops_per_image(model),
+            "trainable_params": train_info.get("trainable_params", trainable),
+            "inference": inference_ms(model, x_test, tta=tta),
+            "eval_seconds": round(eval_seconds, 2),
+            "tta": tta,
+            "epochs": train_info.get("epochs"),
+            "train_seconds": train_info.get("train_seconds"),
+            "train_images_per_second": train_info.get("train_images_per_second"),
+            "n_train": train_info.get("n_train"),
+            "limit": train_info.get("limit"),
+            "recipe": train_info.get("recipe"),
+            "backbone": train_info.get("backbone"),
+            "backbone_weights": train_info.get("backbone_weights"),
+            "mixed_precision": train_info.get("mixed_precision"),
+            "train_machine": train_info.get("train_runtime", {}).get("machine"),
+            "train_runtime": train_info.get("train_runtime"),
+            "eval_runtime": runtime.info(),
+            "machine": runtime.info()["machine"],
+            "keras_version": runtime.info()["versions"]["keras"],
+            "backend": runtime.info()["backend"],
+            "data_fingerprint": train_info.get("data_fingerprint"),
+            "train_data_fingerprint": train_info.get("train_data_fingerprint"),
+            "test_data_fingerprint": train_info.get("test_data_fingerprint"),
+            "evaluated": time.time(),
+        }
+    )
     artifacts.save_predictions(out / artifacts.PREDICTIONS, probs, np.asarray(y_test), np.arange(len(y_test)))
     artifacts.write_json(out / artifacts.METRICS, result)
-    print(f"{train_info['stage']}: test accuracy {result['test_accuracy']:.4f} on {result['n_test']} images "
-          f"(ECE {result['calibration']['ece']:.4f}, {result['inference']['batch_1_ms']:.1f} ms/image at batch 1)",
-          file=stream)
+    print(
+        f"{train_info['stage']}: test accuracy {result['test_accuracy']:.4f} on {result['n_test']} images "
+        f"(ECE {result['calibration']['ece']:.4f}, {result['inference']['batch_1_ms']:.1f} ms/image at batch 1)",
+        file=stream,
+    )
     return result
 
 
@@ -152,8 +159,11 @@ def evaluate(stage_key: str, out_dir=None, data_path=None, limit: int | None = N
     prints = cifar.fingerprints()
     trained_on = info.get("train_data_fingerprint")
     if trained_on and trained_on != prints["train"]:
-        print(f"warning: training-set fingerprint {prints['train'][:12]} differs from the one the model was trained on "
-              f"({trained_on[:12]})", file=stream)
+        print(
+            f"warning: training-set fingerprint {prints['train'][:12]} differs from the one the model was trained on "
+            f"({trained_on[:12]})",
+            file=stream,
+        )
     x_test, y_test = cifar.x_test, cifar.y_test
     if limit:
         x_test, y_test = x_test[:limit], y_test[:limit]

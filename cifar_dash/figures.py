@@ -26,21 +26,50 @@ def growth_curve(results) -> go.Figure:
     for r in results:
         m = r.metrics
         measured.append(100 * m["test_accuracy"] if m else None)
-        evidence = (f"measured {100 * m['test_accuracy']:.2f}% on {m['n_test']:,} test images<br>"
-                    f"{m.get('epochs')} epochs, {_fmt_seconds(m.get('train_seconds'))} on {m.get('train_machine')}"
-                    + (f"<br>backbone: {backbone_label(r)}" if m.get("backbone") else "")
-                    if m else f"not measured ({r.status})")
-        hover.append(f"<b>{r.stage.title}</b><br>{r.stage.changed}<br>reported {r.stage.reported_accuracy:.2f}%"
-                     f"<br>{evidence}")
+        evidence = (
+            f"measured {100 * m['test_accuracy']:.2f}% on {m['n_test']:,} test images<br>"
+            f"{m.get('epochs')} epochs, {_fmt_seconds(m.get('train_seconds'))} on {m.get('train_machine')}"
+            + (f"<br>backbone: {backbone_label(r)}" if m.get("backbone") else "")
+            if m
+            else f"not measured ({r.status})"
+        )
+        hover.append(
+            f"<b>{r.stage.title}</b><br>{r.stage.changed}<br>reported {r.stage.reported_accuracy:.2f}%<br>{evidence}"
+        )
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=keys, y=reported, name="reported (seed deck)", mode="lines+markers",
-                             line=dict(color=REPORTED_COLOR, dash="dash"), hovertext=hover, hoverinfo="text"))
-    fig.add_trace(go.Scatter(x=keys, y=measured, name="measured here", mode="lines+markers+text",
-                             line=dict(color=MEASURED_COLOR, width=3), marker=dict(size=10),
-                             text=[f"{v:.1f}" if v is not None else "" for v in measured], textposition="top center",
-                             hovertext=hover, hoverinfo="text", connectgaps=False))
-    fig.update_layout(yaxis_title="test accuracy (%)", xaxis_title="stage", hovermode="closest",
-                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.08))
+    fig.add_trace(
+        go.Scatter(
+            x=keys,
+            y=reported,
+            name="reported (seed deck)",
+            mode="lines+markers",
+            line=dict(color=REPORTED_COLOR, dash="dash"),
+            hovertext=hover,
+            hoverinfo="text",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=keys,
+            y=measured,
+            name="measured here",
+            mode="lines+markers+text",
+            line=dict(color=MEASURED_COLOR, width=3),
+            marker=dict(size=10),
+            text=[f"{v:.1f}" if v is not None else "" for v in measured],
+            textposition="top center",
+            hovertext=hover,
+            hoverinfo="text",
+            connectgaps=False,
+        )
+    )
+    fig.update_layout(
+        yaxis_title="test accuracy (%)",
+        xaxis_title="stage",
+        hovermode="closest",
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", y=1.08),
+    )
     return fig
 
 
@@ -48,13 +77,26 @@ def cost_scatter(results, x: str = "params") -> go.Figure:
     """Accuracy against cost (parameters or training seconds), log x axis."""
     pts = [r for r in results if r.metrics and r.metrics.get(x)]
     label = {"params": "parameters", "train_seconds": "training seconds", "flops_per_image": "FLOPs per image"}[x]
-    fig = go.Figure(go.Scatter(
-        x=[r.metrics[x] for r in pts], y=[100 * r.metrics["test_accuracy"] for r in pts],
-        mode="markers+text", text=[r.stage.key for r in pts], textposition="top center", marker=dict(size=12),
-        hovertext=[f"{r.stage.title}<br>{label}: {r.metrics[x]:,.0f}<br>machine: {r.metrics.get('train_machine')}"
-                   for r in pts], hoverinfo="text"))
-    fig.update_layout(xaxis_type="log", xaxis_title=f"{label} (log scale)", yaxis_title="test accuracy (%)",
-                      margin=dict(l=10, r=10, t=30, b=10))
+    fig = go.Figure(
+        go.Scatter(
+            x=[r.metrics[x] for r in pts],
+            y=[100 * r.metrics["test_accuracy"] for r in pts],
+            mode="markers+text",
+            text=[r.stage.key for r in pts],
+            textposition="top center",
+            marker=dict(size=12),
+            hovertext=[
+                f"{r.stage.title}<br>{label}: {r.metrics[x]:,.0f}<br>machine: {r.metrics.get('train_machine')}" for r in pts
+            ],
+            hoverinfo="text",
+        )
+    )
+    fig.update_layout(
+        xaxis_type="log",
+        xaxis_title=f"{label} (log scale)",
+        yaxis_title="test accuracy (%)",
+        margin=dict(l=10, r=10, t=30, b=10),
+    )
     return fig
 
 
@@ -66,18 +108,24 @@ def training_curves(history: list[dict], metric: str = "accuracy", spans: list[d
     name = "learning rate" if metric == "learning_rate" else f"train {metric}"
     fig.add_trace(go.Scatter(x=epochs, y=[h.get(metric) for h in history], name=name, mode="lines+markers"))
     if any(f"val_{metric}" in h for h in history):  # recipes that train on every image have no validation curve
-        fig.add_trace(go.Scatter(x=epochs, y=[h.get(f"val_{metric}") for h in history], name=f"validation {metric}",
-                                 mode="lines+markers"))
+        fig.add_trace(
+            go.Scatter(
+                x=epochs, y=[h.get(f"val_{metric}") for h in history], name=f"validation {metric}", mode="lines+markers"
+            )
+        )
     phases = [h.get("phase") for h in history]
     for i in range(1, len(phases)):
         if phases[i] != phases[i - 1]:
             fig.add_vline(x=epochs[i] - 0.5, line_dash="dot", annotation_text=phases[i])
     for span in list(spans)[1:]:
         label = "continued" + (", bfloat16" if span["mixed_precision"] else "")
-        fig.add_vline(x=span["first"] - 0.5, line_dash="dash", annotation_text=label,
-                      annotation_position="bottom right")
-    fig.update_layout(xaxis_title="epoch", yaxis_title=name if metric == "learning_rate" else metric,
-                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.1))
+        fig.add_vline(x=span["first"] - 0.5, line_dash="dash", annotation_text=label, annotation_position="bottom right")
+    fig.update_layout(
+        xaxis_title="epoch",
+        yaxis_title=name if metric == "learning_rate" else metric,
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", y=1.1),
+    )
     if metric == "learning_rate":  # schedules halve or decay the rate: a log axis shows each step the same size
         fig.update_yaxes(type="log", exponentformat="e")
     return fig
@@ -87,10 +135,24 @@ def confusion_heatmap(cm, normalize: bool = False) -> go.Figure:
     cm = np.asarray(cm, dtype=float)
     z = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
     text = [[f"{v:.2f}" if normalize else f"{int(v)}" for v in row] for row in z]
-    fig = go.Figure(go.Heatmap(z=z, x=list(CLASS_NAMES), y=list(CLASS_NAMES), text=text, texttemplate="%{text}",
-                               colorscale="Blues", hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"))
-    fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
-                      margin=dict(l=10, r=10, t=30, b=10), height=520)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=list(CLASS_NAMES),
+            y=list(CLASS_NAMES),
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        xaxis_title="predicted",
+        yaxis_title="true",
+        yaxis_autorange="reversed",
+        margin=dict(l=10, r=10, t=30, b=10),
+        height=520,
+    )
     return fig
 
 
@@ -106,26 +168,56 @@ def reliability_diagram(calibration: dict) -> go.Figure:
     bins = [b for b in calibration["bins"] if b["count"]]
     centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=centers, y=[b["accuracy"] for b in bins], width=1 / calibration["n_bins"],
-                         name="accuracy", customdata=[b["count"] for b in bins],
-                         hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.3f}<br>%{customdata} images<extra></extra>"))
+    fig.add_trace(
+        go.Bar(
+            x=centers,
+            y=[b["accuracy"] for b in bins],
+            width=1 / calibration["n_bins"],
+            name="accuracy",
+            customdata=[b["count"] for b in bins],
+            hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.3f}<br>%{customdata} images<extra></extra>",
+        )
+    )
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line=dict(dash="dash")))
-    fig.update_layout(title=f"ECE {calibration['ece']:.4f}", xaxis_title="confidence", yaxis_title="accuracy",
-                      xaxis_range=[0, 1], yaxis_range=[0, 1], margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(
+        title=f"ECE {calibration['ece']:.4f}",
+        xaxis_title="confidence",
+        yaxis_title="accuracy",
+        xaxis_range=[0, 1],
+        yaxis_range=[0, 1],
+        margin=dict(l=10, r=10, t=40, b=10),
+    )
     return fig
 
 
 def per_class_delta(acc_a, acc_b, name_a: str, name_b: str) -> go.Figure:
     delta = 100 * (np.asarray(acc_b) - np.asarray(acc_a))
-    fig = go.Figure(go.Bar(x=list(CLASS_NAMES), y=delta, marker_color=["#2ca02c" if d >= 0 else "#d62728" for d in delta],
-                           text=[f"{d:+.1f}" for d in delta], textposition="outside"))
+    fig = go.Figure(
+        go.Bar(
+            x=list(CLASS_NAMES),
+            y=delta,
+            marker_color=["#2ca02c" if d >= 0 else "#d62728" for d in delta],
+            text=[f"{d:+.1f}" for d in delta],
+            textposition="outside",
+        )
+    )
     fig.update_layout(yaxis_title=f"accuracy change, {name_b} - {name_a} (points)", margin=dict(l=10, r=10, t=30, b=10))
     return fig
 
 
 def agreement_heatmap(keys, mat) -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=mat, x=keys, y=keys, zmin=0, zmax=1, colorscale="Viridis",
-                               text=[[f"{v:.2f}" for v in row] for row in mat], texttemplate="%{text}"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=mat,
+            x=keys,
+            y=keys,
+            zmin=0,
+            zmax=1,
+            colorscale="Viridis",
+            text=[[f"{v:.2f}" for v in row] for row in mat],
+            texttemplate="%{text}",
+        )
+    )
     fig.update_layout(yaxis_autorange="reversed", margin=dict(l=10, r=10, t=30, b=10), height=480)
     return fig
 
@@ -136,16 +228,25 @@ def probability_bars(probs) -> go.Figure:
     return fig
 
 
-
 def robustness_chart(rows: dict[str, dict]) -> go.Figure:
     """Accuracy per input condition, one bar group per condition, one colour per stage."""
     fig = go.Figure()
     for key, rb in rows.items():
         names = list(rb["accuracy"])
-        fig.add_trace(go.Bar(x=names, y=[100 * rb["accuracy"][n] for n in names], name=key,
-                             hovertemplate=f"{key}<br>%{{x}}: %{{y:.1f}}%<extra></extra>"))
-    fig.update_layout(barmode="group", yaxis_title="test accuracy (%)", margin=dict(l=10, r=10, t=30, b=10),
-                      legend=dict(orientation="h", y=1.12))
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=[100 * rb["accuracy"][n] for n in names],
+                name=key,
+                hovertemplate=f"{key}<br>%{{x}}: %{{y:.1f}}%<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        yaxis_title="test accuracy (%)",
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", y=1.12),
+    )
     return fig
 
 
@@ -158,7 +259,11 @@ def calibration_chart(results) -> go.Figure:
     fig.add_trace(go.Bar(x=keys, y=[c["mean_confidence_correct"] for c in cal], name="mean confidence, right answers"))
     fig.add_trace(go.Bar(x=keys, y=[c["mean_confidence_wrong"] for c in cal], name="mean confidence, wrong answers"))
     fig.add_trace(go.Scatter(x=keys, y=[c["ece"] for c in cal], name="ECE", mode="lines+markers", yaxis="y2"))
-    fig.update_layout(barmode="group", yaxis=dict(title="confidence", range=[0, 1]),
-                      yaxis2=dict(title="ECE", overlaying="y", side="right", rangemode="tozero"),
-                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=1.12))
+    fig.update_layout(
+        barmode="group",
+        yaxis=dict(title="confidence", range=[0, 1]),
+        yaxis2=dict(title="ECE", overlaying="y", side="right", rangemode="tozero"),
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", y=1.12),
+    )
     return fig

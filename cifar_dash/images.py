@@ -59,7 +59,8 @@ def to_model_input(data: bytes, name: str = "image") -> np.ndarray:
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise ImageError(
-                    f"{name}: {w}x{h} is too many pixels (limit {MAX_PIXELS:,}); it may be a decompression bomb")
+                    f"{name}: {w}x{h} is too many pixels (limit {MAX_PIXELS:,}); it may be a decompression bomb"
+                )
             img.seek(0)  # first frame of an animation
             img.load()
             img = ImageOps.exif_transpose(img)

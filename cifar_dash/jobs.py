@@ -65,9 +65,17 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def start(stage: str, epochs: int | Sequence[int] | None = None, limit: int | None = None, data_path: str | None = None,
-          resume: bool = False, extra_env: dict | None = None, backbone: str | None = None,
-          mixed_precision: bool = False, continue_from: str | Path | None = None) -> dict:
+def start(
+    stage: str,
+    epochs: int | Sequence[int] | None = None,
+    limit: int | None = None,
+    data_path: str | None = None,
+    resume: bool = False,
+    extra_env: dict | None = None,
+    backbone: str | None = None,
+    mixed_precision: bool = False,
+    continue_from: str | Path | None = None,
+) -> dict:
     """Start training ``stage`` in the background. Raises JobRunning when one is already live."""
     stages.recipe_for(stages.get(stage), epochs, backbone)  # an unknown stage, epochs or backbone fails here
     out = artifacts.stage_dir(stage)
@@ -109,20 +117,29 @@ def resume(stage: str, extra_env: dict | None = None) -> dict:
         raise ValueError(f"{stage}: no interrupted dashboard run to resume")
     cmd = list(job["cmd"]) + ([] if "--resume" in job["cmd"] else ["--resume"])
     lineage = [*job.get("lineage", []), job["pid"]]
-    return _launch(stage, cmd, Path(job["out"]), {"epochs": job.get("epochs"), "limit": job.get("limit"),
-                                                  "lineage": lineage}, extra_env, append_log=True)
+    return _launch(
+        stage,
+        cmd,
+        Path(job["out"]),
+        {"epochs": job.get("epochs"), "limit": job.get("limit"), "lineage": lineage},
+        extra_env,
+        append_log=True,
+    )
 
 
-def _launch(stage: str, cmd: list[str], out: Path, fields: dict, extra_env: dict | None,
-            append_log: bool = False) -> dict:
+def _launch(stage: str, cmd: list[str], out: Path, fields: dict, extra_env: dict | None, append_log: bool = False) -> dict:
     current = status(stage)
     if current.active and current.external:
-        raise JobRunning(f"{stage} is already training outside the dashboard (pid {current.progress.get('pid')}); "
-                         "wait for it or cancel it first")
+        raise JobRunning(
+            f"{stage} is already training outside the dashboard (pid {current.progress.get('pid')}); "
+            "wait for it or cancel it first"
+        )
     if current.active:
-        raise JobRunning(f"{stage} is already training (pid {current.job['pid']}, started "
-                         f"{time.strftime('%H:%M:%S', time.localtime(current.job['started']))}); "
-                         "wait for it or cancel it first")
+        raise JobRunning(
+            f"{stage} is already training (pid {current.job['pid']}, started "
+            f"{time.strftime('%H:%M:%S', time.localtime(current.job['started']))}); "
+            "wait for it or cancel it first"
+        )
     lock = jobs_dir() / f"{stage}.lock"
     try:  # two clicks in the same instant: only one gets the lock
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -133,14 +150,27 @@ def _launch(stage: str, cmd: list[str], out: Path, fields: dict, extra_env: dict
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     try:
         log = jobs_dir() / f"{stage}.log"
-        env = {**os.environ, "PYTHONPATH": str(artifacts.project_root()), "PYTHONUNBUFFERED": "1",
-               **(extra_env or {})}
+        env = {**os.environ, "PYTHONPATH": str(artifacts.project_root()), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         with open(log, "a" if append_log else "w") as fh:  # a resumed job's log follows the interrupted one's
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=artifacts.project_root(), env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=artifacts.project_root(),
+                env=env,
+                start_new_session=True,
+            )
         _POPEN[proc.pid] = proc
-        record = {"stage": stage, "pid": proc.pid, "cmd": cmd, "started": time.time(), "log": str(log),
-                  "out": str(out), **fields}
+        record = {
+            "stage": stage,
+            "pid": proc.pid,
+            "cmd": cmd,
+            "started": time.time(),
+            "log": str(log),
+            "out": str(out),
+            **fields,
+        }
         artifacts.write_json(_record_path(stage), record)
         return record
     finally:
@@ -156,8 +186,9 @@ def status(stage: str) -> JobStatus:
     other = train.live_run(work)
     if other and other.get("pid") != (st.job or {}).get("pid"):
         history = (_read(work / train.STATE) or {}).get("history", [])
-        return JobStatus(stage, other["state"], None, other, history,
-                         f"started outside the dashboard (pid {other['pid']})", external=True)
+        return JobStatus(
+            stage, other["state"], None, other, history, f"started outside the dashboard (pid {other['pid']})", external=True
+        )
     return st
 
 
@@ -174,17 +205,27 @@ def _job_status(stage: str) -> JobStatus:
     alive = _alive(job["pid"])
     state = progress.get("state", "starting")
     message = progress.get("message")
-    refused = [line for line in tail_log(stage, 5).splitlines() if line.startswith("error: ")] if (
-        not alive and state in ACTIVE_STATES) else []
+    refused = (
+        [line for line in tail_log(stage, 5).splitlines() if line.startswith("error: ")]
+        if (not alive and state in ACTIVE_STATES)
+        else []
+    )
     if refused:  # the command refused to start (e.g. it lost a start race to a run from a terminal)
-        state, message = "failed", refused[-1][len("error: "):]
+        state, message = "failed", refused[-1][len("error: ") :]
     elif not alive and state in ACTIVE_STATES:
         code = _POPEN[job["pid"]].returncode if job["pid"] in _POPEN else None
         state = "killed"
-        message = (f"the training process ended unexpectedly (exit code {code}); the last good checkpoint is "
-                   "untouched and the run can be resumed") if code is not None else (
-                   "the training process is gone (killed or machine restarted); the last good checkpoint is untouched "
-                   "and the run can be resumed")
+        message = (
+            (
+                f"the training process ended unexpectedly (exit code {code}); the last good checkpoint is "
+                "untouched and the run can be resumed"
+            )
+            if code is not None
+            else (
+                "the training process is gone (killed or machine restarted); the last good checkpoint is untouched "
+                "and the run can be resumed"
+            )
+        )
         if "Traceback" in tail_log(stage, 40):
             message += ". Log: " + tail_log(stage, 3).strip().splitlines()[-1]
     return JobStatus(stage, state, job, progress, history, message)

@@ -36,8 +36,13 @@ class TriangularSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return self.peak * ops.maximum(ops.minimum(rise, fall), 0.0)
 
     def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup": self.warmup, "start": self.start,
-                "end": self.end}
+        return {
+            "peak": self.peak,
+            "total_steps": self.total_steps,
+            "warmup": self.warmup,
+            "start": self.start,
+            "end": self.end,
+        }
 
 
 @keras.saving.register_keras_serializable(package="cifar_dash")
@@ -83,7 +88,7 @@ class LookaheadSGD(keras.optimizers.SGD):
         """The weight of the old average after optimizer step number ``step`` (1-based): 0 on the first step and
         before the start (the average follows the weights), 1 between lookahead steps (the average holds)."""
         step = ops.cast(step, "float32")
-        scheduled = (self.base ** self.every) * ops.power(step / self.total_steps, self.power)
+        scheduled = (self.base**self.every) * ops.power(step / self.total_steps, self.power)
         due = ops.equal(ops.mod(step, float(self.every)), 0.0)
         follow = ops.logical_or(step < self.start_step, ops.equal(step, 1.0))  # the average starts as the weights
         return ops.where(follow, 0.0, ops.where(due, scheduled, 1.0))
@@ -99,6 +104,7 @@ class LookaheadSGD(keras.optimizers.SGD):
         config = super().get_config()
         for k in ("use_ema", "ema_overwrite_frequency", "ema_momentum"):
             config.pop(k, None)
-        config.update(start_step=self.start_step, total_steps=self.total_steps, every=self.every, base=self.base,
-                      power=self.power)
+        config.update(
+            start_step=self.start_step, total_steps=self.total_steps, every=self.every, base=self.base, power=self.power
+        )
         return config

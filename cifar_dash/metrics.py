@@ -23,8 +23,13 @@ def per_class(cm: np.ndarray) -> list[dict]:
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     return [
-        {"class": CLASS_NAMES[i] if len(cm) == NUM_CLASSES else str(i), "precision": float(precision[i]),
-         "recall": float(recall[i]), "f1": float(f1[i]), "support": int(actual[i])}
+        {
+            "class": CLASS_NAMES[i] if len(cm) == NUM_CLASSES else str(i),
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(actual[i]),
+        }
         for i in range(len(cm))
     ]
 
@@ -46,8 +51,9 @@ def calibration(probs: np.ndarray, y_true, n_bins: int = 15) -> dict:
         conf = float(confidence[m].mean()) if count else None
         if count:
             ece += count / n * abs(acc - conf)
-        bins.append({"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": count,
-                     "accuracy": acc, "confidence": conf})
+        bins.append(
+            {"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": count, "accuracy": acc, "confidence": conf}
+        )
     return {
         "ece": float(ece),
         "n_bins": n_bins,

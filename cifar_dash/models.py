@@ -106,7 +106,7 @@ def _norm(x, recipe, name):
     if scale == 1.0:
         return layers.BatchNormalization(momentum=0.6, epsilon=1e-5, scale=False, name=name)(x)
     x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, center=False, scale=False, name=name)(x)
-    return ScaledBias(scale ** 0.5, name=f"{name}_bias")(x)
+    return ScaledBias(scale**0.5, name=f"{name}_bias")(x)
 
 
 def speedrun(recipe, **_):
@@ -158,7 +158,7 @@ def whitening_kernel(images, eps: float = 5e-4):
 
     x = np.asarray(images, dtype=np.float32)
     n, h, w, c = x.shape
-    patches = np.stack([x[:, i:h - 1 + i, j:w - 1 + j, :] for i in (0, 1) for j in (0, 1)], axis=3)
+    patches = np.stack([x[:, i : h - 1 + i, j : w - 1 + j, :] for i in (0, 1) for j in (0, 1)], axis=3)
     flat = patches.reshape(-1, 2, 2, c).reshape(-1, 4 * c).astype(np.float64)  # (h, w, c) order = kernel order
     cov = flat.T @ flat / len(flat)
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
@@ -206,11 +206,12 @@ def flops_per_image(model) -> int:
 
 _APPLICATIONS = {
     "mobilenetv2": lambda shape, weights: keras.applications.MobileNetV2(
-        input_shape=shape, alpha=1.0, include_top=False, weights=weights),
+        input_shape=shape, alpha=1.0, include_top=False, weights=weights
+    ),
     "resnet50v2": lambda shape, weights: keras.applications.ResNet50V2(
-        input_shape=shape, include_top=False, weights=weights),
-    "resnet50": lambda shape, weights: keras.applications.ResNet50(
-        input_shape=shape, include_top=False, weights=weights),
+        input_shape=shape, include_top=False, weights=weights
+    ),
+    "resnet50": lambda shape, weights: keras.applications.ResNet50(input_shape=shape, include_top=False, weights=weights),
 }
 
 

@@ -40,9 +40,11 @@ def deviations(r) -> list[str]:
         elif bf16:
             notes.append("bfloat16 compute in " + ", ".join(_epochs(*b) for b in bf16))
     for before, span in zip(spans, spans[1:]):
-        measured = (f" that measured {before['test_accuracy']:.2%}" if before["test_accuracy"] is not None else "")
-        notes.append(f"{_epochs(span['first'], span['last'])} continued from a {before['last']}-epoch run{measured} "
-                     "(optimizer restarted)")
+        measured = f" that measured {before['test_accuracy']:.2%}" if before["test_accuracy"] is not None else ""
+        notes.append(
+            f"{_epochs(span['first'], span['last'])} continued from a {before['last']}-epoch run{measured} "
+            "(optimizer restarted)"
+        )
     final_machine = spans[-1]["machine"] if spans else None
     for span in spans[:-1]:
         if span["machine"] and span["machine"] != final_machine:
@@ -63,9 +65,15 @@ def lineage(info: dict, epochs) -> list[dict]:
     while run is not None:
         prior = run.get("continued_from") or None
         first = prior["epochs"] + 1 if prior else 1
-        spans.append({"first": first, "last": last, "mixed_precision": bool(run.get("mixed_precision")),
-                      "machine": (run.get("train_runtime") or {}).get("machine"),
-                      "test_accuracy": run.get("test_accuracy") if run is not info else None})
+        spans.append(
+            {
+                "first": first,
+                "last": last,
+                "mixed_precision": bool(run.get("mixed_precision")),
+                "machine": (run.get("train_runtime") or {}).get("machine"),
+                "test_accuracy": run.get("test_accuracy") if run is not info else None,
+            }
+        )
         run, last = prior, first - 1
     return spans[::-1]
 
@@ -103,9 +111,11 @@ def _runs_note(r) -> str | None:
         return None
     sd = summary.get("std_test_accuracy")
     secs = summary.get("mean_train_seconds")
-    return (f"{summary['n_runs']} seeds: mean {100 * summary['mean_test_accuracy']:.2f}%"
-            + (f" ± {100 * sd:.2f} (sd)" if sd is not None else "")
-            + (f", mean train time {_duration(secs)}" if secs is not None else ""))
+    return (
+        f"{summary['n_runs']} seeds: mean {100 * summary['mean_test_accuracy']:.2f}%"
+        + (f" ± {100 * sd:.2f} (sd)" if sd is not None else "")
+        + (f", mean train time {_duration(secs)}" if secs is not None else "")
+    )
 
 
 def results_markdown(root: Path | None = None) -> str:
@@ -131,9 +141,11 @@ def results_markdown(root: Path | None = None) -> str:
         if runs:
             measured += f"; {runs}"
         delta = 100 * m["test_accuracy"] - s.reported_accuracy
-        lines.append(f"| `{s.key}` | {s.reported_accuracy:.2f}% | {measured} | {delta:+.2f} | {m.get('epochs', '-')} | "
-                     f"{_duration(m.get('train_seconds'))} | {m.get('train_machine', '-')} | {backbone} | "
-                     f"{'; '.join(deviations(r)) or '-'} |")
+        lines.append(
+            f"| `{s.key}` | {s.reported_accuracy:.2f}% | {measured} | {delta:+.2f} | {m.get('epochs', '-')} | "
+            f"{_duration(m.get('train_seconds'))} | {m.get('train_machine', '-')} | {backbone} | "
+            f"{'; '.join(deviations(r)) or '-'} |"
+        )
     return "\n".join(lines)
 
 
@@ -158,26 +170,35 @@ def _ablation_table(doc: dict) -> tuple[str, list[dict]]:
     table = []
     for s in sorted(summary, key=lambda s: s["variant"] != "full"):
         one = s.get("mean_one_view")
-        table.append({
-            "variant": s["variant"], "what it removes": s["removes"], "runs": s["runs"],
-            "test accuracy %": round(100 * s["mean_accuracy"], 2),
-            "vs full (points)": round(100 * (s["mean_accuracy"] - full["mean_accuracy"]), 2) if full else None,
-            "one view %": round(100 * one, 2) if one is not None else None,
-            "one view vs full (points)": round(100 * (one - full["mean_one_view"]), 2)
-            if full and one is not None and full.get("mean_one_view") is not None else None,
-            "train min": round(s["mean_train_seconds"] / 60, 1),
-        })
+        table.append(
+            {
+                "variant": s["variant"],
+                "what it removes": s["removes"],
+                "runs": s["runs"],
+                "test accuracy %": round(100 * s["mean_accuracy"], 2),
+                "vs full (points)": round(100 * (s["mean_accuracy"] - full["mean_accuracy"]), 2) if full else None,
+                "one view %": round(100 * one, 2) if one is not None else None,
+                "one view vs full (points)": round(100 * (one - full["mean_one_view"]), 2)
+                if full and one is not None and full.get("mean_one_view") is not None
+                else None,
+                "train min": round(s["mean_train_seconds"] / 60, 1),
+            }
+        )
     seeds = sorted({r["seed"] for r in rows})
     n_train = sorted({r["n_train"] for r in rows})
     epochs = sorted({r["epochs"] for r in rows})
     machines = sorted({str(r.get("train_machine")) for r in rows})
-    protocol = (f"{len(rows)} runs, each on {' / '.join(f'{n:,}' for n in n_train)} training images for "
-                f"{' / '.join(map(str, epochs))} epochs, tested on {rows[0]['n_test']:,} test images; seeds "
-                f"{', '.join(map(str, seeds))}; trained on {', '.join(machines)}")
+    protocol = (
+        f"{len(rows)} runs, each on {' / '.join(f'{n:,}' for n in n_train)} training images for "
+        f"{' / '.join(map(str, epochs))} epochs, tested on {rows[0]['n_test']:,} test images; seeds "
+        f"{', '.join(map(str, seeds))}; trained on {', '.join(machines)}"
+    )
     budget = doc.get("protocol") or {}
     if budget.get("limit") or budget.get("epochs"):
-        protocol += (". A smaller budget than the recipe's, so every figure is lower than the checkpoint's: compare "
-                     "the rows with each other")
+        protocol += (
+            ". A smaller budget than the recipe's, so every figure is lower than the checkpoint's: compare "
+            "the rows with each other"
+        )
     if max(s["runs"] for s in summary) == 1:
         protocol += ". One run per variant: differences of a few tenths of a point are within run-to-run noise"
     return protocol, table
@@ -208,23 +229,37 @@ def runs_summary(stage: str, folders: list[Path]) -> dict:
         if m.get("stage") != stage:
             raise artifacts.ArtifactError(f"{f}: metrics are for {m.get('stage')!r}, not {stage!r}")
         recipe = dict(m.get("recipe") or {})
-        runs.append({"seed": recipe.pop("seed", None), "test_accuracy": m["test_accuracy"],
-                     "one_view_accuracy": (m.get("tta_accuracy") or {}).get("none"),
-                     "n_test": m["n_test"], "train_seconds": m.get("train_seconds"), "epochs": m.get("epochs"),
-                     "machine": m.get("train_machine"), "run_id": m.get("run_id")})
+        runs.append(
+            {
+                "seed": recipe.pop("seed", None),
+                "test_accuracy": m["test_accuracy"],
+                "one_view_accuracy": (m.get("tta_accuracy") or {}).get("none"),
+                "n_test": m["n_test"],
+                "train_seconds": m.get("train_seconds"),
+                "epochs": m.get("epochs"),
+                "machine": m.get("train_machine"),
+                "run_id": m.get("run_id"),
+            }
+        )
         recipes.append((f, recipe))
     if len({r["seed"] for r in runs}) != len(runs):
         raise ValueError("two runs share a seed")
     for f, recipe in recipes[1:]:
         differ = recipe_differences(recipe, recipes[0][1])
         if differ:
-            raise ValueError(f"{f} used another recipe than {recipes[0][0]} (differs in {', '.join(differ)}); "
-                             "only seeds of one recipe are pooled")
+            raise ValueError(
+                f"{f} used another recipe than {recipes[0][0]} (differs in {', '.join(differ)}); "
+                "only seeds of one recipe are pooled"
+            )
     acc = [r["test_accuracy"] for r in runs]
     secs = [r["train_seconds"] for r in runs if r["train_seconds"] is not None]
     one = [r["one_view_accuracy"] for r in runs if r["one_view_accuracy"] is not None]
-    return {"stage": stage, "n_runs": len(runs), "runs": runs,
-            "mean_test_accuracy": statistics.fmean(acc),
-            "std_test_accuracy": statistics.stdev(acc) if len(acc) > 1 else None,
-            "mean_train_seconds": statistics.fmean(secs) if secs else None,
-            "mean_one_view_accuracy": statistics.fmean(one) if len(one) == len(runs) and one else None}
+    return {
+        "stage": stage,
+        "n_runs": len(runs),
+        "runs": runs,
+        "mean_test_accuracy": statistics.fmean(acc),
+        "std_test_accuracy": statistics.stdev(acc) if len(acc) > 1 else None,
+        "mean_train_seconds": statistics.fmean(secs) if secs else None,
+        "mean_one_view_accuracy": statistics.fmean(one) if len(one) == len(runs) and one else None,
+    }

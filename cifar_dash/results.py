@@ -43,16 +43,23 @@ def load_result(key: str, root: Path | None = None) -> StageResult:
                 raise artifacts.ArtifactError(f"{folder / artifacts.METRICS} lacks {field!r}")
         n = len(artifacts.load_predictions(folder / artifacts.PREDICTIONS).labels)
         if n != metrics.get("n_test"):
-            raise artifacts.ArtifactError(f"{folder / artifacts.PREDICTIONS} holds {n} predictions, metrics say "
-                                          f"{metrics.get('n_test')}")
+            raise artifacts.ArtifactError(
+                f"{folder / artifacts.PREDICTIONS} holds {n} predictions, metrics say {metrics.get('n_test')}"
+            )
     except artifacts.ArtifactError as e:
         return StageResult(stage, "error", error=str(e), folder=folder)
     status = "trained"
     if metrics.get("run_id") and info.get("run_id") and metrics["run_id"] != info["run_id"]:
         status = "stale"
-    return StageResult(stage, status, metrics=metrics, history=history, train_info=info, folder=folder,
-                       error="model was retrained but not evaluated; metrics belong to the previous model"
-                       if status == "stale" else None)
+    return StageResult(
+        stage,
+        status,
+        metrics=metrics,
+        history=history,
+        train_info=info,
+        folder=folder,
+        error="model was retrained but not evaluated; metrics belong to the previous model" if status == "stale" else None,
+    )
 
 
 def load_all(root: Path | None = None) -> list[StageResult]:

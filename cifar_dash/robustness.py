@@ -27,7 +27,7 @@ def _per_image(x, fn):
 
 
 def grayscale(x):
-    g = (x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+    g = x.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     return np.repeat(g[..., None], 3, axis=-1).round().astype(np.uint8)
 
 
@@ -55,6 +55,7 @@ def jpeg(x, quality=50):
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=quality)
         return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
     return _per_image(x, f)
 
 
@@ -69,7 +70,7 @@ def shape_only(x):
     p = np.pad(g, ((0, 0), (1, 1), (1, 1)), mode="edge")
     gx = (p[:, 1:-1, 2:] - p[:, 1:-1, :-2]) * 2 + (p[:, :-2, 2:] - p[:, :-2, :-2]) + (p[:, 2:, 2:] - p[:, 2:, :-2])
     gy = (p[:, 2:, 1:-1] - p[:, :-2, 1:-1]) * 2 + (p[:, 2:, :-2] - p[:, :-2, :-2]) + (p[:, 2:, 2:] - p[:, :-2, 2:])
-    mag = np.sqrt(gx ** 2 + gy ** 2)
+    mag = np.sqrt(gx**2 + gy**2)
     mag = 255 * mag / np.maximum(mag.max(axis=(1, 2), keepdims=True), 1e-6)
     return np.repeat(mag[..., None], 3, axis=-1).astype(np.uint8)
 
@@ -106,8 +107,15 @@ def run(stage_key: str, limit: int | None = 2000, data_path=None, out_dir=None, 
         accuracy[name] = float((probs.argmax(1) == y).mean())
         seconds[name] = round(time.perf_counter() - t, 2)
         print(f"{stage.key}: {name:30s} {accuracy[name]:.4f}", file=stream)
-    result = {"stage": stage.key, "run_id": info.get("run_id"), "n_test": int(len(y)), "accuracy": accuracy,
-              "seconds": seconds, "test_data_fingerprint": data_mod.fingerprint(cifar.x_test, cifar.y_test),
-              "runtime": runtime.info(), "measured": time.time()}
+    result = {
+        "stage": stage.key,
+        "run_id": info.get("run_id"),
+        "n_test": int(len(y)),
+        "accuracy": accuracy,
+        "seconds": seconds,
+        "test_data_fingerprint": data_mod.fingerprint(cifar.x_test, cifar.y_test),
+        "runtime": runtime.info(),
+        "measured": time.time(),
+    }
     artifacts.write_json(out / artifacts.ROBUSTNESS, result)
     return result

@@ -43,8 +43,10 @@ def bfloat16_warning(machine: dict | None = None) -> str | None:
     isa = machine.get("cpu_isa")
     if machine.get("gpu") or isa is None or isa in BF16_ISAS:
         return None
-    return (f"this CPU has {isa} but neither AVX512-BF16 nor AMX, so bfloat16 maths is emulated and training is "
-            "likely slower than in float32 (see benchmarks/bench_training.py)")
+    return (
+        f"this CPU has {isa} but neither AVX512-BF16 nor AMX, so bfloat16 maths is emulated and training is "
+        "likely slower than in float32 (see benchmarks/bench_training.py)"
+    )
 
 
 def accelerator() -> str | None:

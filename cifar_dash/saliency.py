@@ -21,12 +21,11 @@ def occlusion_batch(img: np.ndarray, patch: int = 8, stride: int = 4, fill: floa
     corners = [(y, x) for y in range(0, h - patch + 1, stride) for x in range(0, w - patch + 1, stride)]
     batch = np.repeat(img[None], len(corners), axis=0)
     for k, (y, x) in enumerate(corners):
-        batch[k, y:y + patch, x:x + patch] = fill_value
+        batch[k, y : y + patch, x : x + patch] = fill_value
     return batch, corners
 
 
-def occlusion_map(model, img: np.ndarray, patch: int = 8, stride: int = 4, target: int | None = None,
-                  tta=False) -> dict:
+def occlusion_map(model, img: np.ndarray, patch: int = 8, stride: int = 4, target: int | None = None, tta=False) -> dict:
     """Probability drop of the target class (default: the stage's own top-1) per pixel, averaged over the patches
     that covered it. Positive = hiding this region lowers the model's belief."""
     img = np.asarray(img, dtype=np.float32)
@@ -38,8 +37,8 @@ def occlusion_map(model, img: np.ndarray, patch: int = 8, stride: int = 4, targe
     heat = np.zeros(img.shape[:2], np.float64)
     count = np.zeros(img.shape[:2], np.float64)
     for d, (y, x) in zip(drop, corners):
-        heat[y:y + patch, x:x + patch] += d
-        count[y:y + patch, x:x + patch] += 1
+        heat[y : y + patch, x : x + patch] += d
+        count[y : y + patch, x : x + patch] += 1
     heat = np.divide(heat, count, out=np.zeros_like(heat), where=count > 0)
     return {"map": heat.astype(np.float32), "target": target, "probability": float(base[target])}
 
@@ -117,8 +116,13 @@ def gradcam_map(model, img: np.ndarray, target: int | None = None) -> dict:
 
     up = np.asarray(Image.fromarray(cam.astype(np.float32), "F").resize(img.shape[:2][::-1], Image.BILINEAR))
     peak = float(up.max())
-    return {"map": (up / peak if peak > 0 else up).astype(np.float32), "target": t,
-            "probability": float(probs[0, t]), "layer": layer.name, "grid": list(cam.shape)}
+    return {
+        "map": (up / peak if peak > 0 else up).astype(np.float32),
+        "target": t,
+        "probability": float(probs[0, t]),
+        "layer": layer.name,
+        "grid": list(cam.shape),
+    }
 
 
 METHODS = ("occlusion", "gradcam")

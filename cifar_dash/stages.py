@@ -71,13 +71,14 @@ class Recipe:
             counts = [int(e) for e in epochs]
             if len(counts) != len(self.phases):
                 names = ", ".join(p.name for p in self.phases)
-                raise ValueError(f"{len(counts)} epoch counts for {len(self.phases)} phases ({names}); give one per "
-                                 "phase, or one number for all")
+                raise ValueError(
+                    f"{len(counts)} epoch counts for {len(self.phases)} phases ({names}); give one per "
+                    "phase, or one number for all"
+                )
             counts = [c or p.epochs for c, p in zip(counts, self.phases)]
         if any(c < 1 for c in counts):
             raise ValueError(f"epochs must be at least 1 per phase, not {epochs}")
-        return dataclasses.replace(self, phases=tuple(dataclasses.replace(p, epochs=c)
-                                                      for p, c in zip(self.phases, counts)))
+        return dataclasses.replace(self, phases=tuple(dataclasses.replace(p, epochs=c) for p, c in zip(self.phases, counts)))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,21 +104,27 @@ BACKBONE_WEIGHT_ENV = {
 
 STAGES: tuple[Stage, ...] = (
     Stage(
-        "mlp", "Basic MLP + Xavier init", 46.19,
+        "mlp",
+        "Basic MLP + Xavier init",
+        46.19,
         "Flatten the 32x32x3 image into 3,072 numbers and learn Dense layers with Glorot (Xavier) init.",
         "Flattening destroys spatial structure, so the model leans on background colour more than on shape.",
         models.mlp,
         Recipe(phases=(Phase("train", 20, 1e-3),), batch_size=128),
     ),
     Stage(
-        "deep_mlp", "Deep & wide MLP", 42.89,
+        "deep_mlp",
+        "Deep & wide MLP",
+        42.89,
         "Four 512-wide hidden layers (2.37 M parameters), no regularisation, trained long: it memorises.",
         "About 2.3 million parameters memorise the training set, noise included, so test accuracy goes down.",
         models.deep_mlp,
         Recipe(phases=(Phase("train", 40, 1e-3),), batch_size=128),
     ),
     Stage(
-        "cnn", "CNN (Conv + Pool + BatchNorm + Dropout)", 70.71,
+        "cnn",
+        "CNN (Conv + Pool + BatchNorm + Dropout)",
+        70.71,
         "Keep the 2-D structure: Conv2D + MaxPooling extract features, BatchNorm stabilises, "
         "Dropout 0.5 fights overfitting.",
         "Conv2D + MaxPooling extract features while shrinking space; BatchNormalization stabilises training; "
@@ -126,30 +133,41 @@ STAGES: tuple[Stage, ...] = (
         Recipe(phases=(Phase("train", 15, 5e-4),), batch_size=128),
     ),
     Stage(
-        "vgg_aug", "VGG style + augmentation", 76.33,
+        "vgg_aug",
+        "VGG style + augmentation",
+        76.33,
         "Deeper Conv-Conv-Pool (VGG) blocks, and random flip, rotation and zoom so every epoch sees new images.",
         "Random flip, rotation and zoom with a deeper Conv-Conv-Pool network block overfitting; validation accuracy "
         "rises steadily.",
         models.vgg,
         Recipe(
-            phases=(Phase("train", 12, 2e-3),), batch_size=128, lr_schedule="onecycle", onecycle=(0.25, 0.1, 0.01),
+            phases=(Phase("train", 12, 2e-3),),
+            batch_size=128,
+            lr_schedule="onecycle",
+            onecycle=(0.25, 0.1, 0.01),
             augmentation=("flip", "rotation:0.05", "zoom:0.1"),
         ),
     ),
     Stage(
-        "mobilenetv2_frozen", "MobileNetV2 transfer, base frozen", 80.22,
+        "mobilenetv2_frozen",
+        "MobileNetV2 transfer, base frozen",
+        80.22,
         "Borrow ImageNet features: MobileNetV2 on images upsampled 3x to 96x96, base frozen, only a 164 k head trains.",
         "MobileNetV2 pre-trained on ImageNet; images upsampled 3x to 96x96; base frozen, so only about 160 thousand "
         "parameters train, and training is fast.",
         models.transfer,
         Recipe(
-            phases=(Phase("head", 10, 1e-3, trainable="head"),), batch_size=128,
-            backbone="mobilenetv2", backbone_input=96,
+            phases=(Phase("head", 10, 1e-3, trainable="head"),),
+            batch_size=128,
+            backbone="mobilenetv2",
+            backbone_input=96,
         ),
         backbone_options=("mobilenetv2",),
     ),
     Stage(
-        "mobilenetv2_finetune", "MobileNetV2 fine-tuned", 82.16,
+        "mobilenetv2_finetune",
+        "MobileNetV2 fine-tuned",
+        82.16,
         "Warm up the new head, then unfreeze the deeper MobileNetV2 blocks and train them at a very low rate (1e-5).",
         "Step 1: warm up the new classifier head. Step 2: unfreeze the deeper layers and train with a very low "
         "learning rate (1e-5).",
@@ -159,42 +177,64 @@ STAGES: tuple[Stage, ...] = (
                 Phase("head", 5, 1e-3, trainable="head"),
                 Phase("finetune", 3, 1e-5, trainable="from:block_12_expand"),
             ),
-            batch_size=64, backbone="mobilenetv2", backbone_input=96,
+            batch_size=64,
+            backbone="mobilenetv2",
+            backbone_input=96,
         ),
         backbone_options=("mobilenetv2",),
     ),
     Stage(
-        "resnet50v2", "ResNet50V2 + LR scheduling", 93.90,
+        "resnet50v2",
+        "ResNet50V2 + LR scheduling",
+        93.90,
         "A 23 M-parameter ImageNet ResNet at 160x160, fully fine-tuned; ReduceLROnPlateau halves the rate when "
         "validation accuracy stalls; random shifts.",
         "About 23 million parameters; images upsampled 5x to 160x160; ReduceLROnPlateau halves the learning rate "
         "whenever accuracy stalls; translation (shift) augmentation added.",
         models.transfer,
         Recipe(
-            phases=(Phase("finetune", 5, 1e-4, trainable="all"),), batch_size=64,
-            lr_schedule="reduce_on_plateau", plateau_factor=0.5, plateau_patience=1,
-            augmentation=("flip", "translation:0.1"), backbone="resnet50v2", backbone_input=160,
+            phases=(Phase("finetune", 5, 1e-4, trainable="all"),),
+            batch_size=64,
+            lr_schedule="reduce_on_plateau",
+            plateau_factor=0.5,
+            plateau_patience=1,
+            augmentation=("flip", "translation:0.1"),
+            backbone="resnet50v2",
+            backbone_input=160,
             backbone_bn_training=True,
         ),
         backbone_options=("resnet50v2", "resnet50"),
     ),
     Stage(
-        "resnet50v2_sota", "Final: MixUp + AdamW + label smoothing", 94.38,
+        "resnet50v2_sota",
+        "Final: MixUp + AdamW + label smoothing",
+        94.38,
         "Same network and budget, modern tricks: MixUp blends image pairs, AdamW decouples weight decay, "
         "label smoothing curbs over-confidence.",
         "Same budget, no extra training time: MixUp (blend two images and their labels), AdamW (decoupled weight "
         "decay), label smoothing (less over-confidence).",
         models.transfer,
         Recipe(
-            phases=(Phase("finetune", 5, 1e-4, trainable="all"),), batch_size=64, optimizer="adamw",
-            weight_decay=0.05, lr_schedule="reduce_on_plateau", plateau_factor=0.5, plateau_patience=1,
-            label_smoothing=0.1, mixup_alpha=0.2, augmentation=("flip", "translation:0.1"),
-            backbone="resnet50v2", backbone_input=160, backbone_bn_training=True,
+            phases=(Phase("finetune", 5, 1e-4, trainable="all"),),
+            batch_size=64,
+            optimizer="adamw",
+            weight_decay=0.05,
+            lr_schedule="reduce_on_plateau",
+            plateau_factor=0.5,
+            plateau_patience=1,
+            label_smoothing=0.1,
+            mixup_alpha=0.2,
+            augmentation=("flip", "translation:0.1"),
+            backbone="resnet50v2",
+            backbone_input=160,
+            backbone_bn_training=True,
         ),
         backbone_options=("resnet50v2", "resnet50"),
     ),
     Stage(
-        "speedrun", "Beyond the seed: a small net trained fast from scratch", 94.01,
+        "speedrun",
+        "Beyond the seed: a small net trained fast from scratch",
+        94.01,
         "No ImageNet, no upsampling: a 2 M-parameter three-block net (airbench-style) behind a frozen patch-whitening "
         "conv, Nesterov SGD with a one-cycle rate, BatchNorm biases at 64x the rate, Lookahead weight averaging, "
         "label smoothing 0.2, alternating flips + 2-pixel shifts, all 50,000 training images, flip + shift "
@@ -203,10 +243,20 @@ STAGES: tuple[Stage, ...] = (
         "its reported figure stands in the 'reported' column.",
         models.speedrun,
         Recipe(
-            phases=(Phase("train", 10, 1.5, trainable="all"),), batch_size=1024, optimizer="sgd_nesterov",
-            momentum=0.85, weight_decay=0.00887, lr_schedule="onecycle", onecycle=(0.23, 0.2, 0.07),
-            label_smoothing=0.2, loader_augmentation=("flip_alternate", "crop:2"), tta="flip_shift",
-            validation_size=0, jit_compile=True, lookahead=(3, 0.95, 3.0, 5), norm_bias_lr_scale=64.0,
+            phases=(Phase("train", 10, 1.5, trainable="all"),),
+            batch_size=1024,
+            optimizer="sgd_nesterov",
+            momentum=0.85,
+            weight_decay=0.00887,
+            lr_schedule="onecycle",
+            onecycle=(0.23, 0.2, 0.07),
+            label_smoothing=0.2,
+            loader_augmentation=("flip_alternate", "crop:2"),
+            tta="flip_shift",
+            validation_size=0,
+            jit_compile=True,
+            lookahead=(3, 0.95, 3.0, 5),
+            norm_bias_lr_scale=64.0,
         ),
     ),
 )
@@ -225,8 +275,9 @@ def get(key: str) -> Stage:
 def stored_recipe(recipe: dict) -> dict:
     """A recipe stored as JSON (train_info, metrics) with every field added to ``Recipe`` after it was written set to
     its default."""
-    defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(Recipe)
-                if f.default is not dataclasses.MISSING}
+    defaults = {
+        f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(Recipe) if f.default is not dataclasses.MISSING
+    }
     return {**defaults, **recipe}
 
 
@@ -239,12 +290,15 @@ def extension_problem(done: Sequence[int], wanted: Sequence[int]) -> str | None:
     if len(done) == 1:
         return f"the published run has {done[0]} epochs; a continuation needs more than {done[0]}, not {sum(wanted)}"
     per_phase = ",".join(map(str, done))
-    return (f"the published run has {per_phase} epochs per phase; a continuation adds epochs to the last phase only, "
-            f"not {','.join(map(str, wanted))} (e.g. {','.join(map(str, done[:-1]))},{done[-1] + 1})")
+    return (
+        f"the published run has {per_phase} epochs per phase; a continuation adds epochs to the last phase only, "
+        f"not {','.join(map(str, wanted))} (e.g. {','.join(map(str, done[:-1]))},{done[-1] + 1})"
+    )
 
 
-def recipe_for(stage: Stage, epochs: int | Sequence[int] | None = None, backbone: str | None = None,
-               seed: int | None = None) -> Recipe:
+def recipe_for(
+    stage: Stage, epochs: int | Sequence[int] | None = None, backbone: str | None = None, seed: int | None = None
+) -> Recipe:
     recipe = stage.recipe
     if seed is not None:
         recipe = dataclasses.replace(recipe, seed=int(seed))

@@ -52,8 +52,13 @@ def saved_run(work: Path) -> dict | None:
         return None
     if not (work / WORK_MODEL).exists() or (done == 0 and not state.get("partial")):
         return None
-    return {"epochs_done": done, "epochs": epochs, "partial": state.get("partial"),
-            "train_seconds": float(state.get("train_seconds") or 0.0), "pid": state.get("pid")}
+    return {
+        "epochs_done": done,
+        "epochs": epochs,
+        "partial": state.get("partial"),
+        "train_seconds": float(state.get("train_seconds") or 0.0),
+        "pid": state.get("pid"),
+    }
 
 
 def pid_alive(pid) -> bool:
@@ -133,7 +138,7 @@ class Batches(keras.utils.PyDataset):
         return xb
 
     def __getitem__(self, i):
-        idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
+        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
         xb = self._augmented(idx, i).astype("float32")
         yb = np.eye(NUM_CLASSES, dtype="float32")[self.y[idx]]
         if self.mixup_alpha > 0:
@@ -199,16 +204,25 @@ def merge_means(a: dict, n_a: int, b: dict, n_b: int) -> dict:
 def make_optimizer(recipe: stages.Recipe, learning_rate, steps_per_epoch: int = 1, total_steps: int = 1):
     if recipe.optimizer == "sgd_nesterov" and recipe.lookahead:
         start_epoch, base, power, every = recipe.lookahead
-        return LookaheadSGD(learning_rate, momentum=recipe.momentum, nesterov=True,
-                            weight_decay=recipe.weight_decay or None, start_step=int(start_epoch * steps_per_epoch),
-                            total_steps=total_steps, every=int(every), base=base, power=power)
+        return LookaheadSGD(
+            learning_rate,
+            momentum=recipe.momentum,
+            nesterov=True,
+            weight_decay=recipe.weight_decay or None,
+            start_step=int(start_epoch * steps_per_epoch),
+            total_steps=total_steps,
+            every=int(every),
+            base=base,
+            power=power,
+        )
     if recipe.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate)
     if recipe.optimizer == "adamw":
         return keras.optimizers.AdamW(learning_rate, weight_decay=recipe.weight_decay)
     if recipe.optimizer == "sgd_nesterov":
-        return keras.optimizers.SGD(learning_rate, momentum=recipe.momentum, nesterov=True,
-                                    weight_decay=recipe.weight_decay or None)
+        return keras.optimizers.SGD(
+            learning_rate, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay or None
+        )
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
 
 
@@ -217,8 +231,7 @@ def compile_for_phase(model, recipe, phase, steps_per_epoch):
     lr = phase.learning_rate
     if recipe.lr_schedule == "onecycle":
         peak_at, start, end = recipe.onecycle
-        lr = TriangularSchedule(phase.learning_rate, steps_per_epoch * phase.epochs, warmup=peak_at, start=start,
-                                end=end)
+        lr = TriangularSchedule(phase.learning_rate, steps_per_epoch * phase.epochs, warmup=peak_at, start=start, end=end)
     model.compile(
         optimizer=make_optimizer(recipe, lr, steps_per_epoch, steps_per_epoch * phase.epochs),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
@@ -254,8 +267,14 @@ class Progress(keras.callbacks.Callback):
 
     def write(self, state, **extra):
         payload = {
-            "stage": self.stage, "state": state, "pid": os.getpid(), "phase": self.phase,
-            "epoch": self.epoch + 1, "epochs": self.total_epochs, "updated": time.time(), **extra,
+            "stage": self.stage,
+            "state": state,
+            "pid": os.getpid(),
+            "phase": self.phase,
+            "epoch": self.epoch + 1,
+            "epochs": self.total_epochs,
+            "updated": time.time(),
+            **extra,
         }
         write_json(self.path, payload)
 
@@ -281,9 +300,11 @@ class Progress(keras.callbacks.Callback):
 
     def _bar(self, step, logs, eta):
         frac = step / self.steps
-        text = (f"{self.stage} {self.phase} epoch {self.epoch + 1}/{self.total_epochs} step {step}/{self.steps} "
-                f"loss {logs.get('loss', float('nan')):.4f} acc {logs.get('accuracy', float('nan')):.4f} "
-                f"ETA {_fmt_seconds(eta)}")
+        text = (
+            f"{self.stage} {self.phase} epoch {self.epoch + 1}/{self.total_epochs} step {step}/{self.steps} "
+            f"loss {logs.get('loss', float('nan')):.4f} acc {logs.get('accuracy', float('nan')):.4f} "
+            f"ETA {_fmt_seconds(eta)}"
+        )
         if self.tty:
             width = 24
             filled = int(frac * width)
@@ -299,10 +320,11 @@ class Progress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = self._whole_epoch({k: float(v) for k, v in (logs or {}).items()}, self.steps)
         self.offset, self.resumed = 0, None
-        val = (f"val_loss {logs['val_loss']:.4f} val_acc {logs.get('val_accuracy', 0):.4f} "
-               if "val_loss" in logs else "")
-        line = (f"epoch {epoch + 1}/{self.total_epochs} ({self.phase}) loss {logs.get('loss', 0):.4f} "
-                f"acc {logs.get('accuracy', 0):.4f} {val}{time.time() - self.epoch_start:.0f}s")
+        val = f"val_loss {logs['val_loss']:.4f} val_acc {logs.get('val_accuracy', 0):.4f} " if "val_loss" in logs else ""
+        line = (
+            f"epoch {epoch + 1}/{self.total_epochs} ({self.phase}) loss {logs.get('loss', 0):.4f} "
+            f"acc {logs.get('accuracy', 0):.4f} {val}{time.time() - self.epoch_start:.0f}s"
+        )
         print(("\r" if self.tty else "") + line, file=self.stream, flush=True)
         self.last_line_fraction = -1
 
@@ -331,8 +353,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if partial and partial["epoch"] == epoch:  # the epoch began in an earlier process
             seconds += partial["seconds"]
             logs = with_earlier_part(partial, epoch, logs, math.inf, self.batch_size, self.n_train)
-        row = {"epoch": epoch + 1, "phase": self.state["phases"][self.phase_index], "seconds": round(seconds, 2),
-               "learning_rate": lr}
+        row = {
+            "epoch": epoch + 1,
+            "phase": self.state["phases"][self.phase_index],
+            "seconds": round(seconds, 2),
+            "learning_rate": lr,
+        }
         row.update(logs)
         self.state["history"].append(row)
         self.state["epochs_done"] = epoch + 1
@@ -479,11 +505,15 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fing
     a, b = _comparable(stored), _comparable(recipe.to_dict())
     if a != b:
         changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-        raise ContinueError(f"{folder} was trained with other settings ({', '.join(changed) or 'phases'}); "
-                            "a continuation may only add epochs")
+        raise ContinueError(
+            f"{folder} was trained with other settings ({', '.join(changed) or 'phases'}); "
+            "a continuation may only add epochs"
+        )
     if not recipe.extendable:
-        raise ContinueError("this recipe's schedule spans the whole run (one-cycle rate or Lookahead), so it cannot "
-                            "be extended; train afresh with --epochs")
+        raise ContinueError(
+            "this recipe's schedule spans the whole run (one-cycle rate or Lookahead), so it cannot "
+            "be extended; train afresh with --epochs"
+        )
     done = [p["epochs"] for p in stored["phases"]]
     problem = stages.extension_problem(done, [p.epochs for p in recipe.phases])
     if problem:
@@ -495,18 +525,25 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fing
         test_accuracy = metrics.get("test_accuracy") if metrics.get("run_id") == info.get("run_id") else None
     except (artifacts.ArtifactError, AttributeError):
         test_accuracy = None
-    return {"folder": str(folder), "run_id": info.get("run_id"), "epochs": sum(done),
-            "train_seconds": float(info.get("train_seconds") or 0.0), "history": history,
-            "started": info.get("started"), "backbone_weights": info.get("backbone_weights"),
-            "mixed_precision": bool(info.get("mixed_precision")), "train_runtime": info.get("train_runtime"),
-            "test_accuracy": test_accuracy, "continued_from": info.get("continued_from")}
+    return {
+        "folder": str(folder),
+        "run_id": info.get("run_id"),
+        "epochs": sum(done),
+        "train_seconds": float(info.get("train_seconds") or 0.0),
+        "history": history,
+        "started": info.get("started"),
+        "backbone_weights": info.get("backbone_weights"),
+        "mixed_precision": bool(info.get("mixed_precision")),
+        "train_runtime": info.get("train_runtime"),
+        "test_accuracy": test_accuracy,
+        "continued_from": info.get("continued_from"),
+    }
 
 
 def _continued_from(prior: dict) -> dict:
     """What train_info records of the published run a continuation started from, with the run that one continued
     (nested, oldest innermost), so every epoch keeps where and in which precision it was trained."""
-    out = {k: prior[k] for k in ("run_id", "epochs", "train_seconds", "mixed_precision", "train_runtime",
-                                 "test_accuracy")}
+    out = {k: prior[k] for k in ("run_id", "epochs", "train_seconds", "mixed_precision", "train_runtime", "test_accuracy")}
     if prior.get("continued_from"):
         out["continued_from"] = prior["continued_from"]
     return out
@@ -519,11 +556,23 @@ def _config_key(stage_key, recipe, limit, fingerprint, continued_from=None):
     return key
 
 
-def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: int | None = None, data_path=None,
-          backbone: str | None = None, backbone_weights=None, out_dir=None, resume: bool = False,
-          evaluate: bool = True, mixed_precision: bool = False, seed: int | None = None,
-          recipe: stages.Recipe | None = None, continue_from=None, save_every: float = 600.0,
-          stream=sys.stderr) -> Path:
+def train(
+    stage_key: str,
+    epochs: int | tuple[int, ...] | None = None,
+    limit: int | None = None,
+    data_path=None,
+    backbone: str | None = None,
+    backbone_weights=None,
+    out_dir=None,
+    resume: bool = False,
+    evaluate: bool = True,
+    mixed_precision: bool = False,
+    seed: int | None = None,
+    recipe: stages.Recipe | None = None,
+    continue_from=None,
+    save_every: float = 600.0,
+    stream=sys.stderr,
+) -> Path:
     """Train ``stage_key`` and publish its artifacts into ``out_dir`` (default checkpoints/STAGE). Returns out_dir.
     ``recipe`` replaces the stage's own (ablations); ``epochs``, ``backbone`` and ``seed`` still apply on top.
     ``continue_from``: a published run of the same recipe with fewer epochs (e.g. checkpoints/STAGE); training
@@ -542,12 +591,16 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
     progress_path = work / PROGRESS
     other = live_run(work)
     if other:  # checked before this run writes anything: the other run's state stays as it is
-        raise AlreadyTraining(f"{stage.key} is already training into {out} (pid {other['pid']}, {other['state']}); "
-                              "wait for it or cancel it (a cancel keeps its progress for --resume)")
+        raise AlreadyTraining(
+            f"{stage.key} is already training into {out} (pid {other['pid']}, {other['state']}); "
+            "wait for it or cancel it (a cancel keeps its progress for --resume)"
+        )
 
     def fail(state, message):
-        write_json(progress_path, {"stage": stage.key, "state": state, "pid": os.getpid(), "message": message,
-                                   "updated": time.time()})
+        write_json(
+            progress_path,
+            {"stage": stage.key, "state": state, "pid": os.getpid(), "message": message, "updated": time.time()},
+        )
 
     policy = keras.mixed_precision.global_policy()
     canceller = None
@@ -575,18 +628,32 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
         if state is None:
             for f in (STATE, WORK_MODEL):
                 (work / f).unlink(missing_ok=True)
-            state = {"config": config, "run_id": uuid.uuid4().hex, "phases": [p.name for p in recipe.phases],
-                     "epochs_done": 0, "train_seconds": 0.0, "history": [], "started": time.time(),
-                     "backbone_weights": str(backbone_weights) if backbone_weights else None}
+            state = {
+                "config": config,
+                "run_id": uuid.uuid4().hex,
+                "phases": [p.name for p in recipe.phases],
+                "epochs_done": 0,
+                "train_seconds": 0.0,
+                "history": [],
+                "started": time.time(),
+                "backbone_weights": str(backbone_weights) if backbone_weights else None,
+            }
             if prior:
                 model = stages.build(stage, recipe, backbone_weights=None)
                 model.set_weights(artifacts.load_model(Path(prior["folder"]) / artifacts.MODEL).get_weights())
-                state.update(epochs_done=prior["epochs"], train_seconds=prior["train_seconds"],
-                             history=list(prior["history"]), started=prior["started"] or state["started"],
-                             backbone_weights=prior["backbone_weights"],
-                             continued_from=_continued_from(prior))
-                print(f"continuing {stage.key} (run {prior['run_id']}) after epoch {prior['epochs']}/"
-                      f"{recipe.epochs}; the optimizer starts afresh", file=stream)
+                state.update(
+                    epochs_done=prior["epochs"],
+                    train_seconds=prior["train_seconds"],
+                    history=list(prior["history"]),
+                    started=prior["started"] or state["started"],
+                    backbone_weights=prior["backbone_weights"],
+                    continued_from=_continued_from(prior),
+                )
+                print(
+                    f"continuing {stage.key} (run {prior['run_id']}) after epoch {prior['epochs']}/"
+                    f"{recipe.epochs}; the optimizer starts afresh",
+                    file=stream,
+                )
             else:
                 resolved_weights = resolve_backbone_weights(recipe, backbone_weights)
                 model = stages.build(stage, recipe, backbone_weights=resolved_weights)
@@ -596,8 +663,7 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
             model = artifacts.load_model_compiled(work / WORK_MODEL)
         state["pid"] = os.getpid()  # saved with every checkpoint: which process's run this state is
 
-        train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed,
-                                recipe.loader_augmentation)
+        train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed, recipe.loader_augmentation)
         validation = (x_val, np.eye(NUM_CLASSES, dtype="float32")[y_val]) if len(x_val) else None
         canceller = CancelOnSignal()
         sizes = {"n_train": len(x_tr), "batch_size": recipe.batch_size}
@@ -614,16 +680,21 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
             callbacks = [EpochOrder(train_batches), step_ckpt, canceller, progress, epoch_ckpt]
             plateau_cb = None
             if recipe.lr_schedule == "reduce_on_plateau":
-                plateau_cb = Plateau(monitor="val_accuracy", mode="max", factor=recipe.plateau_factor,
-                                     patience=recipe.plateau_patience, min_lr=1e-7, verbose=0)
+                plateau_cb = Plateau(
+                    monitor="val_accuracy",
+                    mode="max",
+                    factor=recipe.plateau_factor,
+                    patience=recipe.plateau_patience,
+                    min_lr=1e-7,
+                    verbose=0,
+                )
                 callbacks.append(plateau_cb)
             progress.phase = phase.name
             while state["epochs_done"] < end_epoch:
                 partial = state.get("partial")
                 resuming_mid_phase = state["epochs_done"] > start_epoch or partial is not None
-                done_rows = state["history"][start_epoch:state["epochs_done"]]  # this phase's finished epochs
-                plateau = plateau_replay(done_rows, phase.learning_rate, recipe.plateau_factor,
-                                         recipe.plateau_patience)
+                done_rows = state["history"][start_epoch : state["epochs_done"]]  # this phase's finished epochs
+                plateau = plateau_replay(done_rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)
                 if not resuming_mid_phase or getattr(model, "optimizer", None) is None:
                     compile_for_phase(model, recipe, phase, len(train_batches))
                     if resuming_mid_phase and plateau_cb:  # continuation: fresh optimizer at the replayed rate
@@ -631,15 +702,26 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
                 if plateau_cb:
                     plateau_cb.start = plateau[:2]
                 if partial:  # finish the epoch a killed or cancelled run left part way through
-                    print(f"resuming {stage.key} in epoch {partial['epoch'] + 1} at step {partial['step']}/"
-                          f"{len(train_batches)}", file=stream)
+                    print(
+                        f"resuming {stage.key} in epoch {partial['epoch'] + 1} at step {partial['step']}/"
+                        f"{len(train_batches)}",
+                        file=stream,
+                    )
                     epoch_ckpt.resumed = step_ckpt.resumed = progress.resumed = partial
                     progress.offset = step_ckpt.offset = partial["step"]
                     data, epochs = EpochTail(train_batches, partial["epoch"], partial["step"]), partial["epoch"] + 1
                 else:
                     data, epochs = train_batches, end_epoch
-                model.fit(data, validation_data=validation, validation_batch_size=256, epochs=epochs,
-                          initial_epoch=state["epochs_done"], callbacks=callbacks, verbose=0, shuffle=False)
+                model.fit(
+                    data,
+                    validation_data=validation,
+                    validation_batch_size=256,
+                    epochs=epochs,
+                    initial_epoch=state["epochs_done"],
+                    callbacks=callbacks,
+                    verbose=0,
+                    shuffle=False,
+                )
                 if canceller.requested:
                     raise Cancelled()
             start_epoch = end_epoch
@@ -653,14 +735,26 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
         clean.save(final / artifacts.MODEL)
         n_images = len(x_tr) * recipe.epochs
         info = {
-            "stage": stage.key, "run_id": state["run_id"], "title": stage.title,
-            "epochs": recipe.epochs, "train_seconds": round(state["train_seconds"], 2),
+            "stage": stage.key,
+            "run_id": state["run_id"],
+            "title": stage.title,
+            "epochs": recipe.epochs,
+            "train_seconds": round(state["train_seconds"], 2),
             "train_images_per_second": round(n_images / state["train_seconds"], 1) if state["train_seconds"] else None,
-            "n_train": len(x_tr), "n_validation": len(x_val), "limit": limit,
-            "recipe": recipe.to_dict(), "backbone": recipe.backbone, "backbone_weights": state["backbone_weights"],
-            "data_fingerprint": prints["all"], "train_data_fingerprint": fingerprint,
-            "test_data_fingerprint": prints["test"], "data_source": cifar.source, "mixed_precision": mixed_precision,
-            "started": state["started"], "finished": time.time(), "train_runtime": runtime.info(),
+            "n_train": len(x_tr),
+            "n_validation": len(x_val),
+            "limit": limit,
+            "recipe": recipe.to_dict(),
+            "backbone": recipe.backbone,
+            "backbone_weights": state["backbone_weights"],
+            "data_fingerprint": prints["all"],
+            "train_data_fingerprint": fingerprint,
+            "test_data_fingerprint": prints["test"],
+            "data_source": cifar.source,
+            "mixed_precision": mixed_precision,
+            "started": state["started"],
+            "finished": time.time(),
+            "train_runtime": runtime.info(),
         }
         if state.get("continued_from"):
             info["continued_from"] = state["continued_from"]
@@ -668,22 +762,43 @@ def train(stage_key: str, epochs: int | tuple[int, ...] | None = None, limit: in
         info["params"], info["trainable_params"] = total, trainable
         info["flops_per_image"] = models.flops_per_image(clean)
         write_json(final / artifacts.TRAIN_INFO, info)
-        write_json(final / artifacts.HISTORY,
-                   {"stage": stage.key, "run_id": state["run_id"], "epochs": state["history"]})
+        write_json(final / artifacts.HISTORY, {"stage": stage.key, "run_id": state["run_id"], "epochs": state["history"]})
         if evaluate:
-            write_json(progress_path, {"stage": stage.key, "state": "evaluating", "pid": os.getpid(),
-                                       "updated": time.time(), "epoch": recipe.epochs, "epochs": recipe.epochs})
+            write_json(
+                progress_path,
+                {
+                    "stage": stage.key,
+                    "state": "evaluating",
+                    "pid": os.getpid(),
+                    "updated": time.time(),
+                    "epoch": recipe.epochs,
+                    "epochs": recipe.epochs,
+                },
+            )
             evaluate_mod.evaluate_into(clean, info, x_te, y_te, final, stream=stream)
         publish(final, out)
         for f in (STATE, WORK_MODEL):
             (work / f).unlink(missing_ok=True)
         shutil.rmtree(final, ignore_errors=True)
-        write_json(progress_path, {"stage": stage.key, "state": "done", "pid": os.getpid(), "updated": time.time(),
-                                   "epoch": recipe.epochs, "epochs": recipe.epochs, "out": str(out)})
+        write_json(
+            progress_path,
+            {
+                "stage": stage.key,
+                "state": "done",
+                "pid": os.getpid(),
+                "updated": time.time(),
+                "epoch": recipe.epochs,
+                "epochs": recipe.epochs,
+                "out": str(out),
+            },
+        )
         return out
     except Cancelled:
-        fail("cancelled", "cancelled on request; the previous checkpoint is untouched and the epoch so far is saved "
-                          "(resume with --resume)")
+        fail(
+            "cancelled",
+            "cancelled on request; the previous checkpoint is untouched and the epoch so far is saved "
+            "(resume with --resume)",
+        )
         raise
     except BaseException as e:
         fail("failed", f"{type(e).__name__}: {e}")
@@ -724,4 +839,3 @@ def describe_weights(recipe, weights):
     if weights in (None, "imagenet"):
         return {"source": weights or "random"}
     return {"source": "file", "file": Path(weights).name, "sha256": artifacts.file_sha256(Path(weights))}
-

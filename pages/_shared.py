@@ -15,8 +15,15 @@ from cifar_dash import artifacts, data, figures, jobs, predict, results, runtime
 def _stamp(key: str) -> tuple:
     folder = artifacts.stage_dir(key)
     out = []
-    for name in (artifacts.METRICS, artifacts.HISTORY, artifacts.TRAIN_INFO, artifacts.MODEL, artifacts.PREDICTIONS,
-                 artifacts.ROBUSTNESS, artifacts.RUNS):
+    for name in (
+        artifacts.METRICS,
+        artifacts.HISTORY,
+        artifacts.TRAIN_INFO,
+        artifacts.MODEL,
+        artifacts.PREDICTIONS,
+        artifacts.ROBUSTNESS,
+        artifacts.RUNS,
+    ):
         try:
             out.append(os.stat(folder / name).st_mtime_ns)
         except OSError:
@@ -63,13 +70,14 @@ def _saliency(key: str, stamp: tuple, digest: str, method: str, _img: np.ndarray
     return saliency.stage_map(loaded.model, _img, method=method, tta=loaded.tta)
 
 
-SALIENCY_LABELS = {"occlusion": "Occlusion (probability drop, same units for every stage)",
-                   "gradcam": "Grad-CAM for convolutional stages, occlusion for MLPs (each map scaled 0-1)"}
+SALIENCY_LABELS = {
+    "occlusion": "Occlusion (probability drop, same units for every stage)",
+    "gradcam": "Grad-CAM for convolutional stages, occlusion for MLPs (each map scaled 0-1)",
+}
 
 
 def saliency_method(key: str) -> str:
-    return st.radio("Saliency method", list(SALIENCY_LABELS), format_func=SALIENCY_LABELS.get, key=key,
-                    horizontal=True)
+    return st.radio("Saliency method", list(SALIENCY_LABELS), format_func=SALIENCY_LABELS.get, key=key, horizontal=True)
 
 
 def saliency_row(img: np.ndarray, keys: list[str], columns=None, method: str = "occlusion"):
@@ -85,8 +93,11 @@ def saliency_row(img: np.ndarray, keys: list[str], columns=None, method: str = "
     cols = columns or st.columns(len(keys))
     for col, k in zip(cols, keys):
         m = maps[k]
-        col.image(saliency.overlay(img, m["map"], vmax), width="stretch",
-                  caption=f"{k}: {CLASS_NAMES[m['target']]} {m['probability']:.0%} ({m['method']})")
+        col.image(
+            saliency.overlay(img, m["map"], vmax),
+            width="stretch",
+            caption=f"{k}: {CLASS_NAMES[m['target']]} {m['probability']:.0%} ({m['method']})",
+        )
     return vmax
 
 
@@ -137,12 +148,14 @@ def gallery(indices, captions, columns: int = 8, empty: str = "No images."):
         return
     keep = [k for k, i in enumerate(indices) if 0 <= i < len(x_test)]
     if len(keep) < len(indices):
-        st.warning(f"{len(indices) - len(keep)} of these test images are not in the loaded data set "
-                   f"({len(x_test):,} test images); is CIFAR10_PATH the data the stages were evaluated on?")
+        st.warning(
+            f"{len(indices) - len(keep)} of these test images are not in the loaded data set "
+            f"({len(x_test):,} test images); is CIFAR10_PATH the data the stages were evaluated on?"
+        )
         indices, captions = [indices[k] for k in keep], [captions[k] for k in keep]
     for start in range(0, len(indices), columns):
         cols = st.columns(columns)
-        for col, i, cap in zip(cols, indices[start:start + columns], captions[start:start + columns]):
+        for col, i, cap in zip(cols, indices[start : start + columns], captions[start : start + columns]):
             col.image(upscale(x_test[i]), caption=cap, width="stretch")
 
 
@@ -188,6 +201,7 @@ def page_setup(title: str):
 
 # ---- training sidebar -------------------------------------------------------------------------------------------
 
+
 def training_sidebar():
     with st.sidebar:
         st.subheader("Retrain a stage")
@@ -195,19 +209,47 @@ def training_sidebar():
         key = st.selectbox("Stage", keys, key="train_stage", format_func=stage_label)
         recipe = stages.get(key).recipe
         if len(recipe.phases) == 1:
-            epochs = int(st.number_input("Epochs (0 = recipe)", min_value=0, max_value=500, value=0, step=1,
-                                         key="train_epochs", help=f"The recipe runs {recipe.epochs} epochs.")) or None
+            epochs = (
+                int(
+                    st.number_input(
+                        "Epochs (0 = recipe)",
+                        min_value=0,
+                        max_value=500,
+                        value=0,
+                        step=1,
+                        key="train_epochs",
+                        help=f"The recipe runs {recipe.epochs} epochs.",
+                    )
+                )
+                or None
+            )
         else:  # one field per phase, e.g. a frozen-backbone head phase, then fine-tuning
             st.caption("Epochs per phase (0 = recipe)")
             cols = st.columns(len(recipe.phases))
-            counts = tuple(int(c.number_input(p.name, min_value=0, max_value=500, value=0, step=1,
-                                              key=f"train_epochs_{key}_{p.name}",
-                                              help=f"The recipe runs {p.epochs} {p.name} epochs."))
-                           for c, p in zip(cols, recipe.phases))
+            counts = tuple(
+                int(
+                    c.number_input(
+                        p.name,
+                        min_value=0,
+                        max_value=500,
+                        value=0,
+                        step=1,
+                        key=f"train_epochs_{key}_{p.name}",
+                        help=f"The recipe runs {p.epochs} {p.name} epochs.",
+                    )
+                )
+                for c, p in zip(cols, recipe.phases)
+            )
             epochs = counts if any(counts) else None
-        limit = st.number_input("Limit images (0 = all 50,000)", min_value=0, max_value=50000, value=0, step=100,
-                                key="train_limit", help="Train on the first N training images and test on the "
-                                                        "first N test images: a quick smoke run.")
+        limit = st.number_input(
+            "Limit images (0 = all 50,000)",
+            min_value=0,
+            max_value=50000,
+            value=0,
+            step=100,
+            key="train_limit",
+            help="Train on the first N training images and test on the first N test images: a quick smoke run.",
+        )
         if limit:
             st.caption("A limited run replaces this stage's checkpoint with a smaller, weaker model when it finishes.")
         backbone = None
@@ -215,17 +257,23 @@ def training_sidebar():
         if len(options) > 1:
             shipped = next((r.metrics or {}).get("backbone") for r in all_results() if r.stage.key == key)
             backbone = st.selectbox(
-                "Backbone", options, index=options.index(shipped) if shipped in options else 0, key="train_backbone",
+                "Backbone",
+                options,
+                index=options.index(shipped) if shipped in options else 0,
+                key="train_backbone",
                 help="ImageNet weights come from the Keras download, or from the file named by "
-                     "CIFAR_DASH_<BACKBONE>_WEIGHTS (e.g. CIFAR_DASH_RESNET50_WEIGHTS) when set.")
+                "CIFAR_DASH_<BACKBONE>_WEIGHTS (e.g. CIFAR_DASH_RESNET50_WEIGHTS) when set.",
+            )
         published = next(r for r in all_results() if r.stage.key == key)
         done = (published.metrics or {}).get("epochs") if published.status == "trained" else None
         extend = False
         if done and recipe.extendable:
             extend = st.checkbox(
-                f"Continue the published {done}-epoch run", key="train_continue",
+                f"Continue the published {done}-epoch run",
+                key="train_continue",
                 help="Start from the published model and its history and train the missing epochs (the optimizer "
-                     "starts afresh; the learning rate follows the history). The epochs above are the new total.")
+                "starts afresh; the learning rate follows the history). The epochs above are the new total.",
+            )
             done_phases = [p["epochs"] for p in (published.metrics.get("recipe") or {}).get("phases", [])]
             wanted = [p.epochs for p in stages.recipe_for(stages.get(key), epochs).phases]
             problem = stages.extension_problem(done_phases, wanted) if extend else None
@@ -233,19 +281,35 @@ def training_sidebar():
                 st.warning(f"To continue: {problem}.")
             published_limit = published.metrics.get("limit")
             if extend and published_limit != (int(limit) or None):
-                st.warning("The published run was trained on " + (f"the first {published_limit:,} images: set "
-                           f"'Limit images' to {published_limit:,}" if published_limit else
-                           "all images: set 'Limit images' to 0") + " to continue it.")
-        bf16 = st.checkbox("bfloat16 compute", value=recipe.mixed_precision, key="train_bf16",
-                           help="Mixed precision: bfloat16 maths, float32 weights. Faster on GPUs and on CPUs with "
-                                "AVX512-BF16 or AMX; slower on CPUs without them.")
+                st.warning(
+                    "The published run was trained on "
+                    + (
+                        f"the first {published_limit:,} images: set 'Limit images' to {published_limit:,}"
+                        if published_limit
+                        else "all images: set 'Limit images' to 0"
+                    )
+                    + " to continue it."
+                )
+        bf16 = st.checkbox(
+            "bfloat16 compute",
+            value=recipe.mixed_precision,
+            key="train_bf16",
+            help="Mixed precision: bfloat16 maths, float32 weights. Faster on GPUs and on CPUs with "
+            "AVX512-BF16 or AMX; slower on CPUs without them.",
+        )
         if bf16 and (note := runtime.bfloat16_warning()):
             st.caption(f"On this machine: {note}.")
         if st.button("Start training", key="train_start", type="primary"):
             try:
-                jobs.start(key, epochs=epochs, limit=int(limit) or None,
-                           data_path=os.environ.get(data.ENV_VAR), backbone=backbone, mixed_precision=bf16,
-                           continue_from=published.folder if extend else None)
+                jobs.start(
+                    key,
+                    epochs=epochs,
+                    limit=int(limit) or None,
+                    data_path=os.environ.get(data.ENV_VAR),
+                    backbone=backbone,
+                    mixed_precision=bf16,
+                    continue_from=published.folder if extend else None,
+                )
                 st.toast(f"Started training {key}")
             except jobs.JobRunning as e:
                 st.warning(str(e))
@@ -280,8 +344,10 @@ def _job_card(s: jobs.JobStatus):
     if s.active:
         if p.get("steps"):
             done = ((p["epoch"] - 1) * p["steps"] + p.get("step", 0)) / (p["epochs"] * p["steps"])
-            box.progress(min(max(done, 0.0), 1.0),
-                         text=f"step {p.get('step')}/{p.get('steps')} · ETA {fmt_seconds(p.get('eta_seconds'))}")
+            box.progress(
+                min(max(done, 0.0), 1.0),
+                text=f"step {p.get('step')}/{p.get('steps')} · ETA {fmt_seconds(p.get('eta_seconds'))}",
+            )
             m = p.get("metrics") or {}
             if m:
                 box.caption(f"loss {m.get('loss', float('nan')):.3f} · accuracy {m.get('accuracy', float('nan')):.3f}")
@@ -289,30 +355,37 @@ def _job_card(s: jobs.JobStatus):
             jobs.cancel(s.stage)
             box.info("Cancelling after the current batch...")
         if s.history:
-            box.plotly_chart(figures.training_curves(s.history), key=f"live_{s.stage}_{len(s.history)}",
-                             config={"displayModeBar": False})
+            box.plotly_chart(
+                figures.training_curves(s.history), key=f"live_{s.stage}_{len(s.history)}", config={"displayModeBar": False}
+            )
     elif s.state == "done":
         r = next(x for x in all_results() if x.stage.key == s.stage)  # cached on the artifacts' mtimes
-        box.success(f"Finished {time.strftime('%H:%M', time.localtime(p.get('updated', 0)))}: "
-                    f"{status_badge(r)}")
+        box.success(f"Finished {time.strftime('%H:%M', time.localtime(p.get('updated', 0)))}: {status_badge(r)}")
     elif s.state in ("failed", "cancelled", "killed"):
         box.error(f"{s.message or s.state}. The previous checkpoint is untouched.")
         saved = jobs.resumable(s.stage)
         if saved:
             part = saved["partial"]
-            box.caption(f"Saved: {saved['epochs_done']} of {saved['epochs']} epochs done"
-                        + (f", epoch {part['epoch'] + 1} saved at step {part['step']}" if part else "")
-                        + f" ({fmt_seconds(saved['train_seconds'] + (part or {}).get('seconds', 0))} of training).")
-            if box.button("Resume", key=f"resume_{s.stage}", help="Run the same command again with --resume: it "
-                          "continues from the saved state on the same batches."):
+            box.caption(
+                f"Saved: {saved['epochs_done']} of {saved['epochs']} epochs done"
+                + (f", epoch {part['epoch'] + 1} saved at step {part['step']}" if part else "")
+                + f" ({fmt_seconds(saved['train_seconds'] + (part or {}).get('seconds', 0))} of training)."
+            )
+            if box.button(
+                "Resume",
+                key=f"resume_{s.stage}",
+                help="Run the same command again with --resume: it continues from the saved state on the same batches.",
+            ):
                 try:
                     jobs.resume(s.stage)
                     st.rerun(scope="app")
                 except (jobs.JobRunning, ValueError) as e:
                     box.warning(str(e))
     with box.expander("Log"):
-        st.code("(printed in the terminal that started this run)" if s.external else
-                jobs.tail_log(s.stage, 25) or "(empty)", language=None)
+        st.code(
+            "(printed in the terminal that started this run)" if s.external else jobs.tail_log(s.stage, 25) or "(empty)",
+            language=None,
+        )
 
 
 if __name__ == "__main__":  # opened as a page by URL: there is nothing to show here

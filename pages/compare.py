@@ -18,8 +18,7 @@ b = c2.selectbox("Later stage", trained, index=len(trained) - 1, format_func=_sh
 pa, pb = _shared.stage_predictions(a), _shared.stage_predictions(b)
 
 st.subheader(f"Per-class accuracy change: {a} → {b}")
-st.plotly_chart(figures.per_class_delta(analysis.per_class_accuracy(pa), analysis.per_class_accuracy(pb), a, b),
-                key="delta")
+st.plotly_chart(figures.per_class_delta(analysis.per_class_accuracy(pa), analysis.per_class_accuracy(pb), a, b), key="delta")
 
 fb = analysis.fixed_and_broken(pa, pb)
 n = len(fb["indices"])
@@ -34,8 +33,10 @@ st.caption(f"Over the {n:,} test images both stages were evaluated on.")
 def _captions(indices):
     pos_a = np.searchsorted(pa.indices, indices)
     pos_b = np.searchsorted(pb.indices, indices)
-    return [f"{CLASS_NAMES[pa.labels[i]]}: {CLASS_NAMES[pa.predicted[i]]} → {CLASS_NAMES[pb.predicted[j]]}"
-            for i, j in zip(pos_a, pos_b)]
+    return [
+        f"{CLASS_NAMES[pa.labels[i]]}: {CLASS_NAMES[pa.predicted[i]]} → {CLASS_NAMES[pb.predicted[j]]}"
+        for i, j in zip(pos_a, pos_b)
+    ]
 
 
 t1, t2 = st.tabs([f"Fixed ({len(fb['fixed'])})", f"Broken ({len(fb['broken'])})"])
@@ -54,8 +55,14 @@ st.caption("Share of test images on which two stages predict the same class.")
 
 st.subheader("Where the stages disagree most")
 disputed = analysis.most_disputed(all_preds, 16)
-_shared.gallery([d["index"] for d in disputed],
-                [f"true {CLASS_NAMES[d['label']]}: {d['distinct']} different answers" for d in disputed])
+_shared.gallery(
+    [d["index"] for d in disputed], [f"true {CLASS_NAMES[d['label']]}: {d['distinct']} different answers" for d in disputed]
+)
 with st.expander("Votes"):
-    st.dataframe([{"test image": d["index"], "true": CLASS_NAMES[d["label"]],
-                   **{k: CLASS_NAMES[v] for k, v in d["votes"].items()}} for d in disputed], hide_index=True)
+    st.dataframe(
+        [
+            {"test image": d["index"], "true": CLASS_NAMES[d["label"]], **{k: CLASS_NAMES[v] for k, v in d["votes"].items()}}
+            for d in disputed
+        ],
+        hide_index=True,
+    )

@@ -10,8 +10,13 @@ _shared.page_setup("Stage explorer")
 st.title("Stage explorer")
 res = {r.stage.key: r for r in _shared.all_results()}
 trained = [k for k, r in res.items() if r.metrics]
-key = st.selectbox("Stage", list(stages.KEYS), index=list(stages.KEYS).index(trained[-1]) if trained else 0,
-                   format_func=_shared.stage_label, key="explorer_stage")
+key = st.selectbox(
+    "Stage",
+    list(stages.KEYS),
+    index=list(stages.KEYS).index(trained[-1]) if trained else 0,
+    format_func=_shared.stage_label,
+    key="explorer_stage",
+)
 r = res[key]
 s = r.stage
 
@@ -20,16 +25,22 @@ with left:
     st.subheader(s.title)
     st.markdown(f"**What changes:** {s.changed}")
     st.markdown(f"**The seed says:** {s.seed_says}")
-    st.metric("Test accuracy", f"{100 * r.accuracy:.2f}%" if r.metrics else "—",
-              delta=f"{100 * r.accuracy - s.reported_accuracy:+.2f} vs reported {s.reported_accuracy:.2f}%"
-              if r.metrics else None)
+    st.metric(
+        "Test accuracy",
+        f"{100 * r.accuracy:.2f}%" if r.metrics else "—",
+        delta=f"{100 * r.accuracy - s.reported_accuracy:+.2f} vs reported {s.reported_accuracy:.2f}%" if r.metrics else None,
+    )
 with right:
     recipe = (r.metrics or {}).get("recipe") or s.recipe.to_dict()
     st.markdown("**Recipe" + (" actually used**" if r.metrics else " (not trained yet)**"))
     phases = recipe.pop("phases", [])
     st.dataframe(pd.DataFrame(phases), hide_index=True, width="stretch")
-    st.dataframe(pd.DataFrame([{"setting": k, "value": str(v)} for k, v in recipe.items()]), hide_index=True,
-                 width="stretch", height=240)
+    st.dataframe(
+        pd.DataFrame([{"setting": k, "value": str(v)} for k, v in recipe.items()]),
+        hide_index=True,
+        width="stretch",
+        height=240,
+    )
 
 if r.status == "error":
     st.error(r.error)
@@ -41,9 +52,11 @@ if r.status == "stale":
     st.warning(r.error)
 
 m = r.metrics
-ev = (f"{m['n_test']:,} test images · {m.get('epochs')} epochs · {_shared.fmt_seconds(m.get('train_seconds'))} "
-      f"training on {m.get('train_machine')} · {m['params']:,} parameters ({m['trainable_params']:,} trainable) · "
-      f"Keras {m.get('keras_version')} ({m.get('backend')})")
+ev = (
+    f"{m['n_test']:,} test images · {m.get('epochs')} epochs · {_shared.fmt_seconds(m.get('train_seconds'))} "
+    f"training on {m.get('train_machine')} · {m['params']:,} parameters ({m['trainable_params']:,} trainable) · "
+    f"Keras {m.get('keras_version')} ({m.get('backend')})"
+)
 if m.get("backbone"):
     w = m.get("backbone_weights") or {}
     ev += f" · backbone {analysis.backbone_label(r)}"
@@ -55,15 +68,19 @@ if differs:
     st.caption("Differs from the stage's recipe: " + "; ".join(differs) + ".")
 if m.get("tta_accuracy"):
     names = {"none": "one view", "flip": "+ flip (2 views)", "flip_shift": "+ 1-pixel shifts (6 views)"}
-    st.caption("Test-time augmentation, same model: " + " · ".join(
-        f"{names.get(k, k)} {100 * v:.2f}%" for k, v in m["tta_accuracy"].items()))
+    st.caption(
+        "Test-time augmentation, same model: "
+        + " · ".join(f"{names.get(k, k)} {100 * v:.2f}%" for k, v in m["tta_accuracy"].items())
+    )
 try:
     runs = artifacts.read_json(r.folder / artifacts.RUNS)
     sd = runs.get("std_test_accuracy")
-    st.markdown(f"**Run-to-run:** {runs['n_runs']} seeds, test accuracy {100 * runs['mean_test_accuracy']:.2f}%"
-                + (f" ± {100 * sd:.2f} (sample standard deviation)" if sd is not None else "")
-                + (f", {runs['mean_train_seconds'] / 60:.1f} min training on average" if runs.get("mean_train_seconds")
-                   else "") + ".")
+    st.markdown(
+        f"**Run-to-run:** {runs['n_runs']} seeds, test accuracy {100 * runs['mean_test_accuracy']:.2f}%"
+        + (f" ± {100 * sd:.2f} (sample standard deviation)" if sd is not None else "")
+        + (f", {runs['mean_train_seconds'] / 60:.1f} min training on average" if runs.get("mean_train_seconds") else "")
+        + "."
+    )
 except artifacts.ArtifactError:
     pass
 try:
@@ -74,8 +91,7 @@ except artifacts.ArtifactError as e:
         st.warning(str(e))
 if ablations:
     st.subheader("What each trick is worth")
-    st.caption("The recipe retrained with one trick removed at a time (`benchmarks/ablate_speedrun.py`): "
-               f"{protocol}.")
+    st.caption(f"The recipe retrained with one trick removed at a time (`benchmarks/ablate_speedrun.py`): {protocol}.")
     st.dataframe(pd.DataFrame(ablations), hide_index=True, width="stretch")
 
 st.subheader("Training curves")
@@ -87,8 +103,10 @@ with tab_loss:
     st.plotly_chart(figures.training_curves(r.history, "loss", spans), key="curve_loss")
 with tab_lr:  # the rate at the end of each epoch (one-cycle recipes change it every step)
     st.plotly_chart(figures.training_curves(r.history, "learning_rate", spans), key="curve_lr")
-    st.caption(f"Rate schedule of this run: {str(recipe.get('lr_schedule', 'constant')).replace('_', ' ')}; the rate "
-               "each epoch ended with.")
+    st.caption(
+        f"Rate schedule of this run: {str(recipe.get('lr_schedule', 'constant')).replace('_', ' ')}; the rate "
+        "each epoch ended with."
+    )
 if r.history:
     last = r.history[-1]
     if "val_accuracy" in last:
@@ -96,17 +114,24 @@ if r.history:
         held = f"validation {last['val_accuracy']:.3f} (gap {gap:+.3f})"
     else:
         n_train = m.get("n_train")
-        held = ("no validation curve: this recipe holds no training images out"
-                + (f" (it trained on all {n_train:,})" if n_train else ""))
-    st.caption(f"Last epoch: train accuracy {last.get('accuracy', 0):.3f}, {held}. Training accuracy is measured "
-               "with augmentation/MixUp on, where the recipe has them."
-               + (" A dashed line marks where the run was continued from a published run (the optimizer restarted "
-                  "there)." if len(spans) > 1 else ""))
+        held = "no validation curve: this recipe holds no training images out" + (
+            f" (it trained on all {n_train:,})" if n_train else ""
+        )
+    st.caption(
+        f"Last epoch: train accuracy {last.get('accuracy', 0):.3f}, {held}. Training accuracy is measured "
+        "with augmentation/MixUp on, where the recipe has them."
+        + (
+            " A dashed line marks where the run was continued from a published run (the optimizer restarted there)."
+            if len(spans) > 1
+            else ""
+        )
+    )
 
 st.subheader("Confusion matrix")
 normalize = st.toggle("Row-normalised", key="cm_norm")
-event = st.plotly_chart(figures.confusion_heatmap(m["confusion_matrix"], normalize), key="cm_chart",
-                        on_select="rerun", selection_mode="points")
+event = st.plotly_chart(
+    figures.confusion_heatmap(m["confusion_matrix"], normalize), key="cm_chart", on_select="rerun", selection_mode="points"
+)
 points = (event or {}).get("selection", {}).get("points", []) if event else []
 preds = _shared.stage_predictions(key)
 cm = pd.DataFrame(m["confusion_matrix"]).to_numpy()
@@ -122,11 +147,15 @@ true_c = c1.selectbox("True class", CLASS_NAMES, index=default_true, key=f"cell_
 pred_c = c2.selectbox("Predicted as", CLASS_NAMES, index=default_pred, key=f"cell_pred_{default_true}_{default_pred}")
 ti, pi = CLASS_NAMES.index(true_c), CLASS_NAMES.index(pred_c)
 idx = analysis.cell_indices(preds, ti, pi)
-st.markdown(f"**{len(idx)}** test images of *{true_c}* predicted as *{pred_c}* (most confident first; click a cell "
-            "in the matrix or pick the classes).")
+st.markdown(
+    f"**{len(idx)}** test images of *{true_c}* predicted as *{pred_c}* (most confident first; click a cell "
+    "in the matrix or pick the classes)."
+)
 shown = idx[:32]
-_shared.gallery(preds.indices[shown], [f"{CLASS_NAMES[preds.labels[j]]} → {CLASS_NAMES[preds.predicted[j]]} "
-                                       f"{preds.confidence[j]:.0%}" for j in shown])
+_shared.gallery(
+    preds.indices[shown],
+    [f"{CLASS_NAMES[preds.labels[j]]} → {CLASS_NAMES[preds.predicted[j]]} {preds.confidence[j]:.0%}" for j in shown],
+)
 
 if len(shown):
     with st.expander("Where does each stage look? (occlusion maps for one image of this cell)"):
@@ -149,10 +178,18 @@ with c2:
     st.subheader("Calibration")
     st.plotly_chart(figures.reliability_diagram(m["calibration"]), key="reliability")
     cal = m["calibration"]
-    st.caption(f"Mean confidence {cal['mean_confidence']:.3f}; on right answers "
-               f"{cal['mean_confidence_correct'] or 0:.3f}, on wrong answers {cal['mean_confidence_wrong'] or 0:.3f}.")
+    st.caption(
+        f"Mean confidence {cal['mean_confidence']:.3f}; on right answers "
+        f"{cal['mean_confidence_correct'] or 0:.3f}, on wrong answers {cal['mean_confidence_wrong'] or 0:.3f}."
+    )
 
 st.subheader("Most confident mistakes")
 worst = analysis.confident_mistakes(preds, 24)
-_shared.gallery(preds.indices[worst], [f"true {CLASS_NAMES[preds.labels[j]]}, said {CLASS_NAMES[preds.predicted[j]]} "
-                                       f"{preds.confidence[j]:.0%}" for j in worst], empty="No mistakes.")
+_shared.gallery(
+    preds.indices[worst],
+    [
+        f"true {CLASS_NAMES[preds.labels[j]]}, said {CLASS_NAMES[preds.predicted[j]]} {preds.confidence[j]:.0%}"
+        for j in worst
+    ],
+    empty="No mistakes.",
+)

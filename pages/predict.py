@@ -16,8 +16,9 @@ if not trained:
     st.info("No stage is trained yet: train one from the sidebar first.")
     st.stop()
 
-files = st.file_uploader("Images (PNG, JPEG, WebP, BMP, GIF)", type=list(images.UPLOAD_EXTENSIONS),
-                         accept_multiple_files=True, key="uploads")
+files = st.file_uploader(
+    "Images (PNG, JPEG, WebP, BMP, GIF)", type=list(images.UPLOAD_EXTENSIONS), accept_multiple_files=True, key="uploads"
+)
 c1, c2 = st.columns([1, 3])
 n_random = c1.number_input("Random test images", 1, 32, 4, key="n_random")
 if c2.button("Draw random test images", key="draw"):
@@ -59,9 +60,12 @@ for key in trained:
         st.error(f"{key}: {e}")
 stage_keys = list(probs)
 show_details = st.toggle("Show top-3 and probability bars", key="details")
-show_saliency = st.toggle("Show where each stage looks (occlusion maps)", key="saliency",
-                          help="Red = hiding this region lowers the stage's confidence in its own answer most. "
-                               "Same colour scale for every stage of a row.")
+show_saliency = st.toggle(
+    "Show where each stage looks (occlusion maps)",
+    key="saliency",
+    help="Red = hiding this region lowers the stage's confidence in its own answer most. "
+    "Same colour scale for every stage of a row.",
+)
 method = _shared.saliency_method("saliency_method") if show_saliency else "occlusion"
 
 header = st.columns([1, 1] + [1] * len(stage_keys))
@@ -75,8 +79,11 @@ for n, (name, arr, raw, label) in enumerate(items):
     d = analysis.disagreement(per_stage)
     row = st.columns([1, 1] + [1] * len(stage_keys))
     row[0].image(raw if raw is not None else _shared.upscale(arr, 3), caption=name, width="stretch")
-    row[1].image(_shared.upscale(arr, 4), caption="32x32 input" + (f" · true: {CLASS_NAMES[label]}" if label is not None
-                                                                    else ""), width="stretch")
+    row[1].image(
+        _shared.upscale(arr, 4),
+        caption="32x32 input" + (f" · true: {CLASS_NAMES[label]}" if label is not None else ""),
+        width="stretch",
+    )
     for col, key in zip(row[2:], stage_keys):
         p = per_stage[key]
         top = int(np.argmax(p))
@@ -92,14 +99,18 @@ for n, (name, arr, raw, label) in enumerate(items):
         cols = st.columns([1, 1] + [1] * len(stage_keys))
         cols[1].caption("occlusion maps →")
         _shared.saliency_row(arr, stage_keys, cols[2:], method=method)
-    verdict = (f"All {len(stage_keys)} stages agree: **{CLASS_NAMES[d['consensus']]}**." if d["agree"] else
-               f"Stages disagree; majority **{CLASS_NAMES[d['consensus']]}** ({d['share']:.0%} of stages).")
+    verdict = (
+        f"All {len(stage_keys)} stages agree: **{CLASS_NAMES[d['consensus']]}**."
+        if d["agree"]
+        else f"Stages disagree; majority **{CLASS_NAMES[d['consensus']]}** ({d['share']:.0%} of stages)."
+    )
     st.caption(verdict)
     if show_details:
         with st.expander(f"Probability bars for {name}"):
             cols = st.columns(min(4, len(stage_keys)))
             for i, key in enumerate(stage_keys):
                 cols[i % len(cols)].markdown(key)
-                cols[i % len(cols)].plotly_chart(figures.probability_bars(per_stage[key]), key=f"bars_{n}_{key}",
-                                                 config={"displayModeBar": False})
+                cols[i % len(cols)].plotly_chart(
+                    figures.probability_bars(per_stage[key]), key=f"bars_{n}_{key}", config={"displayModeBar": False}
+                )
     st.divider()

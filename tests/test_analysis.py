@@ -7,16 +7,17 @@ def _r(key, acc, epochs=None, status="trained"):
     stage = stages.get(key)
     if status != "trained":
         return results.StageResult(stage, status)
-    return results.StageResult(stage, "trained", metrics={"test_accuracy": acc,
-                                                          "epochs": epochs or stage.recipe.epochs})
+    return results.StageResult(stage, "trained", metrics={"test_accuracy": acc, "epochs": epochs or stage.recipe.epochs})
 
 
 def test_order_inversions_names_a_stage_measured_under_one_the_seed_reports_below_it():
     pair = [_r("resnet50v2", 0.9516, 5), _r("resnet50v2_sota", 0.9463, 3)]
     (note,) = analysis.order_inversions(pair)
-    assert note.startswith("resnet50v2_sota measures 94.63% (3 of its recipe's 5 epochs), 0.53 points under "
-                           "resnet50v2's 95.16% (5 of its recipe's 5 epochs), though the seed reports it 0.48 points "
-                           "above (94.38% against 93.90%).")
+    assert note.startswith(
+        "resnet50v2_sota measures 94.63% (3 of its recipe's 5 epochs), 0.53 points under "
+        "resnet50v2's 95.16% (5 of its recipe's 5 epochs), though the seed reports it 0.48 points "
+        "above (94.38% against 93.90%)."
+    )
     assert "different numbers of epochs" in note
     # full recipes on both sides: the note says the order itself did not reproduce
     (full,) = analysis.order_inversions([_r("resnet50v2", 0.95), _r("resnet50v2_sota", 0.94)])

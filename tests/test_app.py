@@ -95,8 +95,10 @@ def test_explorer_confusion_matrix_and_cell_gallery(app_env):
     at.switch_page("pages/explorer.py").run()
     at.selectbox(key="explorer_stage").set_value("mlp").run()
     assert not at.exception
-    assert any(c.value == "Differs from the stage's recipe: 3 of the recipe's 20 epochs; smoke run on 400 images."
-               for c in at.caption)
+    assert any(
+        c.value == "Differs from the stage's recipe: 3 of the recipe's 20 epochs; smoke run on 400 images."
+        for c in at.caption
+    )
     metrics = json.loads((app_env / "mlp" / "metrics.json").read_text())
     heat = next(c for c in _charts(at) if c["data"][0]["type"] == "heatmap")
     np.testing.assert_array_equal(_arr(heat["data"][0]["z"]), metrics["confusion_matrix"])
@@ -159,8 +161,17 @@ def test_training_page_and_sidebar_render(app_env):
         assert not at.exception
         assert at.button(key="train_start").label == "Start training"  # the sidebar is on every page
         table = at.dataframe[0].value
-        assert list(table["stage"]) == ["mlp", "deep_mlp", "cnn", "vgg_aug", "mobilenetv2_frozen",
-                                        "mobilenetv2_finetune", "resnet50v2", "resnet50v2_sota", "speedrun"]
+        assert list(table["stage"]) == [
+            "mlp",
+            "deep_mlp",
+            "cnn",
+            "vgg_aug",
+            "mobilenetv2_frozen",
+            "mobilenetv2_finetune",
+            "resnet50v2",
+            "resnet50v2_sota",
+            "speedrun",
+        ]
         row = table[table["stage"] == "cnn"].iloc[0]
         assert row["state"] == "running" and row["started"] == "outside the dashboard" and row["epoch"] == "2/5"
         assert any(f"started outside the dashboard (pid {proc.pid})" in c.value for c in at.caption)
@@ -171,8 +182,9 @@ def test_training_page_and_sidebar_render(app_env):
 
 def test_journey_states_each_seed_claim_with_a_verdict(app_env):
     at = _app()
-    verdicts = [t for t in _texts(at) if any(f"— *{v}*" in t for v in
-                                             ("supported", "contradicted", "within noise", "not measured"))]
+    verdicts = [
+        t for t in _texts(at) if any(f"— *{v}*" in t for v in ("supported", "contradicted", "within noise", "not measured"))
+    ]
     assert len(verdicts) == len(claims.CHECKS)
     assert any("deep_mlp (2,366,474 parameters)" in t for t in verdicts)
     calib = next(c for c in _charts(at) if any(d.get("name") == "ECE" for d in c["data"]))
@@ -200,12 +212,34 @@ def test_predict_shows_one_saliency_map_per_stage(app_env):
 def test_explorer_shows_a_stored_ablation_and_warns_on_a_corrupt_one(trained_root, cifar_npz, tmp_path, monkeypatch):
     root = tmp_path / "ck"
     shutil.copytree(trained_root, root)
-    rows = [{"variant": v, "removes": what, "seed": 0, "test_accuracy": a, "tta_accuracy": {"none": a},
-             "train_seconds": 60.0, "n_train": 400, "n_test": 400, "epochs": 3, "train_machine": "CPU: fixture"}
-            for v, what, a in (("full", "the recipe as shipped", 0.5), ("no_lookahead", "no Lookahead", 0.4))]
-    summary = [{"variant": r["variant"], "removes": r["removes"], "runs": 1, "mean_accuracy": r["test_accuracy"],
-                "std": None, "mean_one_view": r["test_accuracy"], "vs_full_points": 100 * (r["test_accuracy"] - 0.5),
-                "mean_train_seconds": 60.0} for r in rows]
+    rows = [
+        {
+            "variant": v,
+            "removes": what,
+            "seed": 0,
+            "test_accuracy": a,
+            "tta_accuracy": {"none": a},
+            "train_seconds": 60.0,
+            "n_train": 400,
+            "n_test": 400,
+            "epochs": 3,
+            "train_machine": "CPU: fixture",
+        }
+        for v, what, a in (("full", "the recipe as shipped", 0.5), ("no_lookahead", "no Lookahead", 0.4))
+    ]
+    summary = [
+        {
+            "variant": r["variant"],
+            "removes": r["removes"],
+            "runs": 1,
+            "mean_accuracy": r["test_accuracy"],
+            "std": None,
+            "mean_one_view": r["test_accuracy"],
+            "vs_full_points": 100 * (r["test_accuracy"] - 0.5),
+            "mean_train_seconds": 60.0,
+        }
+        for r in rows
+    ]
     (root / "mlp" / "ablations.json").write_text(json.dumps({"rows": rows, "summary": summary}))
     monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
     monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
@@ -259,8 +293,10 @@ def test_sidebar_sets_epochs_per_phase(app_env, monkeypatch):
     monkeypatch.setattr(jobs, "start", lambda key, **kw: calls.append((key, kw)) or {})
     at = _app()
     at.selectbox(key="train_stage").set_value("mobilenetv2_finetune").run()
-    head, finetune = at.number_input(key="train_epochs_mobilenetv2_finetune_head"), \
-        at.number_input(key="train_epochs_mobilenetv2_finetune_finetune")
+    head, finetune = (
+        at.number_input(key="train_epochs_mobilenetv2_finetune_head"),
+        at.number_input(key="train_epochs_mobilenetv2_finetune_finetune"),
+    )
     assert (head.label, finetune.label) == ("head", "finetune") and "runs 3 finetune epochs" in finetune.help
     at.button(key="train_start").click().run()
     assert calls[-1] == ("mobilenetv2_finetune", {**calls[-1][1], "epochs": None})  # 0, 0: the recipe's
@@ -272,17 +308,29 @@ def test_sidebar_sets_epochs_per_phase(app_env, monkeypatch):
 def test_a_cancelled_job_card_offers_resume(app_env, monkeypatch):
     from cifar_dash import jobs
 
-    cancelled = jobs.JobStatus("cnn", "cancelled", {"pid": 123, "started": 0, "cmd": []}, {"updated": 0}, [],
-                               "cancelled on request; the epoch so far is saved (resume with --resume)")
+    cancelled = jobs.JobStatus(
+        "cnn",
+        "cancelled",
+        {"pid": 123, "started": 0, "cmd": []},
+        {"updated": 0},
+        [],
+        "cancelled on request; the epoch so far is saved (resume with --resume)",
+    )
     monkeypatch.setattr(jobs, "all_status", lambda: {"cnn": cancelled})
-    saved = {"epochs_done": 3, "epochs": 15, "partial": {"epoch": 3, "step": 120, "seconds": 40.0},
-             "train_seconds": 200.0, "pid": 123}
+    saved = {
+        "epochs_done": 3,
+        "epochs": 15,
+        "partial": {"epoch": 3, "step": 120, "seconds": 40.0},
+        "train_seconds": 200.0,
+        "pid": 123,
+    }
     monkeypatch.setattr(jobs, "resumable", lambda stage: saved if stage == "cnn" else None)
     calls = []
     monkeypatch.setattr(jobs, "resume", lambda stage: calls.append(stage) or {})
     at = _app()
-    assert any("Saved: 3 of 15 epochs done, epoch 4 saved at step 120 (4.0 min of training)" in c.value
-               for c in at.caption), [c.value for c in at.caption]
+    assert any(
+        "Saved: 3 of 15 epochs done, epoch 4 saved at step 120 (4.0 min of training)" in c.value for c in at.caption
+    ), [c.value for c in at.caption]
     at.button(key="resume_cnn").click().run()
     assert not at.exception and calls == ["cnn"]
 

@@ -19,8 +19,16 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="Debian's chromium is not installed (.ci/run installs it)"),
 ]
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _free_port():
@@ -32,9 +40,25 @@ def _free_port():
 def _start_streamlit(env, log_path):
     """`streamlit run app.py` on a free port; returns (process, url) once it answers its health check."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true", "--server.address", "127.0.0.1"],
-                            cwd=ROOT, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log_path, "w"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -50,8 +74,13 @@ def _start_streamlit(env, log_path):
 def server(trained_root, cifar_npz, tmp_path_factory):
     root = tmp_path_factory.mktemp("browser") / "checkpoints"
     shutil.copytree(trained_root, root)
-    env = {**os.environ, "CIFAR_DASH_CHECKPOINTS": str(root), "CIFAR10_PATH": str(cifar_npz),
-           "CIFAR_DASH_CACHE": str(tmp_path_factory.mktemp("browser_cache")), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ,
+        "CIFAR_DASH_CHECKPOINTS": str(root),
+        "CIFAR10_PATH": str(cifar_npz),
+        "CIFAR_DASH_CACHE": str(tmp_path_factory.mktemp("browser_cache")),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     proc, url = _start_streamlit(env, tmp_path_factory.mktemp("log") / "streamlit.log")
     yield url
     proc.terminate()
@@ -80,13 +109,16 @@ def _no_exception(pg):
     assert errors.count() == 0, errors.first.inner_text()
 
 
-@pytest.mark.parametrize("path, heading", [
-    ("", "CIFAR-10, from a 46% MLP to 94%"),
-    ("explorer", "Stage explorer"),
-    ("compare", "Compare stages"),
-    ("predict", "Upload & predict"),
-    ("training", "Training jobs"),
-])
+@pytest.mark.parametrize(
+    "path, heading",
+    [
+        ("", "CIFAR-10, from a 46% MLP to 94%"),
+        ("explorer", "Stage explorer"),
+        ("compare", "Compare stages"),
+        ("predict", "Upload & predict"),
+        ("training", "Training jobs"),
+    ],
+)
 def test_every_page_opens(page, server, path, heading):
     page.goto(f"{server}/{path}")
     page.get_by_role("heading", name=heading).wait_for()
@@ -127,8 +159,9 @@ def test_upload_png_gives_one_prediction_per_stage(page, server, tmp_path):
     images_before = main.locator("[data-testid='stImage']").count()
     main.get_by_text("Show where each stage looks").click()
     page.get_by_text("occlusion maps").first.wait_for()
-    page.wait_for_function(f"document.querySelectorAll(\"[data-testid='stMain'] [data-testid='stImage']\").length"
-                           f" >= {images_before + 3}")
+    page.wait_for_function(
+        f"document.querySelectorAll(\"[data-testid='stMain'] [data-testid='stImage']\").length >= {images_before + 3}"
+    )
     _no_exception(page)
 
 
@@ -161,16 +194,24 @@ def test_sidebar_retrain_runs_to_the_end(page, server):
 def test_every_page_opens_on_the_shipped_checkpoints(browser, tmp_path):
     """The committed checkpoints/ as a user gets them (read only here: no training)."""
     shared = ROOT.parent / "shared" / "data" / "cifar10.npz"
-    env = {**os.environ, "CIFAR10_PATH": str(shared if shared.exists() else tmp_path / "no-cifar.npz"),
-           "CIFAR_DASH_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ,
+        "CIFAR10_PATH": str(shared if shared.exists() else tmp_path / "no-cifar.npz"),
+        "CIFAR_DASH_CACHE": str(tmp_path / "cache"),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     env.pop("CIFAR_DASH_CHECKPOINTS", None)
     proc, url = _start_streamlit(env, tmp_path / "streamlit.log")
     try:
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.set_default_timeout(90_000)
-        for path, heading in [("", "CIFAR-10, from a 46% MLP to 94%"), ("explorer", "Stage explorer"),
-                              ("compare", "Compare stages"), ("predict", "Upload & predict"),
-                              ("training", "Training jobs")]:
+        for path, heading in [
+            ("", "CIFAR-10, from a 46% MLP to 94%"),
+            ("explorer", "Stage explorer"),
+            ("compare", "Compare stages"),
+            ("predict", "Upload & predict"),
+            ("training", "Training jobs"),
+        ]:
             pg.goto(f"{url}/{path}")
             pg.get_by_role("heading", name=heading).wait_for()
             pg.wait_for_timeout(1500)

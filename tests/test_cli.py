@@ -15,8 +15,9 @@ def _run(*args, root=None):
     env = {**ENV, "CIFAR_DASH_CACHE": os.environ["CIFAR_DASH_CACHE"]}
     if root:
         env["CIFAR_DASH_CHECKPOINTS"] = str(root)
-    return subprocess.run([sys.executable, "-m", "cifar_dash", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "cifar_dash", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_stages_lists_all_with_measured(trained_root):
@@ -52,8 +53,18 @@ def test_bad_data_path_is_a_clear_error(tmp_path):
 
 
 def test_continue_from_a_folder_without_a_run_is_a_clear_error(cifar_npz, tmp_path):
-    r = _run("train", "mlp", "--epochs", "3", "--data", str(cifar_npz),
-             "--continue-from", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    r = _run(
+        "train",
+        "mlp",
+        "--epochs",
+        "3",
+        "--data",
+        str(cifar_npz),
+        "--continue-from",
+        str(tmp_path / "empty"),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert r.returncode == 2 and "holds no finished run to continue" in r.stderr, r.stderr[-500:]
 
 
@@ -93,8 +104,17 @@ def test_runs_summary_mean_and_std_by_hand(tmp_path):
     for seed, acc in ((0, 0.90), (1, 0.92), (2, 0.94)):
         f = tmp_path / f"seed{seed}"
         f.mkdir()
-        (f / "metrics.json").write_text(json.dumps({"stage": "speedrun", "test_accuracy": acc, "n_test": 10000,
-                                                    "train_seconds": 100 + seed, "recipe": {"seed": seed}}))
+        (f / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "stage": "speedrun",
+                    "test_accuracy": acc,
+                    "n_test": 10000,
+                    "train_seconds": 100 + seed,
+                    "recipe": {"seed": seed},
+                }
+            )
+        )
         folders.append(f)
     s = report.runs_summary("speedrun", folders)
     assert s["n_runs"] == 3 and s["mean_test_accuracy"] == pytest.approx(0.92)
@@ -104,12 +124,22 @@ def test_runs_summary_mean_and_std_by_hand(tmp_path):
         report.runs_summary("speedrun", [folders[0], folders[0]])
     other = tmp_path / "other"
     other.mkdir()
-    (other / "metrics.json").write_text(json.dumps({"stage": "speedrun", "test_accuracy": 0.5, "n_test": 10000,
-                                                    "recipe": {"seed": 3, "label_smoothing": 0.2}}))
+    (other / "metrics.json").write_text(
+        json.dumps(
+            {"stage": "speedrun", "test_accuracy": 0.5, "n_test": 10000, "recipe": {"seed": 3, "label_smoothing": 0.2}}
+        )
+    )
     with pytest.raises(ValueError, match="differs in label_smoothing"):
         report.runs_summary("speedrun", [folders[0], other])
     # a run written before a Recipe field existed pools with one that stores that field at its default
-    (other / "metrics.json").write_text(json.dumps({"stage": "speedrun", "test_accuracy": 0.5, "n_test": 10000,
-                                                    "recipe": {"seed": 3, "label_smoothing": 0.0,
-                                                               "norm_bias_lr_scale": 1.0}}))
+    (other / "metrics.json").write_text(
+        json.dumps(
+            {
+                "stage": "speedrun",
+                "test_accuracy": 0.5,
+                "n_test": 10000,
+                "recipe": {"seed": 3, "label_smoothing": 0.0, "norm_bias_lr_scale": 1.0},
+            }
+        )
+    )
     assert report.runs_summary("speedrun", [folders[0], other])["n_runs"] == 2

@@ -28,8 +28,11 @@ def test_npz_batches_and_targz_agree(tmp_path):
     _write_batches(folder, arrays)
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(folder, arcname="cifar-10-batches-py")
-    loaded = [data.load_path(tmp_path / "c.npz"), data.load_path(folder),
-              data.load_path(tmp_path / "cifar-10-python.tar.gz")]
+    loaded = [
+        data.load_path(tmp_path / "c.npz"),
+        data.load_path(folder),
+        data.load_path(tmp_path / "cifar-10-python.tar.gz"),
+    ]
     for d in loaded:
         np.testing.assert_array_equal(d.x_train, arrays["x_train"])
         np.testing.assert_array_equal(d.y_test, arrays["y_test"])
@@ -42,13 +45,16 @@ def test_env_var_is_used(tmp_path, monkeypatch):
     assert data.load().x_train.shape == (20, 32, 32, 3)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda a: a.update(x_train=a["x_train"][:, :16]), "shape"),
-    (lambda a: a.update(x_train=a["x_train"].astype(np.float32)), "dtype"),
-    (lambda a: a.update(y_train=a["y_train"] + 10), "labels outside"),
-    (lambda a: a.update(y_test=a["y_test"][:5]), "labels for"),
-    (lambda a: a.pop("x_test"), "missing arrays"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.update(x_train=a["x_train"][:, :16]), "shape"),
+        (lambda a: a.update(x_train=a["x_train"].astype(np.float32)), "dtype"),
+        (lambda a: a.update(y_train=a["y_train"] + 10), "labels outside"),
+        (lambda a: a.update(y_test=a["y_test"][:5]), "labels for"),
+        (lambda a: a.pop("x_test"), "missing arrays"),
+    ],
+)
 def test_invalid_files_name_the_file(tmp_path, change, message):
     arrays = make_cifar(20, 10)
     change(arrays)

@@ -74,8 +74,7 @@ def test_sidebar_options_reach_the_training_command(root, cifar_npz):
 
 def test_a_job_can_continue_the_published_run(root, cifar_npz):
     before = json.loads((root / "mlp" / "train_info.json").read_text())
-    rec = jobs.start("mlp", epochs=before["epochs"] + 1, limit=400, data_path=str(cifar_npz),
-                     continue_from=root / "mlp")
+    rec = jobs.start("mlp", epochs=before["epochs"] + 1, limit=400, data_path=str(cifar_npz), continue_from=root / "mlp")
     assert rec["cmd"][-2:] == ["--continue-from", str(root / "mlp")]
     st = jobs.wait("mlp", timeout=240)
     assert st.state == "done", (st.message, jobs.tail_log("mlp"))

@@ -3,8 +3,16 @@ import pytest
 
 from cifar_dash import models, stages
 
-SEED_ORDER = ["mlp", "deep_mlp", "cnn", "vgg_aug", "mobilenetv2_frozen", "mobilenetv2_finetune", "resnet50v2",
-              "resnet50v2_sota"]
+SEED_ORDER = [
+    "mlp",
+    "deep_mlp",
+    "cnn",
+    "vgg_aug",
+    "mobilenetv2_frozen",
+    "mobilenetv2_finetune",
+    "resnet50v2",
+    "resnet50v2_sota",
+]
 SEED_REPORTED = [46.19, 42.89, 70.71, 76.33, 80.22, 82.16, 93.90, 94.38]
 
 
@@ -144,7 +152,7 @@ def test_whitening_kernel_whitens_image_patches():
     kernel = models.whitening_kernel(img, eps=1e-6)
     assert kernel.shape == (2, 2, 3, 24)
     np.testing.assert_allclose(kernel[..., 12:], -kernel[..., :12])
-    patches = np.stack([img[:, i:31 + i, j:31 + j] for i in (0, 1) for j in (0, 1)], axis=3).reshape(-1, 12)
+    patches = np.stack([img[:, i : 31 + i, j : 31 + j] for i in (0, 1) for j in (0, 1)], axis=3).reshape(-1, 12)
     out = patches @ kernel.reshape(12, 24)[:, :12]
     np.testing.assert_allclose(np.cov(out, rowvar=False, bias=True), np.eye(12), atol=0.02)
 
@@ -200,8 +208,8 @@ def test_lookahead_rho_schedule():
     rho = [float(opt.lookahead_rho(s)) for s in range(1, 21)]
     assert rho[:9] == [0.0] * 9  # before the start the average follows the weights
     assert rho[10] == 1.0 and rho[13] == 1.0  # between lookahead steps it holds
-    assert rho[14] == pytest.approx(0.95 ** 5 * (15 / 20) ** 3)
-    assert rho[19] == pytest.approx(0.95 ** 5)
+    assert rho[14] == pytest.approx(0.95**5 * (15 / 20) ** 3)
+    assert rho[19] == pytest.approx(0.95**5)
     again = LookaheadSGD.from_config(opt.get_config())
     assert (again.start_step, again.total_steps, again.every, again.power) == (10, 20, 5, 3.0)
 
@@ -226,7 +234,7 @@ def test_lookahead_pulls_weights_back_to_the_average():
     look = run(LookaheadSGD(0.01, start_step=0, total_steps=10, every=5, base=0.95, power=0.0))
     assert look[:4] == pytest.approx(plain[:4])  # identical until the first lookahead step
     # step 5: w = rho * w(step 1, where the average starts) + (1 - rho) * w(step 5), rho = 0.95 ** 5
-    rho = 0.95 ** 5
+    rho = 0.95**5
     assert look[4] == pytest.approx(rho * plain[0] + (1 - rho) * plain[4], rel=1e-4)
     assert look[9] < plain[9]
 
@@ -253,8 +261,10 @@ def test_speedrun_ablation_variants_change_one_trick_and_summary_by_hand():
         r = ab.variant_recipe(name).to_dict()
         differ = {k for k in base if base[k] != r[k]}
         assert differ == set(changes), name  # exactly the fields the variant names, and they really change
-    rows = [{"variant": v, "seed": s, "test_accuracy": a, "tta_accuracy": {"none": a - 0.01}, "train_seconds": 10.0}
-            for v, s, a in (("full", 0, 0.94), ("full", 1, 0.92), ("no_lookahead", 0, 0.90))]
+    rows = [
+        {"variant": v, "seed": s, "test_accuracy": a, "tta_accuracy": {"none": a - 0.01}, "train_seconds": 10.0}
+        for v, s, a in (("full", 0, 0.94), ("full", 1, 0.92), ("no_lookahead", 0, 0.90))
+    ]
     by = {s["variant"]: s for s in ab.summary(rows)}
     assert by["full"]["mean_accuracy"] == pytest.approx(0.93) and by["full"]["std"] == pytest.approx(0.01414, abs=1e-5)
     assert by["no_lookahead"]["vs_full_points"] == pytest.approx(-3.0) and by["no_lookahead"]["std"] is None
@@ -273,11 +283,21 @@ def test_ablation_table_reads_the_scripts_summary():
     from cifar_dash import report
 
     assert report.ablation_table({"rows": []}) == ("", [])
-    rows = [{"variant": v, "removes": ab.VARIANTS[v][0], "seed": s, "test_accuracy": a,
-             "tta_accuracy": {"none": a - d}, "train_seconds": 600.0, "n_train": 10000, "n_test": 10000,
-             "epochs": 10, "train_machine": "CPU: test"}
-            for v, s, a, d in (("no_label_smoothing", 0, 0.85, 0.02), ("full", 0, 0.88, 0.01),
-                               ("full", 1, 0.86, 0.01))]
+    rows = [
+        {
+            "variant": v,
+            "removes": ab.VARIANTS[v][0],
+            "seed": s,
+            "test_accuracy": a,
+            "tta_accuracy": {"none": a - d},
+            "train_seconds": 600.0,
+            "n_train": 10000,
+            "n_test": 10000,
+            "epochs": 10,
+            "train_machine": "CPU: test",
+        }
+        for v, s, a, d in (("no_label_smoothing", 0, 0.85, 0.02), ("full", 0, 0.88, 0.01), ("full", 1, 0.86, 0.01))
+    ]
     protocol, table = report.ablation_table({"rows": rows, "summary": ab.summary(rows)})
     assert [t["variant"] for t in table] == ["full", "no_label_smoothing"]  # the full recipe first
     full, ls = table
@@ -285,8 +305,10 @@ def test_ablation_table_reads_the_scripts_summary():
     assert ls["vs full (points)"] == pytest.approx(-2.0) and ls["one view %"] == pytest.approx(83.0)
     assert ls["one view vs full (points)"] == pytest.approx(-3.0) and ls["train min"] == 10.0
     assert ls["what it removes"] == "label smoothing 0 instead of 0.2"
-    assert protocol == ("3 runs, each on 10,000 training images for 10 epochs, tested on 10,000 test images; "
-                        "seeds 0, 1; trained on CPU: test")
+    assert protocol == (
+        "3 runs, each on 10,000 training images for 10 epochs, tested on 10,000 test images; "
+        "seeds 0, 1; trained on CPU: test"
+    )
     one_run = {"rows": rows[:2], "summary": ab.summary(rows[:2]), "protocol": {"limit": 10000, "epochs": None}}
     protocol, _ = report.ablation_table(one_run)
     assert "smaller budget" in protocol and "One run per variant" in protocol
@@ -313,11 +335,12 @@ def test_epochs_per_phase():
 def test_extension_problem():
     assert stages.extension_problem([5, 3], [5, 4]) is None
     assert stages.extension_problem([1], [2]) is None
-    assert "has 5,3 epochs per phase; a continuation adds epochs to the last phase only, not 5,3 (e.g. 5,4)" in \
-        stages.extension_problem([5, 3], [5, 3])
+    assert (
+        "has 5,3 epochs per phase; a continuation adds epochs to the last phase only, not 5,3 (e.g. 5,4)"
+        in stages.extension_problem([5, 3], [5, 3])
+    )
     assert "not 6,6 (e.g. 5,4)" in stages.extension_problem([5, 3], [6, 6])
-    assert stages.extension_problem([3], [2]) == "the published run has 3 epochs; a continuation needs more than 3, " \
-                                                 "not 2"
+    assert stages.extension_problem([3], [2]) == "the published run has 3 epochs; a continuation needs more than 3, not 2"
 
 
 def test_cli_epochs_argument():

@@ -17,9 +17,24 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 def _assert_valid_artifacts(folder, n_test, key):
     m = json.loads((folder / "metrics.json").read_text())
-    for field in ("stage", "test_accuracy", "n_test", "per_class", "confusion_matrix", "calibration", "params",
-                  "trainable_params", "inference", "epochs", "train_seconds", "recipe", "keras_version", "backend",
-                  "machine", "data_fingerprint"):
+    for field in (
+        "stage",
+        "test_accuracy",
+        "n_test",
+        "per_class",
+        "confusion_matrix",
+        "calibration",
+        "params",
+        "trainable_params",
+        "inference",
+        "epochs",
+        "train_seconds",
+        "recipe",
+        "keras_version",
+        "backend",
+        "machine",
+        "data_fingerprint",
+    ):
         assert field in m, field
     assert m["stage"] == key and m["n_test"] == n_test
     cm = np.array(m["confusion_matrix"])
@@ -84,8 +99,21 @@ def test_failed_run_leaves_last_good_model_intact(cifar_npz, tmp_path):
 def test_resume_after_kill(cifar_npz, tmp_path):
     out = tmp_path / "mlp"
     env = {**ENV, "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "cifar_dash", "train", "mlp", "--epochs", "40", "--limit", "600",
-           "--data", str(cifar_npz), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cifar_dash",
+        "train",
+        "mlp",
+        "--epochs",
+        "40",
+        "--limit",
+        "600",
+        "--data",
+        str(cifar_npz),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     state_file = artifacts.work_dir("mlp", out) / train.STATE
     deadline = time.time() + 120
@@ -108,8 +136,21 @@ def test_resume_after_kill(cifar_npz, tmp_path):
 def test_cancel_with_sigterm_or_ctrl_c_keeps_state(sig, cifar_npz, tmp_path):
     out = tmp_path / "mlp"
     env = {**ENV, "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, "-m", "cifar_dash", "train", "mlp", "--epochs", "200", "--limit", "600",
-           "--data", str(cifar_npz), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cifar_dash",
+        "train",
+        "mlp",
+        "--epochs",
+        "200",
+        "--limit",
+        "600",
+        "--data",
+        str(cifar_npz),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     progress = artifacts.work_dir("mlp", out) / train.PROGRESS
     deadline = time.time() + 120
@@ -129,9 +170,28 @@ def test_one_step_under_jax(cifar_npz, tmp_path):
     pytest.importorskip("jax")
     out = tmp_path / "cnn"
     env = {**ENV, "KERAS_BACKEND": "jax", "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run([sys.executable, "-m", "cifar_dash", "train", "cnn", "--epochs", "1", "--limit", "64",
-                        "--data", str(cifar_npz), "--out", str(out)], env=env, cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cifar_dash",
+            "train",
+            "cnn",
+            "--epochs",
+            "1",
+            "--limit",
+            "64",
+            "--data",
+            str(cifar_npz),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["backend"] == "jax" and m["n_test"] == 64
@@ -141,8 +201,14 @@ def test_missing_backbone_weights_file_is_a_clear_error(cifar_npz, tmp_path):
     from cifar_dash.models import BackboneWeightsError
 
     with pytest.raises(BackboneWeightsError, match="does not exist"):
-        train.train("mobilenetv2_frozen", epochs=1, limit=24, data_path=cifar_npz,
-                    backbone_weights=str(tmp_path / "nope.h5"), out_dir=tmp_path / "m")
+        train.train(
+            "mobilenetv2_frozen",
+            epochs=1,
+            limit=24,
+            data_path=cifar_npz,
+            backbone_weights=str(tmp_path / "nope.h5"),
+            out_dir=tmp_path / "m",
+        )
 
 
 def test_mixup_batches_blend_images_and_labels():
@@ -169,9 +235,15 @@ def test_loader_shifts_are_exact_pixels_and_flips_alternate_by_epoch():
         assert xb.shape == (40, 32, 32, 3) and xb.dtype == np.float32
         order = b._order[:40]
         for k, i in enumerate(order):  # every view is one of the 5 x 5 integer shifts, mirrored or not
-            views = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
-                     if np.array_equal(xb[k], (padded[i, dy:dy + 32, dx:dx + 32][:, ::-1] if f
-                                               else padded[i, dy:dy + 32, dx:dx + 32]))]
+            views = [
+                (dy, dx, f)
+                for dy in range(5)
+                for dx in range(5)
+                for f in (0, 1)
+                if np.array_equal(
+                    xb[k], (padded[i, dy : dy + 32, dx : dx + 32][:, ::-1] if f else padded[i, dy : dy + 32, dx : dx + 32])
+                )
+            ]
             assert views, "not an exact shifted copy"
             flips[(epoch, int(i))] = {f for _, _, f in views}
         np.testing.assert_array_equal(yb.argmax(axis=1), y[order])
@@ -259,43 +331,78 @@ def test_tta_modes_average_the_views_airbench_weights():
 def test_backbone_stand_in_and_bfloat16_are_said_plainly():
     from cifar_dash import analysis, report
 
-    r = results.StageResult(stages.get("resnet50v2"), "trained",
-                            metrics={"backbone": "resnet50", "epochs": 5, "test_accuracy": 0.9},
-                            train_info={"mixed_precision": True})
+    r = results.StageResult(
+        stages.get("resnet50v2"),
+        "trained",
+        metrics={"backbone": "resnet50", "epochs": 5, "test_accuracy": 0.9},
+        train_info={"mixed_precision": True},
+    )
     assert analysis.backbone_label(r) == "resnet50 (stand-in for resnet50v2)"
     notes = report.deviations(r)
     assert "resnet50 backbone instead of resnet50v2" in notes and "bfloat16 compute" in notes
     same = results.StageResult(stages.get("resnet50v2"), "trained", metrics={"backbone": "resnet50v2", "epochs": 5})
     assert analysis.backbone_label(same) == "resnet50v2" and report.deviations(same) == []
     continued = results.StageResult(
-        stages.get("resnet50v2_sota"), "trained", metrics={"backbone": "resnet50v2", "epochs": 2},
-        train_info={"mixed_precision": False, "train_runtime": {"machine": "CPU: B"},
-                    "continued_from": {"epochs": 1, "mixed_precision": True, "train_runtime": {"machine": "CPU: A"}}})
-    assert report.deviations(continued) == ["2 of the recipe's 5 epochs", "bfloat16 compute in epoch 1",
-                                            "epoch 2 continued from a 1-epoch run (optimizer restarted)",
-                                            "epoch 1 trained on CPU: A"]
+        stages.get("resnet50v2_sota"),
+        "trained",
+        metrics={"backbone": "resnet50v2", "epochs": 2},
+        train_info={
+            "mixed_precision": False,
+            "train_runtime": {"machine": "CPU: B"},
+            "continued_from": {"epochs": 1, "mixed_precision": True, "train_runtime": {"machine": "CPU: A"}},
+        },
+    )
+    assert report.deviations(continued) == [
+        "2 of the recipe's 5 epochs",
+        "bfloat16 compute in epoch 1",
+        "epoch 2 continued from a 1-epoch run (optimizer restarted)",
+        "epoch 1 trained on CPU: A",
+    ]
     # continued twice, each run on its own machine and precision (train_info nests the runs, oldest innermost)
     twice = results.StageResult(
-        stages.get("resnet50v2_sota"), "trained", metrics={"backbone": "resnet50v2", "epochs": 4},
-        train_info={"mixed_precision": True, "train_runtime": {"machine": "CPU: C"},
-                    "continued_from": {"epochs": 2, "mixed_precision": False, "test_accuracy": 0.9255,
-                                       "train_runtime": {"machine": "CPU: B"},
-                                       "continued_from": {"epochs": 1, "mixed_precision": True, "test_accuracy": 0.9271,
-                                                          "train_runtime": {"machine": "CPU: A"}}}})
+        stages.get("resnet50v2_sota"),
+        "trained",
+        metrics={"backbone": "resnet50v2", "epochs": 4},
+        train_info={
+            "mixed_precision": True,
+            "train_runtime": {"machine": "CPU: C"},
+            "continued_from": {
+                "epochs": 2,
+                "mixed_precision": False,
+                "test_accuracy": 0.9255,
+                "train_runtime": {"machine": "CPU: B"},
+                "continued_from": {
+                    "epochs": 1,
+                    "mixed_precision": True,
+                    "test_accuracy": 0.9271,
+                    "train_runtime": {"machine": "CPU: A"},
+                },
+            },
+        },
+    )
     assert [(s["first"], s["last"]) for s in report.lineage(twice.train_info, 4)] == [(1, 1), (2, 2), (3, 4)]
-    assert report.deviations(twice) == ["4 of the recipe's 5 epochs", "bfloat16 compute in epoch 1, epochs 3-4",
-                                        "epoch 2 continued from a 1-epoch run that measured 92.71% (optimizer restarted)",
-                                        "epochs 3-4 continued from a 2-epoch run that measured 92.55% (optimizer "
-                                        "restarted)", "epoch 1 trained on CPU: A", "epoch 2 trained on CPU: B"]
+    assert report.deviations(twice) == [
+        "4 of the recipe's 5 epochs",
+        "bfloat16 compute in epoch 1, epochs 3-4",
+        "epoch 2 continued from a 1-epoch run that measured 92.71% (optimizer restarted)",
+        "epochs 3-4 continued from a 2-epoch run that measured 92.55% (optimizer restarted)",
+        "epoch 1 trained on CPU: A",
+        "epoch 2 trained on CPU: B",
+    ]
     # a third continuation in bfloat16 right after one: the precision note joins adjacent spans
-    thrice = {"mixed_precision": True, "train_runtime": {"machine": "CPU: C"},
-              "continued_from": {**twice.train_info, "epochs": 4, "test_accuracy": 0.93}}
-    r3 = results.StageResult(stages.get("resnet50v2_sota"), "trained",
-                             metrics={"backbone": "resnet50v2", "epochs": 5}, train_info=thrice)
+    thrice = {
+        "mixed_precision": True,
+        "train_runtime": {"machine": "CPU: C"},
+        "continued_from": {**twice.train_info, "epochs": 4, "test_accuracy": 0.93},
+    }
+    r3 = results.StageResult(
+        stages.get("resnet50v2_sota"), "trained", metrics={"backbone": "resnet50v2", "epochs": 5}, train_info=thrice
+    )
     assert [(s["first"], s["last"]) for s in report.lineage(thrice, 5)] == [(1, 1), (2, 2), (3, 4), (5, 5)]
-    assert report.deviations(r3)[:2] == ["bfloat16 compute in epoch 1, epochs 3-5",
-                                         "epoch 2 continued from a 1-epoch run that measured 92.71% (optimizer "
-                                         "restarted)"]
+    assert report.deviations(r3)[:2] == [
+        "bfloat16 compute in epoch 1, epochs 3-5",
+        "epoch 2 continued from a 1-epoch run that measured 92.71% (optimizer restarted)",
+    ]
     assert report.deviations(r3)[3] == "epoch 5 continued from a 4-epoch run that measured 93.00% (optimizer restarted)"
     from cifar_dash import figures
 
@@ -314,8 +421,12 @@ def test_a_checkpoint_from_an_earlier_recipe_says_so():
     stored.update(seed=3, validation_size=5000, lookahead=None)  # the seed is per run, not a recipe change
     for k in ("loader_augmentation", "norm_bias_lr_scale"):
         del stored[k]  # fields added later count as their defaults, which the current recipe does not use
-    assert report.recipe_changes(stored, stage.recipe) == ["loader_augmentation", "validation_size", "lookahead",
-                                                           "norm_bias_lr_scale"]
+    assert report.recipe_changes(stored, stage.recipe) == [
+        "loader_augmentation",
+        "validation_size",
+        "lookahead",
+        "norm_bias_lr_scale",
+    ]
     r = results.StageResult(stage, "trained", metrics={"epochs": 10, "recipe": stored}, train_info={})
     assert any(n.startswith("an earlier recipe (differs in loader_augmentation") for n in report.deviations(r))
 
@@ -323,8 +434,9 @@ def test_a_checkpoint_from_an_earlier_recipe_says_so():
 def _plateau_mlp_recipe():
     import dataclasses
 
-    return dataclasses.replace(stages.get("mlp").recipe, lr_schedule="reduce_on_plateau", plateau_factor=0.5,
-                               plateau_patience=1)
+    return dataclasses.replace(
+        stages.get("mlp").recipe, lr_schedule="reduce_on_plateau", plateau_factor=0.5, plateau_patience=1
+    )
 
 
 def test_plateau_replay_matches_keras_on_a_real_run(cifar_npz, tmp_path):
@@ -362,8 +474,9 @@ def test_continue_from_adds_epochs_to_a_published_run(cifar_npz, tmp_path):
     assert hist[:2] == first_hist  # the first run's epochs are kept as they were
     prior = info["continued_from"]
     assert prior["run_id"] == first_info["run_id"] != info["run_id"] and prior["epochs"] == 2
-    assert info["train_seconds"] == pytest.approx(first_info["train_seconds"] + sum(h["seconds"] for h in hist[2:]),
-                                                  abs=0.05)
+    assert info["train_seconds"] == pytest.approx(
+        first_info["train_seconds"] + sum(h["seconds"] for h in hist[2:]), abs=0.05
+    )
     assert info["started"] == first_info["started"]
     assert hist[2]["learning_rate"] == pytest.approx(train.plateau_replay(first_hist, 1e-3, 0.5, 1)[2])
     assert artifacts.file_sha256(out / "model.keras") != first_model
@@ -371,22 +484,26 @@ def test_continue_from_adds_epochs_to_a_published_run(cifar_npz, tmp_path):
 
     r = results.load_result("mlp", tmp_path)
     assert prior["test_accuracy"] == first_accuracy  # what the published run measured stays on record
-    assert (f"epochs 3-4 continued from a 2-epoch run that measured {first_accuracy:.2%} (optimizer restarted)"
-            in report.deviations(r))
+    assert (
+        f"epochs 3-4 continued from a 2-epoch run that measured {first_accuracy:.2%} (optimizer restarted)"
+        in report.deviations(r)
+    )
 
     # continued again: the chain of runs is kept, so every epoch still says which run trained it
     second_accuracy = json.loads((out / "metrics.json").read_text())["test_accuracy"]
-    train.train("mlp", epochs=5, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, continue_from=out,
-                mixed_precision=True)
+    train.train(
+        "mlp", epochs=5, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, continue_from=out, mixed_precision=True
+    )
     third = json.loads((out / "train_info.json").read_text())
     assert third["continued_from"]["run_id"] == info["run_id"] and third["continued_from"]["epochs"] == 4
     assert third["continued_from"]["continued_from"] == prior  # the first link, as the second run recorded it
     notes = report.deviations(results.load_result("mlp", tmp_path))
     start = notes.index("bfloat16 compute in epoch 5")
-    assert notes[start:start + 3] == [
+    assert notes[start : start + 3] == [
         "bfloat16 compute in epoch 5",
         f"epochs 3-4 continued from a 2-epoch run that measured {first_accuracy:.2%} (optimizer restarted)",
-        f"epoch 5 continued from a 4-epoch run that measured {second_accuracy:.2%} (optimizer restarted)"]
+        f"epoch 5 continued from a 4-epoch run that measured {second_accuracy:.2%} (optimizer restarted)",
+    ]
 
 
 def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp_path):
@@ -407,13 +524,21 @@ def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp
     with pytest.raises(train.ContinueError, match="holds stage 'mlp', not 'cnn'"):
         train.train("cnn", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "cnn", continue_from=out)
     with pytest.raises(train.ContinueError, match="no finished run"):
-        train.train("mlp", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "x", recipe=recipe,
-                    continue_from=tmp_path / "nothing")
+        train.train(
+            "mlp",
+            epochs=3,
+            limit=200,
+            data_path=cifar_npz,
+            out_dir=tmp_path / "x",
+            recipe=recipe,
+            continue_from=tmp_path / "nothing",
+        )
     # a one-cycle recipe's rate spans the whole run: extending it would not be the recipe
     train.train("vgg_aug", epochs=1, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg", evaluate=False)
     with pytest.raises(train.ContinueError, match="cannot be extended"):
-        train.train("vgg_aug", epochs=2, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg",
-                    continue_from=tmp_path / "vgg")
+        train.train(
+            "vgg_aug", epochs=2, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg", continue_from=tmp_path / "vgg"
+        )
     assert artifacts.file_sha256(out / "model.keras") == before
 
 
@@ -568,8 +693,7 @@ def test_a_resumed_continuation_records_the_published_runs_accuracy(cifar_npz, t
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
     stale = json.loads((out / "metrics.json").read_text()) | {"run_id": "an earlier run"}
     (out / "metrics.json").write_text(json.dumps(stale))  # an evaluation of another model says nothing of this one
-    prior = train.read_continuation(out, "mlp", stages.recipe_for(stages.get("mlp"), 4), 300,
-                                    info["train_data_fingerprint"])
+    prior = train.read_continuation(out, "mlp", stages.recipe_for(stages.get("mlp"), 4), 300, info["train_data_fingerprint"])
     assert prior["run_id"] == info["run_id"] and prior["test_accuracy"] is None
 
 
@@ -602,8 +726,20 @@ def _fake_live_run(work, state="running"):
     """A live process that progress.json names as training into ``work`` (as a terminal's run would)."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     work.mkdir(parents=True, exist_ok=True)
-    (work / train.PROGRESS).write_text(json.dumps({"stage": "mlp", "state": state, "pid": proc.pid, "epoch": 2,
-                                                   "epochs": 5, "step": 3, "steps": 10, "updated": time.time()}))
+    (work / train.PROGRESS).write_text(
+        json.dumps(
+            {
+                "stage": "mlp",
+                "state": state,
+                "pid": proc.pid,
+                "epoch": 2,
+                "epochs": 5,
+                "step": 3,
+                "steps": 10,
+                "updated": time.time(),
+            }
+        )
+    )
     return proc
 
 

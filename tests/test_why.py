@@ -27,8 +27,9 @@ def test_occlusion_map_against_a_hand_built_model():
     inp = keras.Input((32, 32, 3))
     x = keras.layers.Cropping2D(((0, 24), (0, 24)))(inp)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Lambda(lambda t: keras.ops.concatenate([t[:, :1] / 255, 1 - t[:, :1] / 255] +
-                                                            [keras.ops.zeros_like(t[:, :1])] * 8, axis=1))(x)
+    x = keras.layers.Lambda(
+        lambda t: keras.ops.concatenate([t[:, :1] / 255, 1 - t[:, :1] / 255] + [keras.ops.zeros_like(t[:, :1])] * 8, axis=1)
+    )(x)
     model = keras.Model(inp, x)
     img = np.zeros((32, 32, 3), np.uint8)
     img[:8, :8] = 255  # class 0 with probability 1; image mean is 255/16
@@ -45,14 +46,12 @@ def test_shift_functions():
     np.testing.assert_array_equal(t[:, 2:, 2:], x[:, :30, :30])
     g = robustness.grayscale(x)
     assert (g[..., 0] == g[..., 1]).all()
-    edges = robustness.shape_only(np.tile(np.array([0, 255], np.uint8).repeat(16)[None, None, :, None],
-                                          (1, 32, 1, 3)))
+    edges = robustness.shape_only(np.tile(np.array([0, 255], np.uint8).repeat(16)[None, None, :, None], (1, 32, 1, 3)))
     assert edges[0, 10, 15:17, 0].min() == 255 and edges[0, 10, 0, 0] == 0  # edge at the step, none in flat area
     assert robustness.colour_only(x).shape == x.shape and robustness.jpeg(x).shape == x.shape
 
 
-def test_robustness_command_writes_its_artifact_and_the_chart_shows_it(trained_root, tmp_path, cifar_npz,
-                                                                       monkeypatch):
+def test_robustness_command_writes_its_artifact_and_the_chart_shows_it(trained_root, tmp_path, cifar_npz, monkeypatch):
     import shutil
 
     root = tmp_path / "ck"
@@ -78,8 +77,9 @@ def test_claims_are_computed_from_artifacts(trained_root, monkeypatch):
     found = {c.claim: c for c in claims.evaluate_claims(res)}
     deep = next(c for k, c in found.items() if "deep" in k)
     mlp, dm = results.load_result("mlp"), results.load_result("deep_mlp")
-    expected = "supported" if (dm.accuracy < mlp.accuracy and claims.final_gap(dm) > claims.final_gap(mlp)) \
-        else "contradicted"
+    expected = (
+        "supported" if (dm.accuracy < mlp.accuracy and claims.final_gap(dm) > claims.final_gap(mlp)) else "contradicted"
+    )
     assert deep.verdict == expected and f"{100 * dm.accuracy:.1f}%" in deep.evidence
     assert next(c for k, c in found.items() if "Label smoothing" in k).verdict == "not measured"
 
@@ -115,8 +115,15 @@ def test_speedrun_claim_compares_against_the_best_trained_resnet():
     from cifar_dash import stages
 
     def res(key, acc, params, secs, backbone=None):
-        m = {"test_accuracy": acc, "params": params, "flops_per_image": 2.4e8 if key == "speedrun" else 8.4e9,
-             "train_seconds": secs, "epochs": 10, "train_machine": "CPU", "backbone": backbone}
+        m = {
+            "test_accuracy": acc,
+            "params": params,
+            "flops_per_image": 2.4e8 if key == "speedrun" else 8.4e9,
+            "train_seconds": secs,
+            "epochs": 10,
+            "train_machine": "CPU",
+            "backbone": backbone,
+        }
         return results.StageResult(stages.get(key), "trained", metrics=m)
 
     fast = res("speedrun", 0.92, 1_973_944, 1300)
@@ -137,8 +144,10 @@ def test_speedrun_claim_compares_against_the_best_trained_resnet():
 def _resnet(key, vals, rates, test_acc, backbone="resnet50", train_info=None):
     from cifar_dash import stages
 
-    history = [{"epoch": i + 1, "val_accuracy": v, "learning_rate": lr, "accuracy": 0.9}
-               for i, (v, lr) in enumerate(zip(vals, rates))]
+    history = [
+        {"epoch": i + 1, "val_accuracy": v, "learning_rate": lr, "accuracy": 0.9}
+        for i, (v, lr) in enumerate(zip(vals, rates))
+    ]
     m = {"test_accuracy": test_acc, "epochs": len(vals), "backbone": backbone}
     return results.StageResult(stages.get(key), "trained", metrics=m, history=history, train_info=train_info or {})
 
@@ -158,19 +167,28 @@ def test_plateau_claim_reads_the_rate_and_validation_history():
 def test_tricks_claim_compares_at_the_same_number_of_epochs():
     plain = _resnet("resnet50v2", [0.9184], [1e-4], 0.9182)
     # sota continued once: its 1-epoch run measured 92.71% on the test set, kept in train_info
-    sota = _resnet("resnet50v2_sota", [0.9298, 0.9278], [1e-4, 1e-4], 0.9255,
-                   train_info={"continued_from": {"epochs": 1, "test_accuracy": 0.9271}})
+    sota = _resnet(
+        "resnet50v2_sota",
+        [0.9298, 0.9278],
+        [1e-4, 1e-4],
+        0.9255,
+        train_info={"continued_from": {"epochs": 1, "test_accuracy": 0.9271}},
+    )
     c = claims.tricks_help_at_same_budget([plain, sota])
     assert c.verdict == "supported"
-    assert c.evidence.startswith("After 1 epoch each: validation accuracy 91.84% plain -> 92.98% with the tricks; "
-                                 "test accuracy after 1 epoch 91.82% -> 92.71%.")
+    assert c.evidence.startswith(
+        "After 1 epoch each: validation accuracy 91.84% plain -> 92.98% with the tricks; "
+        "test accuracy after 1 epoch 91.82% -> 92.71%."
+    )
     assert "rates differ" not in c.evidence
     plain3 = _resnet("resnet50v2", [0.9184, 0.9202, 0.9336], [1e-4, 1e-4, 1e-4], 0.9341)
     halved = _resnet("resnet50v2_sota", [0.9298, 0.9278, 0.9446], [1e-4, 1e-4, 5e-5], 0.9463)
     c3 = claims.tricks_help_at_same_budget([plain3, halved])
     assert c3.verdict == "supported"
-    assert c3.evidence.endswith("The rates differ too (plain 1e-04, 1e-04, 1e-04; with the tricks 1e-04, 1e-04, "
-                                "5e-05), so the gap is the tricks and the schedule together.")
+    assert c3.evidence.endswith(
+        "The rates differ too (plain 1e-04, 1e-04, 1e-04; with the tricks 1e-04, 1e-04, "
+        "5e-05), so the gap is the tricks and the schedule together."
+    )
     worse = _resnet("resnet50v2_sota", [0.9100], [1e-4], 0.91)
     assert claims.tricks_help_at_same_budget([plain, worse]).verdict == "contradicted"
     other = _resnet("resnet50v2_sota", [0.95], [1e-4], 0.95, backbone="resnet50v2")
@@ -179,10 +197,20 @@ def test_tricks_claim_compares_at_the_same_number_of_epochs():
 
 def test_tricks_claim_calls_a_gap_under_two_standard_errors_noise():
     # the shipped pair after five epochs each: validation 95.20% plain, 94.96% with the tricks, on 5,000 images
-    plain = _resnet("resnet50v2", [0.9184, 0.9202, 0.9336, 0.9322, 0.9520], [1e-4] * 4 + [5e-5], 0.9516,
-                    train_info={"n_validation": 5000})
-    sota = _resnet("resnet50v2_sota", [0.9298, 0.9278, 0.9446, 0.9492, 0.9496], [1e-4, 1e-4] + [5e-5] * 3, 0.9521,
-                   train_info={"n_validation": 5000})
+    plain = _resnet(
+        "resnet50v2",
+        [0.9184, 0.9202, 0.9336, 0.9322, 0.9520],
+        [1e-4] * 4 + [5e-5],
+        0.9516,
+        train_info={"n_validation": 5000},
+    )
+    sota = _resnet(
+        "resnet50v2_sota",
+        [0.9298, 0.9278, 0.9446, 0.9492, 0.9496],
+        [1e-4, 1e-4] + [5e-5] * 3,
+        0.9521,
+        train_info={"n_validation": 5000},
+    )
     c = claims.tricks_help_at_same_budget([plain, sota])
     assert c.verdict == "within noise"
     # sqrt(2 * 0.9508 * 0.0492 / 5000) = 0.432 points, so -0.24 points is 0.6 standard errors
@@ -208,5 +236,7 @@ def test_label_smoothing_claim_says_when_a_model_is_under_confident():
     smooth.metrics.update(cal(0.80, 0.61))
     c = claims.label_smoothing_calibrates([plain, smooth])
     assert c.verdict == "supported"
-    assert c.evidence == ("mean confidence on wrong answers 0.690 -> 0.610; ECE 0.0100 -> 0.1000. resnet50v2_sota is "
-                          "under-confident: mean confidence 0.800 against accuracy 0.900.")
+    assert c.evidence == (
+        "mean confidence on wrong answers 0.690 -> 0.610; ECE 0.0100 -> 0.1000. resnet50v2_sota is "
+        "under-confident: mean confidence 0.800 against accuracy 0.900."
+    )
