@@ -50,9 +50,9 @@ for r in missing:
                 jobs.start(r.stage.key, data_path=os.environ.get(data.ENV_VAR))
                 st.toast(f"Started training {r.stage.key}; progress is in the sidebar")
             except jobs.JobRunning as e:
-                st.warning(str(e))
+                st.warning(_shared.md_escape(str(e)))
     else:
-        st.error(f"**{r.stage.key}**: {r.error}")
+        st.error(f"**{r.stage.key}**: " + _shared.md_escape(r.error))
 
 st.subheader("Accuracy against cost")
 axis = st.radio(

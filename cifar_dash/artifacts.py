@@ -121,7 +121,7 @@ def load_predictions(path: Path) -> Predictions:
             p = Predictions(z["probs"], z["labels"], z["indices"])
     except Exception as e:
         raise ArtifactError(f"{path} is corrupt ({type(e).__name__}: {e})") from e
-    if p.probs.ndim != 2 or len(p.probs) != len(p.labels) or len(p.labels) != len(p.indices):
+    if p.probs.ndim != 2 or p.probs.shape[1] != 10 or len(p.probs) != len(p.labels) or len(p.labels) != len(p.indices):
         raise ArtifactError(f"{path} has inconsistent shapes {p.probs.shape}, {p.labels.shape}, {p.indices.shape}")
     return p
 

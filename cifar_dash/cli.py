@@ -131,6 +131,36 @@ def _epochs_arg(text: str) -> int | tuple[int, ...]:
     return counts[0] if len(counts) == 1 else tuple(counts)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
+    return n
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return n
+
+
+def _minutes(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
+    if not (v >= 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 (epoch ends only) or more minutes")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .stages import KEYS
 
@@ -148,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="epochs for every phase of the recipe, or one count per phase (e.g. 5,6 for a head phase and "
         "a fine-tuning phase; 0 keeps that phase's own); default: the recipe's",
     )
-    t.add_argument("--limit", type=int, help="train on the first N training images, test on the first N test images")
+    t.add_argument(
+        "--limit", type=_positive_int, help="train on the first N training images, test on the first N test images"
+    )
     t.add_argument(
         "--data",
         help="CIFAR-10 .npz, cifar-10-batches-py folder or tar.gz (default: $CIFAR10_PATH, else the Keras download)",
@@ -169,13 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--save-every",
-        type=float,
+        type=_minutes,
         default=10,
         metavar="MINUTES",
         help="mid-epoch checkpoint interval for --resume (default 10; 0: only at epoch ends)",
     )
     t.add_argument("--no-evaluate", action="store_true", help="publish the model without evaluating it")
-    t.add_argument("--seed", type=int, help="random seed (default: the recipe's); for run-to-run spread")
+    t.add_argument("--seed", type=_non_negative_int, help="random seed (default: the recipe's); for run-to-run spread")
     t.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPUs); weights stay float32")
     t.set_defaults(fn=_train)
 
@@ -183,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("stage", choices=KEYS)
     e.add_argument("--data")
     e.add_argument("--out", type=Path)
-    e.add_argument("--limit", type=int)
+    e.add_argument("--limit", type=_positive_int, help="first N test images")
     e.set_defaults(fn=_evaluate)
 
     pr = sub.add_parser("predict", help="top-3 of every trained stage for each image")
@@ -196,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and shape-only views; writes checkpoints/STAGE/robustness.json",
     )
     rb.add_argument("stage", choices=KEYS)
-    rb.add_argument("--limit", type=int, default=2000, help="first N test images (default 2000; 0 = all)")
+    rb.add_argument("--limit", type=_non_negative_int, default=2000, help="first N test images (default 2000; 0 = all)")
     rb.add_argument("--data")
     rb.set_defaults(fn=_robustness)
 
@@ -222,6 +254,9 @@ def main(argv=None) -> int:
     try:
         return args.fn(args)
     except (data.DataError, artifacts.ArtifactError, models.BackboneWeightsError, images.ImageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder that cannot be written, a full disk: one line, the finished run's place named
         print(f"error: {e}", file=sys.stderr)
         return 2
     except train.Cancelled:

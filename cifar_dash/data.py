@@ -163,6 +163,8 @@ def split(data: Cifar10, limit: int | None, validation_size: int):
     ``limit`` keeps the first N training and N test images (smoke runs); validation shrinks to a tenth of N.
     ``validation_size=0`` holds nothing out (the validation arrays are empty).
     """
+    if limit is not None and (not isinstance(limit, int | np.integer) or limit < 0):
+        raise ValueError(f"limit {limit!r} must be a positive whole number (0 or None: all images)")
     x, y = data.x_train, data.y_train
     x_test, y_test = data.x_test, data.y_test
     if limit:

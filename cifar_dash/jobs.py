@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,7 @@ def resumable(stage: str) -> dict | None:
     """The saved state (train.saved_run) that the stage's last dashboard job left, when that job is over and
     ``resume`` can continue it; None otherwise (nothing saved, or the state belongs to another run)."""
     job = _read(_record_path(stage))
-    if not job or _alive(job["pid"]):
+    if not job or _job_status(stage).active:  # a cancelled job may still be exiting: its state is saved already
         return None
     saved = train.saved_run(artifacts.work_dir(stage, Path(job["out"])))
     if not saved or saved["pid"] not in [job["pid"], *job.get("lineage", [])]:
@@ -116,6 +117,11 @@ def resume(stage: str, extra_env: dict | None = None) -> dict:
     if not resumable(stage):
         raise ValueError(f"{stage}: no interrupted dashboard run to resume")
     cmd = list(job["cmd"]) + ([] if "--resume" in job["cmd"] else ["--resume"])
+    deadline = time.time() + 60
+    while _alive(job["pid"]) and time.time() < deadline:  # let the cancelled process finish exiting
+        time.sleep(0.1)
+    if _alive(job["pid"]):
+        raise JobRunning(f"{stage}: the cancelled run (pid {job['pid']}) has not exited yet; try again in a minute")
     lineage = [*job.get("lineage", []), job["pid"]]
     return _launch(
         stage,
@@ -150,7 +156,17 @@ def _launch(stage: str, cmd: list[str], out: Path, fields: dict, extra_env: dict
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     try:
         log = jobs_dir() / f"{stage}.log"
-        env = {**os.environ, "PYTHONPATH": str(artifacts.project_root()), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        previous = _read(_record_path(stage)) or {}
+        if previous.get("progress_file"):
+            Path(previous["progress_file"]).unlink(missing_ok=True)
+        own = jobs_dir() / f"{stage}-{uuid.uuid4().hex[:12]}.progress.json"  # this job's own state, see _job_status
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(artifacts.project_root()),
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+            train.JOB_PROGRESS_ENV: str(own),
+        }
         with open(log, "a" if append_log else "w") as fh:  # a resumed job's log follows the interrupted one's
             proc = subprocess.Popen(
                 cmd,
@@ -169,6 +185,7 @@ def _launch(stage: str, cmd: list[str], out: Path, fields: dict, extra_env: dict
             "started": time.time(),
             "log": str(log),
             "out": str(out),
+            "progress_file": str(own),
             **fields,
         }
         artifacts.write_json(_record_path(stage), record)
@@ -197,7 +214,9 @@ def _job_status(stage: str) -> JobStatus:
     if not job:
         return JobStatus(stage, "idle")
     work = artifacts.work_dir(stage, Path(job["out"]))
-    progress = _read(work / train.PROGRESS) or {}
+    # the job's own copy of its progress: a later run of the same folder cannot overwrite it
+    progress = _read(Path(job["progress_file"])) if job.get("progress_file") else _read(work / train.PROGRESS)
+    progress = progress or {}
     if progress.get("pid") != job["pid"]:
         progress = {}  # written by an earlier run
     state_file = _read(work / train.STATE) or {}

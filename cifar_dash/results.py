@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import artifacts, stages
 
+N_CLASSES = 10
+
 
 @dataclass
 class StageResult:
     stage: stages.Stage
-    status: str  # trained | untrained | error | stale
+    status: str  # trained | untrained | damaged | stale
     metrics: dict | None = None
     history: list | None = None
     train_info: dict | None = None
@@ -27,27 +31,124 @@ class StageResult:
         return self.status == "trained"
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def metrics_problems(m) -> list[str]:
+    """What is wrong with a metrics.json's content (types, shapes, ranges the pages rely on); [] when sound."""
+    if not isinstance(m, dict):
+        return [f"is a {type(m).__name__}, not an object"]
+    out = []
+    if not (_number(m.get("test_accuracy")) and 0 <= m["test_accuracy"] <= 1):
+        out.append(f"test_accuracy {m.get('test_accuracy')!r} is not a number from 0 to 1")
+    if not (_count(m.get("n_test")) and m["n_test"] > 0):
+        out.append(f"n_test {m.get('n_test')!r} is not a positive whole number")
+    cm = m.get("confusion_matrix")
+    if not (
+        isinstance(cm, list)
+        and len(cm) == N_CLASSES
+        and all(isinstance(row, list) and len(row) == N_CLASSES and all(_count(v) for v in row) for row in cm)
+    ):
+        out.append("confusion_matrix is not a 10x10 table of counts")
+    elif _count(m.get("n_test")) and sum(map(sum, cm)) != m["n_test"]:
+        out.append(f"confusion_matrix counts {sum(map(sum, cm))} images, n_test says {m['n_test']}")
+    pc = m.get("per_class")
+    if not (
+        isinstance(pc, list)
+        and len(pc) == N_CLASSES
+        and all(isinstance(r, dict) and all(_number(r.get(k)) for k in ("precision", "recall", "f1")) for r in pc)
+    ):
+        out.append("per_class is not ten rows of numeric precision, recall and f1")
+    cal = m.get("calibration")
+    bins_ok = isinstance(cal, dict) and isinstance(cal.get("bins"), list)
+    if not (
+        bins_ok
+        and _number(cal.get("ece"))
+        and _number(cal.get("mean_confidence"))
+        and _count(cal.get("n_bins"))
+        and cal["n_bins"] > 0
+        and all(
+            isinstance(b, dict) and _count(b.get("count")) and all(_number(b.get(k)) for k in ("lower", "upper"))
+            for b in cal["bins"]
+        )
+        and all(_number(b.get("accuracy")) for b in cal["bins"] if b.get("count"))
+    ):
+        out.append("calibration lacks numeric ece, mean_confidence, n_bins or bins")
+    for k in ("params", "trainable_params", "epochs"):
+        if k in m and m[k] is not None and not _count(m[k]):
+            out.append(f"{k} {m[k]!r} is not a whole number")
+    for k in ("train_seconds", "eval_seconds"):
+        if k in m and m[k] is not None and not (_number(m[k]) and m[k] >= 0):
+            out.append(f"{k} {m[k]!r} is not a number of seconds")
+    return out
+
+
+def history_problems(rows) -> list[str]:
+    """What is wrong with history.json's epochs: each a row with numeric accuracy and loss (val_* when present)."""
+    if not isinstance(rows, list):
+        return [f"epochs is a {type(rows).__name__}, not a list"]
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            return [f"epoch row {i + 1} is not an object"]
+        for k in ("accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"):
+            if (k in row or k in ("accuracy", "loss")) and not _number(row.get(k)):
+                return [f"epoch row {i + 1}: {k} {row.get(k)!r} is not a number"]
+    return []
+
+
+def model_problem(path: Path) -> str | None:
+    """Why a .keras file cannot be a model (missing, not a zip, truncated, a member failing its CRC), without
+    loading Keras; None when the archive is whole."""
+    if not path.exists():
+        return f"{path} is missing"
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if not {"config.json", "model.weights.h5"} <= names:
+                return f"{path} lacks config.json or model.weights.h5"
+            bad = z.testzip()
+            if bad:
+                return f"{path}: {bad} fails its checksum"
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"{path} is not a whole .keras archive ({type(e).__name__}: {e})"
+    return None
+
+
 def load_result(key: str, root: Path | None = None) -> StageResult:
+    """The stage's artifacts, checked: a file that is missing, unreadable or of the wrong shape makes the stage
+    "damaged" with the reason, never an exception."""
     stage = stages.get(key)
     folder = artifacts.stage_dir(key, root)
-    if not folder.exists() or not any(folder.iterdir()):
+    if not folder.exists() or not any(not p.name.startswith(".") for p in folder.iterdir()):
         return StageResult(stage, "untrained", folder=folder)
     try:
         metrics = artifacts.read_json(folder / artifacts.METRICS)
         info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
-        history = artifacts.read_json(folder / artifacts.HISTORY).get("epochs", [])
-        if not (folder / artifacts.MODEL).exists():
-            raise artifacts.ArtifactError(f"{folder / artifacts.MODEL} is missing")
-        for field in ("test_accuracy", "confusion_matrix", "per_class", "calibration"):
-            if field not in metrics:
-                raise artifacts.ArtifactError(f"{folder / artifacts.METRICS} lacks {field!r}")
-        n = len(artifacts.load_predictions(folder / artifacts.PREDICTIONS).labels)
+        if not isinstance(info, dict):
+            raise artifacts.ArtifactError(f"{folder / artifacts.TRAIN_INFO} is not an object")
+        hist = artifacts.read_json(folder / artifacts.HISTORY)
+        history = hist.get("epochs", []) if isinstance(hist, dict) else hist
+        for name, problems in (
+            (artifacts.METRICS, metrics_problems(metrics)),
+            (artifacts.HISTORY, history_problems(history)),
+        ):
+            if problems:
+                raise artifacts.ArtifactError(f"{folder / name}: " + "; ".join(problems))
+        if problem := model_problem(folder / artifacts.MODEL):
+            raise artifacts.ArtifactError(problem)
+        preds = artifacts.load_predictions(folder / artifacts.PREDICTIONS)
+        n = len(preds.labels)
         if n != metrics.get("n_test"):
             raise artifacts.ArtifactError(
                 f"{folder / artifacts.PREDICTIONS} holds {n} predictions, metrics say {metrics.get('n_test')}"
             )
     except artifacts.ArtifactError as e:
-        return StageResult(stage, "error", error=str(e), folder=folder)
+        return StageResult(stage, "damaged", error=str(e), folder=folder)
     status = "trained"
     if metrics.get("run_id") and info.get("run_id") and metrics["run_id"] != info["run_id"]:
         status = "stale"

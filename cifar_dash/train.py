@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -73,6 +74,21 @@ def pid_alive(pid) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
     except OSError:
         return True
+
+
+JOB_PROGRESS_ENV = "CIFAR_DASH_JOB_PROGRESS"
+
+
+def write_progress(path: Path, payload: dict) -> None:
+    """progress.json of the work folder (any process can poll it), and a copy for the dashboard job that started
+    this process (its own file, which no later run of the same folder overwrites: its final state stays exact)."""
+    write_json(path, payload)
+    mirror = os.environ.get(JOB_PROGRESS_ENV)
+    if mirror:
+        try:
+            write_json(Path(mirror), payload)
+        except OSError:
+            pass  # the job's copy is a convenience; the work folder's file is the record
 
 
 def live_run(work: Path) -> dict | None:
@@ -276,7 +292,7 @@ class Progress(keras.callbacks.Callback):
             "updated": time.time(),
             **extra,
         }
-        write_json(self.path, payload)
+        write_progress(self.path, payload)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -586,6 +602,7 @@ def train(
         recipe = dataclasses.replace(recipe, mixed_precision=True)
     mixed_precision = recipe.mixed_precision
     out = Path(out_dir) if out_dir else artifacts.stage_dir(stage.key)
+    ensure_writable(out)  # before any training: a run that cannot be published is refused up front
     work = artifacts.work_dir(stage.key, out)
     work.mkdir(parents=True, exist_ok=True)
     progress_path = work / PROGRESS
@@ -597,7 +614,7 @@ def train(
         )
 
     def fail(state, message):
-        write_json(
+        write_progress(
             progress_path,
             {"stage": stage.key, "state": state, "pid": os.getpid(), "message": message, "updated": time.time()},
         )
@@ -605,7 +622,7 @@ def train(
     policy = keras.mixed_precision.global_policy()
     canceller = None
     try:
-        write_json(progress_path, {"stage": stage.key, "state": "loading", "pid": os.getpid(), "updated": time.time()})
+        write_progress(progress_path, {"stage": stage.key, "state": "loading", "pid": os.getpid(), "updated": time.time()})
         cifar = data_mod.load(data_path)
         prints = cifar.fingerprints()
         fingerprint = prints["train"]
@@ -726,9 +743,10 @@ def train(
                     raise Cancelled()
             start_epoch = end_epoch
 
-        final = work / "final"
+        # staged inside the output folder, so that publishing is a rename on one filesystem
+        final = out / f".staging-{state['run_id']}"
         shutil.rmtree(final, ignore_errors=True)
-        final.mkdir()
+        final.mkdir(parents=True)
         keras.mixed_precision.set_global_policy("float32")
         clean = stages.build(stage, recipe, backbone_weights=None)
         clean.set_weights(model.get_weights())
@@ -764,7 +782,7 @@ def train(
         write_json(final / artifacts.TRAIN_INFO, info)
         write_json(final / artifacts.HISTORY, {"stage": stage.key, "run_id": state["run_id"], "epochs": state["history"]})
         if evaluate:
-            write_json(
+            write_progress(
                 progress_path,
                 {
                     "stage": stage.key,
@@ -780,7 +798,7 @@ def train(
         for f in (STATE, WORK_MODEL):
             (work / f).unlink(missing_ok=True)
         shutil.rmtree(final, ignore_errors=True)
-        write_json(
+        write_progress(
             progress_path,
             {
                 "stage": stage.key,
@@ -809,14 +827,37 @@ def train(
             canceller.restore()
 
 
+class PublishError(OSError):
+    """The output folder cannot take the run; str(e) says where the finished artifacts are kept."""
+
+
+def ensure_writable(out: Path) -> None:
+    """Create ``out`` and write a file in it, or raise PublishError naming the setting to change."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PublishError(f"cannot write into {out} ({e.strerror or e}); choose another --out") from e
+
+
 def publish(src: Path, out: Path) -> None:
-    """Move finished artifacts into ``out``, one atomic rename each, metrics last so readers never see new metrics
-    with an old model. A model retrained without evaluation leaves stale metrics that readers detect by run_id."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Move finished artifacts from ``src`` (a folder inside ``out``) into ``out``, one atomic rename each, metrics
+    last so readers never see new metrics with an old model. A model retrained without evaluation leaves stale
+    metrics that readers detect by run_id. On failure the artifacts not yet moved stay in ``src`` and the error says
+    so: a finished run is never lost."""
     order = [artifacts.MODEL, artifacts.TRAIN_INFO, artifacts.HISTORY, artifacts.PREDICTIONS, artifacts.METRICS]
-    for name in order:
-        if (src / name).exists():
-            os.replace(src / name, out / name)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in order:
+            if (src / name).exists():
+                os.replace(src / name, out / name)
+    except OSError as e:
+        raise PublishError(
+            f"the finished run could not be published into {out} ({e.strerror or e}); its files are kept in {src}"
+        ) from e
 
 
 def resolve_backbone_weights(recipe, explicit):

@@ -88,10 +88,18 @@ def saliency_row(img: np.ndarray, keys: list[str], columns=None, method: str = "
     from cifar_dash.data import CLASS_NAMES
 
     digest = hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
-    maps = {k: _saliency(k, _stamp(k), digest, method, img) for k in keys}
-    vmax = 1.0 if method == "gradcam" else saliency.shared_scale([m["map"] for m in maps.values()])
+    maps, failed = {}, {}
+    for k in keys:
+        try:
+            maps[k] = _saliency(k, _stamp(k), digest, method, img)
+        except Exception as e:  # a model that does not load: that stage says so, the others draw
+            failed[k] = f"{k}: no map ({type(e).__name__}: {e})"
+    vmax = 1.0 if method == "gradcam" or not maps else saliency.shared_scale([m["map"] for m in maps.values()])
     cols = columns or st.columns(len(keys))
     for col, k in zip(cols, keys):
+        if k in failed:
+            col.warning(md_escape(failed[k][:300]))
+            continue
         m = maps[k]
         col.image(
             saliency.overlay(img, m["map"], vmax),
@@ -133,6 +141,14 @@ def test_set():
     return _test_set(os.environ.get(data.ENV_VAR))
 
 
+_MD_SPECIAL = set("\\`*_{}[]()#+-.!|<>~$:")
+
+
+def md_escape(text: str) -> str:
+    """Text from outside (file names, error messages) shown through Markdown as typed, not rendered."""
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in str(text))
+
+
 def upscale(img: np.ndarray, factor: int = 3) -> np.ndarray:
     return np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
 
@@ -140,7 +156,7 @@ def upscale(img: np.ndarray, factor: int = 3) -> np.ndarray:
 def gallery(indices, captions, columns: int = 8, empty: str = "No images."):
     x_test, _, err = test_set()
     if err:
-        st.warning(f"Test images unavailable: {err}")
+        st.warning("Test images unavailable: " + md_escape(err))
         return
     indices = list(indices)
     if not indices:
@@ -173,8 +189,8 @@ def status_badge(r: results.StageResult) -> str:
         return f"{100 * r.accuracy:.2f}% measured"
     if r.status == "stale":
         return f"{100 * r.accuracy:.2f}% (stale: {r.error})"
-    if r.status == "error":
-        return f"error: {r.error}"
+    if r.status == "damaged":
+        return f"damaged: {r.error}"
     return "not trained yet"
 
 
@@ -312,7 +328,7 @@ def training_sidebar():
                 )
                 st.toast(f"Started training {key}")
             except jobs.JobRunning as e:
-                st.warning(str(e))
+                st.warning(md_escape(str(e)))
         _job_panel()
 
 
@@ -362,7 +378,10 @@ def _job_card(s: jobs.JobStatus):
         r = next(x for x in all_results() if x.stage.key == s.stage)  # cached on the artifacts' mtimes
         box.success(f"Finished {time.strftime('%H:%M', time.localtime(p.get('updated', 0)))}: {status_badge(r)}")
     elif s.state in ("failed", "cancelled", "killed"):
-        box.error(f"{s.message or s.state}. The previous checkpoint is untouched.")
+        text = s.message or s.state
+        if "untouched" not in text:
+            text += "; the previous checkpoint is untouched"
+        (box.info if s.state == "cancelled" else box.error)(md_escape(text[0].upper() + text[1:] + "."))
         saved = jobs.resumable(s.stage)
         if saved:
             part = saved["partial"]
@@ -380,7 +399,7 @@ def _job_card(s: jobs.JobStatus):
                     jobs.resume(s.stage)
                     st.rerun(scope="app")
                 except (jobs.JobRunning, ValueError) as e:
-                    box.warning(str(e))
+                    box.warning(md_escape(str(e)))
     with box.expander("Log"):
         st.code(
             "(printed in the terminal that started this run)" if s.external else jobs.tail_log(s.stage, 25) or "(empty)",

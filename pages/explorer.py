@@ -42,14 +42,14 @@ with right:
         height=240,
     )
 
-if r.status == "error":
-    st.error(r.error)
+if r.status == "damaged":
+    st.error(f"{key} is damaged: " + _shared.md_escape(r.error))
     st.stop()
 if not r.metrics:
     st.info(f"{key} is not trained yet: start it from the sidebar, or `python -m cifar_dash train {key}`.")
     st.stop()
 if r.status == "stale":
-    st.warning(r.error)
+    st.warning(_shared.md_escape(r.error))
 
 m = r.metrics
 ev = (
@@ -88,7 +88,7 @@ try:
 except artifacts.ArtifactError as e:
     protocol, ablations = "", []
     if (r.folder / artifacts.ABLATIONS).exists():
-        st.warning(str(e))
+        st.warning(_shared.md_escape(str(e)))
 if ablations:
     st.subheader("What each trick is worth")
     st.caption(f"The recipe retrained with one trick removed at a time (`benchmarks/ablate_speedrun.py`): {protocol}.")
@@ -161,7 +161,7 @@ if len(shown):
     with st.expander("Where does each stage look? (occlusion maps for one image of this cell)"):
         x_test, _, err = _shared.test_set()
         if err:
-            st.warning(err)
+            st.warning(_shared.md_escape(err))
         else:
             pick = st.selectbox("Test image", [int(preds.indices[j]) for j in shown], key="explain_pick")
             method = _shared.saliency_method("explorer_saliency_method")

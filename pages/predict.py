@@ -10,55 +10,73 @@ from pages import _shared
 _shared.page_setup("Upload & predict")
 
 st.title("Upload & predict")
-st.caption("Every trained stage looks at the same 32x32 image. Where they disagree, the cell is marked.")
+st.caption(
+    "Every trained stage looks at the same 32x32 image and picks one of CIFAR-10's ten classes: "
+    + ", ".join(CLASS_NAMES)
+    + ". A picture of anything else still gets one of these ten. Where the stages disagree, the cell is marked."
+)
 trained = [r.stage.key for r in _shared.trained_results()]
 if not trained:
     st.info("No stage is trained yet: train one from the sidebar first.")
     st.stop()
 
 files = st.file_uploader(
-    "Images (PNG, JPEG, WebP, BMP, GIF)", type=list(images.UPLOAD_EXTENSIONS), accept_multiple_files=True, key="uploads"
+    f"Images (PNG, JPEG, WebP, BMP, GIF, TIFF; up to {images.MAX_MB} MB each)",
+    type=list(images.UPLOAD_EXTENSIONS),
+    accept_multiple_files=True,
+    key="uploads",
 )
 c1, c2 = st.columns([1, 3])
 n_random = c1.number_input("Random test images", 1, 32, 4, key="n_random")
 if c2.button("Draw random test images", key="draw"):
     x_test, _, err = _shared.test_set()
     if err:
-        st.warning(f"Test images unavailable: {err}")
+        st.warning("Test images unavailable: " + _shared.md_escape(err))
     else:
         st.session_state["drawn"] = np.random.default_rng().choice(len(x_test), int(n_random), replace=False).tolist()
 if st.session_state.get("drawn") and st.button("Clear test images", key="clear_drawn"):
     st.session_state["drawn"] = []
 
-items = []  # (name, 32x32 array, original bytes or None, true label or None)
-ok, errors = images.to_model_inputs([(f.name, f.getvalue()) for f in files or []])
-for _name, msg in errors:
-    st.error(msg)
-uploaded = {f.name: f.getvalue() for f in files or []}
-items += [(name, arr, uploaded.get(name), None) for name, arr in ok]
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _decode(name: str, digest: str, _data: bytes):
+    """Decoded upload (or its ImageError), per file content: a rerun never decodes a file twice."""
+    return images.decode_many([(name, _data)])[0]
+
+
+# (name, 32x32 array, preview to show or None, true label or None), or (name, ImageError) in the upload's place
+items = []
+for f in files or []:
+    data = f.getvalue()
+    items.append(_decode(f.name, hashlib.sha256(data).hexdigest(), data))
 x_test, y_test, _ = _shared.test_set()
 for i in st.session_state.get("drawn", []):
     if x_test is not None and i < len(x_test):
         items.append((f"test image {i}", x_test[i], None, int(y_test[i])))
-
-if not items:
+items = [(it.name, it.model_input, it.preview, None) if isinstance(it, images.Decoded) else it for it in items]
+good = [it for it in items if not isinstance(it, images.ImageError)]
+for it in items:
+    if isinstance(it, images.ImageError) and len(good) == 0:
+        st.error(_shared.md_escape(str(it)))
+if not good:
     st.stop()
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def _probs(key: str, stamp: tuple, digest: str, _batch: np.ndarray) -> np.ndarray:
-    return predict.predict(_shared.stage_model(key), _batch)
+@st.cache_resource(show_spinner=False)
+def _cache() -> predict.PredictionCache:
+    return predict.PredictionCache()
 
 
-batch = np.stack([it[1] for it in items])
-digest = hashlib.sha256(batch.tobytes()).hexdigest()
+batch = np.stack([it[1] for it in good])
 probs = {}
 for key in trained:
-    try:
-        probs[key] = _probs(key, _shared._stamp(key), digest, batch)
+    try:  # only images this stage has not seen yet are predicted
+        probs[key] = _cache().probs(key, _shared._stamp(key), batch, lambda key=key: _shared.stage_model(key))
     except Exception as e:  # a damaged model file: that stage shows the error, the rest work
-        st.error(f"{key}: {e}")
+        st.error(_shared.md_escape(f"{key}: {e}"))
 stage_keys = list(probs)
+if not stage_keys:
+    st.stop()
 show_details = st.toggle("Show top-3 and probability bars", key="details")
 show_saliency = st.toggle(
     "Show where each stage looks (occlusion maps)",
@@ -74,11 +92,12 @@ header[1].markdown("**what the models see**")
 for col, key in zip(header[2:], stage_keys):
     col.markdown(f"**{key}**")
 
-for n, (name, arr, raw, label) in enumerate(items):
+
+def _row(n: int, name: str, arr: np.ndarray, preview, label):
     per_stage = {k: probs[k][n] for k in stage_keys}
     d = analysis.disagreement(per_stage)
     row = st.columns([1, 1] + [1] * len(stage_keys))
-    row[0].image(raw if raw is not None else _shared.upscale(arr, 3), caption=name, width="stretch")
+    row[0].image(preview if preview is not None else _shared.upscale(arr, 3), caption=name, width="stretch")
     row[1].image(
         _shared.upscale(arr, 4),
         caption="32x32 input" + (f" · true: {CLASS_NAMES[label]}" if label is not None else ""),
@@ -106,7 +125,7 @@ for n, (name, arr, raw, label) in enumerate(items):
     )
     st.caption(verdict)
     if show_details:
-        with st.expander(f"Probability bars for {name}"):
+        with st.expander(f"Probability bars for {_shared.md_escape(name)}"):
             cols = st.columns(min(4, len(stage_keys)))
             for i, key in enumerate(stage_keys):
                 cols[i % len(cols)].markdown(key)
@@ -114,3 +133,16 @@ for n, (name, arr, raw, label) in enumerate(items):
                     figures.probability_bars(per_stage[key]), key=f"bars_{n}_{key}", config={"displayModeBar": False}
                 )
     st.divider()
+
+
+n = 0
+for it in items:
+    if isinstance(it, images.ImageError):
+        st.error(_shared.md_escape(str(it)))
+        st.divider()
+        continue
+    try:  # one image that cannot be shown never hides the rows after it
+        _row(n, *it)
+    except Exception as e:
+        st.error(_shared.md_escape(f"{it[0]}: could not be shown ({type(e).__name__}: {e})"))
+    n += 1

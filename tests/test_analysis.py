@@ -32,4 +32,4 @@ def test_order_inversions_ignore_expected_drops_agreeing_orders_and_missing_stag
     assert analysis.order_inversions([_r("resnet50v2", 0.93), _r("resnet50v2_sota", 0.94)]) == []
     assert analysis.order_inversions([_r("resnet50v2", 0.95), _r("resnet50v2_sota", None, status="untrained")]) == []
     # only consecutive stages are compared: cnn under resnet50v2 with a stage in error between them is not flagged
-    assert analysis.order_inversions([_r("cnn", 0.74), _r("vgg_aug", None, status="error"), _r("resnet50v2", 0.70)]) == []
+    assert analysis.order_inversions([_r("cnn", 0.74), _r("vgg_aug", None, status="damaged"), _r("resnet50v2", 0.70)]) == []

@@ -1,6 +1,8 @@
 """AppTest per page, on fixture checkpoints trained in the test session."""
 
+import io
 import json
+import re
 import shutil
 
 import numpy as np
@@ -255,11 +257,11 @@ def test_explorer_shows_a_stored_ablation_and_warns_on_a_corrupt_one(trained_roo
     (root / "mlp" / "ablations.json").write_text("{ not json")
     at.run()
     assert not at.exception
-    assert any("ablations.json" in w.value for w in at.warning)
+    assert any("ablations.json" in _plain(w.value) for w in at.warning)
     (root / "mlp" / "ablations.json").write_text(json.dumps({"rows": [{"variant": "full"}], "summary": summary}))
     at.run()
     assert not at.exception
-    assert any("not in the expected form" in w.value for w in at.warning)
+    assert any("not in the expected form" in _plain(w.value) for w in at.warning)
 
 
 def test_sidebar_offers_to_continue_the_published_run(app_env, monkeypatch):
@@ -360,3 +362,103 @@ def test_journey_explains_where_measured_order_inverts_the_seeds(monkeypatch, ci
         key = note.split(" ", 1)[0]
         acc = json.loads((shipped / key / "metrics.json").read_text())["test_accuracy"]
         assert f"{key} measures {100 * acc:.2f}%" in note
+
+
+def _plain(md: str) -> str:
+    """Markdown-escaped text back to what it says."""
+    return re.sub(r"\\(.)", r"\1", md)
+
+
+def test_predict_page_takes_every_odd_upload_without_a_traceback(app_env):
+    from cifar_dash import images
+    from tests import odd_images
+
+    # the uploader itself refuses other extensions (.svg, .ico) before the page sees them
+    cases = [c for c in odd_images.cases() if c[0].rsplit(".", 1)[-1] in images.UPLOAD_EXTENSIONS]
+    assert len(cases) >= 18
+    at = _app()
+    at.switch_page("pages/predict.py").run()
+    at.file_uploader(key="uploads").set_value([(n, d, "application/octet-stream") for n, d, _ in cases]).run()
+    assert not at.exception, at.exception
+    errors = [_plain(e.value) for e in at.error]
+    for name, _, expect in cases:
+        if expect == "ok":
+            assert not [e for e in errors if e.startswith(f"{name}:")], name
+        else:
+            assert [e for e in errors if e.startswith(f"{name}: ") and re.search(expect, e)], (name, errors)
+    n_ok = sum(expect == "ok" for *_, expect in cases)
+    assert sum("stages agree" in t or "Stages disagree" in t for t in _texts(at)) == n_ok
+    # names are escaped: the Markdown in a file name is shown, not rendered
+    assert any(e.value.startswith(r"markdown \*name\* \[x\]\(y\)\.png") for e in at.error)
+
+
+def test_a_new_upload_predicts_only_itself(app_env):
+    from PIL import Image
+
+    def png(colour):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 40), colour).save(buf, "PNG")
+        return (f"{colour}.png", buf.getvalue(), "image/png")
+
+    at = _app()
+    at.switch_page("pages/predict.py").run()
+    at.file_uploader(key="uploads").set_value([png((200, 0, 0)), png((0, 200, 0))]).run()
+    assert not at.exception
+    cache = next(iter(_prediction_caches()))
+    before = dict(cache.predicted)
+    at.file_uploader(key="uploads").set_value([png((200, 0, 0)), png((0, 200, 0)), png((0, 0, 200))]).run()
+    assert not at.exception
+    assert {k: cache.predicted[k] - before.get(k, 0) for k in cache.predicted} == {"mlp": 1, "deep_mlp": 1, "cnn": 1}
+
+
+def _prediction_caches():
+    import gc
+
+    from cifar_dash import predict
+
+    return [o for o in gc.get_objects() if isinstance(o, predict.PredictionCache)]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated model", "accuracy as text", "history without accuracy", "metrics not an object", "predictions of 9"],
+)
+def test_a_damaged_stage_is_shown_as_damaged_on_every_page(damage, trained_root, cifar_npz, tmp_path, monkeypatch):
+    root = tmp_path / "ck"
+    shutil.copytree(trained_root, root)
+    cnn = root / "cnn"
+    if damage == "truncated model":
+        data = (cnn / "model.keras").read_bytes()
+        (cnn / "model.keras").write_bytes(data[: len(data) // 2])
+    elif damage == "accuracy as text":
+        m = json.loads((cnn / "metrics.json").read_text())
+        m["test_accuracy"] = "0.74"
+        (cnn / "metrics.json").write_text(json.dumps(m))
+    elif damage == "history without accuracy":
+        h = json.loads((cnn / "history.json").read_text())
+        del h["epochs"][0]["accuracy"]
+        (cnn / "history.json").write_text(json.dumps(h))
+    elif damage == "metrics not an object":
+        (cnn / "metrics.json").write_text("[1, 2]")
+    else:
+        with np.load(cnn / "test_predictions.npz") as z:
+            np.savez(cnn / "test_predictions.npz", probs=z["probs"][:, :9], labels=z["labels"], indices=z["indices"])
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    r = results.load_result("cnn")
+    assert r.status == "damaged" and str(cnn) in r.error
+    at = _app()
+    assert any("cnn" in t for t in _texts(at) + [w.value for w in at.warning] + [e.value for e in at.error])
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+    at.switch_page("pages/explorer.py").run()
+    at.selectbox(key="explorer_stage").set_value("cnn").run()
+    assert not at.exception
+    assert [e for e in at.error if "cnn" in e.value]
+    at.selectbox(key="explorer_stage").set_value("mlp").run()  # the others still work
+    assert not at.exception and not at.error
+    at.switch_page("pages/predict.py").run()
+    at.button(key="draw").click().run()
+    assert not at.exception
+    assert sum("stages agree" in t or "Stages disagree" in t for t in _texts(at)) == 4

@@ -143,3 +143,41 @@ def test_runs_summary_mean_and_std_by_hand(tmp_path):
         )
     )
     assert report.runs_summary("speedrun", [folders[0], other])["n_runs"] == 2
+
+
+def test_bad_numbers_are_refused_by_the_parser(tmp_path):
+    for args, says in [
+        (("train", "mlp", "--limit", "-5"), "must be 1 or more"),
+        (("train", "mlp", "--limit", "0"), "must be 1 or more"),
+        (("train", "mlp", "--epochs", "0"), "epochs must be positive"),
+        (("train", "mlp", "--save-every", "-1"), "must be 0 (epoch ends only) or more"),
+        (("train", "mlp", "--seed", "x"), "is not a whole number"),
+        (("evaluate", "mlp", "--limit", "-1"), "must be 1 or more"),
+        (("robustness", "mlp", "--limit", "-1"), "must be 0 or more"),
+    ]:
+        r = _run(*args, "--out", str(tmp_path / "never"))
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "never").exists()
+
+
+def test_an_unwritable_out_is_refused_before_training(cifar_npz, tmp_path):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    r = _run("train", "mlp", "--epochs", "1", "--limit", "300", "--data", str(cifar_npz), "--out", str(blocker / "mlp"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: cannot write into {blocker / 'mlp'}")
+    assert "choose another --out" in r.stderr and "epoch" not in r.stdout
+
+
+def test_stages_lists_a_damaged_stage_with_its_reason(trained_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "ck"
+    shutil.copytree(trained_root, root)
+    model = root / "cnn" / "model.keras"
+    model.write_bytes(model.read_bytes()[:1000])
+    r = _run("stages", root=root)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("cnn "))
+    assert "damaged" in line and "not a whole .keras archive" in line
+    assert "trained" in next(x for x in r.stdout.splitlines() if x.startswith("mlp "))

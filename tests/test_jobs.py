@@ -135,8 +135,7 @@ def test_a_cancelled_job_resumes_from_the_dashboard(root, cifar_npz):
         jobs.time.sleep(0.1)
     assert jobs.cancel("mlp")
     assert jobs.wait("mlp", timeout=120).state == "cancelled"
-    jobs._POPEN[rec["pid"]].wait(timeout=60)  # "cancelled" is written just before the process exits
-    saved = jobs.resumable("mlp")
+    saved = jobs.resumable("mlp")  # offered as soon as the cancel is saved, while the process may still be exiting
     assert saved and saved["epochs"] == 60 and 2 <= saved["epochs_done"] < 60 and saved["pid"] == rec["pid"]
     # a state saved by some other run in that folder is not offered
     work = artifacts.work_dir("mlp", root / "mlp")
@@ -154,3 +153,16 @@ def test_a_cancelled_job_resumes_from_the_dashboard(root, cifar_npz):
     hist = json.loads((root / "mlp" / "history.json").read_text())["epochs"]
     assert [h["epoch"] for h in hist] == list(range(1, 61))
     assert jobs.resumable("mlp") is None  # the finished run's state is gone
+
+
+def test_a_finished_job_stays_done_when_another_run_writes_the_folder(root, cifar_npz):
+    from cifar_dash import train
+
+    rec = jobs.start("mlp", epochs=1, limit=300, data_path=str(cifar_npz))
+    assert jobs.wait("mlp", timeout=240).state == "done"
+    jobs._POPEN[rec["pid"]].wait(timeout=60)
+    work = artifacts.work_dir("mlp", root / "mlp")
+    for other in ({"state": "running", "pid": 999_999_999}, {"state": "failed", "pid": 999_999_998, "message": "x"}):
+        artifacts.write_json(work / train.PROGRESS, {"stage": "mlp", "updated": 0, **other})  # a later run, elsewhere
+        st = jobs._job_status("mlp")
+        assert st.state == "done" and st.progress["pid"] == rec["pid"], (st.state, st.message)

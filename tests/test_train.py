@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -759,3 +760,29 @@ def test_a_second_run_into_the_same_folder_is_refused(cifar_npz, tmp_path):
     assert not any(train.pid_alive(p) for p in (0, -1, None, "x"))
     train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out, evaluate=False)
     assert json.loads((work / train.PROGRESS).read_text())["state"] == "done"
+
+
+def test_a_failed_publication_keeps_the_finished_run_and_the_published_one(cifar_npz, tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "mlp"
+    train.train("mlp", epochs=1, limit=300, data_path=cifar_npz, out_dir=out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    real = os.replace
+
+    def cross_device(src, dst):
+        if Path(dst).parent == out:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src, dst)
+
+    monkeypatch.setattr(train.os, "replace", cross_device)
+    with pytest.raises(train.PublishError, match="could not be published") as e:
+        train.train("mlp", epochs=1, limit=300, data_path=cifar_npz, out_dir=out)
+    staged = Path(str(e.value).rsplit("kept in ", 1)[1])
+    assert staged.parent == out and {"model.keras", "metrics.json", "history.json"} <= {p.name for p in staged.iterdir()}
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # the published run is intact
+    monkeypatch.setattr(train.os, "replace", real)
+    from cifar_dash import results
+
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(tmp_path))
+    assert results.load_result("mlp").status == "trained"  # the staging folder does not confuse readers
