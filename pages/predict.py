@@ -13,7 +13,7 @@ st.title("Upload & predict")
 st.caption(
     "Every trained stage looks at the same 32x32 image and picks one of CIFAR-10's ten classes: "
     + ", ".join(CLASS_NAMES)
-    + ". A picture of anything else still gets one of these ten. Where the stages disagree, the cell is marked."
+    + ". A picture of anything else still gets one of these ten. A stage that differs from the majority is marked."
 )
 trained = [r.stage.key for r in _shared.trained_results()]
 if not trained:

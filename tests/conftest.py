@@ -55,3 +55,24 @@ def trained_root(tmp_path_factory, cifar_npz):
         else:
             os.environ["CIFAR_DASH_CACHE"] = old
     return root
+
+
+def _tiny_backbone(shape, weights):
+    """A few layers in place of an ImageNet backbone: the transfer stages' whole pipeline (upsampling, preprocessing,
+    a nested backbone with BatchNorm, "from:LAYER" fine-tuning) at a fraction of the tracing time."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input(shape)
+    x = layers.Conv2D(8, 3, strides=4, name="stem_conv")(inp)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Conv2D(16, 1, name="block_12_expand")(x)
+    x = layers.BatchNormalization(name="block_12_expand_BN")(x)
+    return keras.Model(inp, layers.ReLU(name="out_relu")(x), name="tiny_backbone")
+
+
+@pytest.fixture
+def tiny_backbones(monkeypatch):
+    from cifar_dash import models
+
+    monkeypatch.setattr(models, "_APPLICATIONS", {k: _tiny_backbone for k in models._APPLICATIONS})

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import re
 import shutil
 
@@ -133,7 +134,9 @@ def test_compare_counts_fixed_and_broken(app_env):
     assert values["Broken by the later stage"] == f"{len(fb['broken']):,}"
     agreement = next(c for c in _charts(at) if c["data"][0]["type"] == "heatmap")
     assert agreement["data"][0]["x"] == ["mlp", "deep_mlp", "cnn"]
-    assert np.allclose(np.diag(_arr(agreement["data"][0]["z"])), 1)
+    z = _arr(agreement["data"][0]["z"])
+    a, c = results.predictions("mlp"), results.predictions("cnn")  # same 200 test images, same order
+    assert z[0, 2] == pytest.approx(float((a.predicted == c.predicted).mean()))
 
 
 def test_predict_draws_test_images_one_prediction_per_stage(app_env):
@@ -147,7 +150,13 @@ def test_predict_draws_test_images_one_prediction_per_stage(app_env):
     assert sum("stages agree" in t or "Stages disagree" in t for t in _texts(at)) == 3
     at.toggle(key="details").set_value(True).run()
     assert not at.exception
-    assert any(t.count("%") == 3 for t in _texts(at))  # top-3 line
+    from cifar_dash import predict
+
+    x_test = np.load(os.environ["CIFAR10_PATH"])["x_test"]
+    first = at.session_state["drawn"][0]
+    probs = predict.predict(predict.load_stage("cnn"), x_test[first][None])
+    expected = " · ".join(f"{c} {q:.0%}" for c, q in predict.top_k(probs, 3)[0])
+    assert expected in [c.value for c in at.caption]  # cnn's top-3 for the first drawn image
 
 
 def test_training_page_and_sidebar_render(app_env):
@@ -351,17 +360,24 @@ def test_sidebar_says_when_bfloat16_would_be_emulated_here(app_env, monkeypatch)
     assert not [c for c in at.caption if "emulated" in c.value]
 
 
-def test_journey_explains_where_measured_order_inverts_the_seeds(monkeypatch, cifar_npz):
-    shipped = ROOT / "checkpoints"
-    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(shipped))
+def test_journey_explains_where_measured_order_inverts_the_seeds(trained_root, cifar_npz, tmp_path, monkeypatch):
+    root = tmp_path / "ck"
+    shutil.copytree(trained_root, root)
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
     monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    deep = json.loads((root / "deep_mlp" / "metrics.json").read_text())["test_accuracy"]
+    m = json.loads((root / "cnn" / "metrics.json").read_text())
+    m["test_accuracy"] = min(1.0, deep + 0.05)  # the seed's order: no note
+    (root / "cnn" / "metrics.json").write_text(json.dumps(m))
     at = _app()
-    expected = analysis.order_inversions(results.load_all(shipped))
-    assert [i.value for i in at.info if " though the seed reports it " in i.value] == expected
-    for note in expected:  # each figure in the note is the stage's own metrics.json
-        key = note.split(" ", 1)[0]
-        acc = json.loads((shipped / key / "metrics.json").read_text())["test_accuracy"]
-        assert f"{key} measures {100 * acc:.2f}%" in note
+    assert not [i for i in at.info if " though the seed reports it " in i.value]
+    m["test_accuracy"] = deep - 0.05  # cnn, reported 27.82 points above deep_mlp, now measured 5 under it
+    (root / "cnn" / "metrics.json").write_text(json.dumps(m))
+    at = _app()
+    notes = [i.value for i in at.info if " though the seed reports it " in i.value]
+    assert len(notes) == 1
+    assert notes[0].startswith(f"cnn measures {100 * (deep - 0.05):.2f}% (1 of its recipe's 15 epochs), 5.00 points under")
+    assert "the seed reports it 27.82 points above (70.71% against 42.89%)" in notes[0]
 
 
 def _plain(md: str) -> str:
@@ -462,3 +478,68 @@ def test_a_damaged_stage_is_shown_as_damaged_on_every_page(damage, trained_root,
     at.button(key="draw").click().run()
     assert not at.exception
     assert sum("stages agree" in t or "Stages disagree" in t for t in _texts(at)) == 4
+
+
+def test_an_upload_over_the_size_limit_is_refused_by_name(app_env):
+    from PIL import Image
+
+    from cifar_dash import images
+
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 30), (1, 2, 3)).save(buf, "PNG")
+    big = buf.getvalue() + b"\0" * images.MAX_BYTES  # a valid PNG padded over the limit
+    at = _app()
+    at.switch_page("pages/predict.py").run()
+    at.file_uploader(key="uploads").set_value([("huge.png", big, "image/png"), ("ok.png", buf.getvalue(), "image/png")])
+    at.run()
+    assert not at.exception
+    assert [e for e in at.error if _plain(e.value) == f"huge.png: 20.0 MB is over the {images.MAX_MB} MB limit"]
+    assert sum("stages agree" in t or "Stages disagree" in t for t in _texts(at)) == 1  # ok.png still predicted
+
+
+def test_a_missing_model_and_a_stale_stage_are_said_plainly(trained_root, cifar_npz, tmp_path, monkeypatch):
+    root = tmp_path / "ck"
+    shutil.copytree(trained_root, root)
+    (root / "cnn" / "model.keras").unlink()
+    info = json.loads((root / "deep_mlp" / "train_info.json").read_text())
+    info["run_id"] = "a-newer-run-never-evaluated"
+    (root / "deep_mlp" / "train_info.json").write_text(json.dumps(info))
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    assert results.load_result("cnn").status == "damaged"
+    assert results.load_result("deep_mlp").status == "stale"
+    at = _app()
+    assert [e for e in at.error if "cnn" in e.value and "model.keras is missing" in _plain(e.value)]
+    at.switch_page("pages/explorer.py").run()
+    at.selectbox(key="explorer_stage").set_value("deep_mlp").run()
+    assert not at.exception
+    assert [w for w in at.warning if "retrained but not evaluated" in _plain(w.value)]
+
+
+def test_every_page_renders_offline_without_a_data_path(trained_root, tmp_path, monkeypatch):
+    import keras
+
+    def no_network():
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", no_network)
+    monkeypatch.delenv("CIFAR10_PATH", raising=False)
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(trained_root))
+    at = _app()
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+    at.switch_page("pages/explorer.py").run()
+    assert [w for w in at.warning if "Test images unavailable" in _plain(w.value) and "CIFAR10_PATH" in _plain(w.value)]
+    assert at.get("plotly_chart")  # the charts come from stored artifacts
+
+
+def test_journey_train_now_starts_the_missing_stage(app_env, monkeypatch):
+    from cifar_dash import jobs
+
+    started = []
+    monkeypatch.setattr(jobs, "start", lambda key, **kw: started.append((key, kw)) or {"pid": 1})
+    at = _app()
+    at.button(key="train_now_vgg_aug").click().run()
+    assert not at.exception
+    assert started == [("vgg_aug", {"data_path": os.environ["CIFAR10_PATH"]})]

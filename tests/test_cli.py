@@ -85,12 +85,25 @@ def test_readme_results_table_is_generated_from_the_shipped_metrics(monkeypatch)
     assert report.replace_in(readme, table) == readme, "run `python -m cifar_dash results-table --write README.md`"
 
 
-def test_readme_commands_match_ci():
+def _readme_block(heading: str) -> list[str]:
+    """The lines of the first ```bash block under a README heading."""
     readme = (ROOT / "README.md").read_text()
-    ci = (ROOT / ".ci" / "run").read_text()
-    test_cmd = ".venv/bin/python -m pytest -q"
-    assert test_cmd in readme and test_cmd in ci
-    assert "pip install -r requirements.txt" in readme and "pip install -q -r requirements.txt" in ci
+    section = readme.split(f"\n## {heading}\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_ci_runs_readmes_own_commands():
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    (setup,) = _readme_block("Set up and run the app")
+    # the set-up steps, in order, without the final `streamlit run` (CI does not serve the app)
+    steps = [part.strip() for part in setup.split("&&")]
+    assert steps[-1].startswith(".venv/bin/streamlit run app.py")
+    for step in steps[:-1]:
+        assert step in ci, f"CI does not run README's set-up step {step!r}"
+    tests = _readme_block("Run the tests")
+    assert tests and all(cmd in ci for cmd in tests), f"CI does not run README's test command {tests}"
+    assert ci.index(steps[0]) < ci.index(tests[0])
 
 
 def test_runs_summary_mean_and_std_by_hand(tmp_path):

@@ -68,7 +68,29 @@ def test_robustness_command_writes_its_artifact_and_the_chart_shows_it(trained_r
     r = results.load_result("mlp")
     assert claims.robustness_of(r)["n_test"] == 100
     verdict = claims.colour_vs_shape(results.load_all())
-    assert verdict.verdict in ("supported", "contradicted") and "MLP keeps" in verdict.evidence
+    a = stored["accuracy"]  # the evidence quotes the stored sweep
+    assert (
+        f"the MLP keeps {100 * a['colour only (blur radius 4)'] / a['clean']:.1f}% of its clean accuracy" in verdict.evidence
+    )
+
+
+def _hand_result(key, folder, accuracy, train_acc=None, val_acc=None, params=1000):
+    from cifar_dash import stages
+
+    history = [{"accuracy": train_acc, "val_accuracy": val_acc, "loss": 1.0}] if train_acc is not None else []
+    metrics = {"test_accuracy": accuracy, "params": params, "run_id": key}
+    return results.StageResult(stages.get(key), "trained", metrics=metrics, history=history, folder=folder)
+
+
+@pytest.mark.parametrize("colour,shape,verdict", [(0.40, 0.20, "supported"), (0.20, 0.40, "contradicted")])
+def test_colour_vs_shape_verdict_follows_the_stored_sweep(colour, shape, verdict, tmp_path):
+    folder = tmp_path / "mlp"
+    folder.mkdir()
+    sweep = {"clean": 0.5, "colour only (blur radius 4)": colour, "shape only (grayscale edges)": shape}
+    (folder / "robustness.json").write_text(json.dumps({"run_id": "mlp", "n_test": 100, "accuracy": sweep}))
+    c = claims.colour_vs_shape([_hand_result("mlp", folder, 0.5)])
+    assert c.verdict == verdict
+    assert f"keeps {100 * colour / 0.5:.1f}% of its clean accuracy (50.0%)" in c.evidence
 
 
 def test_claims_are_computed_from_artifacts(trained_root, monkeypatch):
@@ -76,12 +98,21 @@ def test_claims_are_computed_from_artifacts(trained_root, monkeypatch):
     res = results.load_all()
     found = {c.claim: c for c in claims.evaluate_claims(res)}
     deep = next(c for k, c in found.items() if "deep" in k)
-    mlp, dm = results.load_result("mlp"), results.load_result("deep_mlp")
-    expected = (
-        "supported" if (dm.accuracy < mlp.accuracy and claims.final_gap(dm) > claims.final_gap(mlp)) else "contradicted"
-    )
-    assert deep.verdict == expected and f"{100 * dm.accuracy:.1f}%" in deep.evidence
+    dm = results.load_result("deep_mlp")
+    assert deep.verdict in ("supported", "contradicted") and f"test {100 * dm.accuracy:.1f}%" in deep.evidence
     assert next(c for k, c in found.items() if "Label smoothing" in k).verdict == "not measured"
+
+
+@pytest.mark.parametrize(
+    "deep_acc,deep_train,verdict",
+    [(0.47, 0.90, "supported"), (0.52, 0.90, "contradicted"), (0.47, 0.50, "contradicted")],
+)
+def test_deep_mlp_verdict_needs_lower_test_accuracy_and_a_wider_gap(deep_acc, deep_train, verdict, tmp_path):
+    mlp = _hand_result("mlp", tmp_path, 0.50, train_acc=0.55, val_acc=0.50)  # gap 5 points
+    deep = _hand_result("deep_mlp", tmp_path, deep_acc, train_acc=deep_train, val_acc=deep_acc)
+    c = claims.deep_mlp_overfits([mlp, deep])
+    assert c.verdict == verdict
+    assert f"(gap {100 * (deep_train - deep_acc):.1f} points), test {100 * deep_acc:.1f}%" in c.evidence
 
 
 def test_robustness_of_ignores_a_sweep_of_an_older_model(trained_root, tmp_path, monkeypatch):

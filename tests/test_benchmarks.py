@@ -1,0 +1,71 @@
+"""The benchmark scripts run and print (or write) their figures: a short run of each on tiny settings."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _run(args, env=None, timeout=300):
+    r = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def test_bench_training_prints_and_writes_throughput(tmp_path):
+    out = tmp_path / "bench.json"
+    text = _run(
+        ["benchmarks/bench_training.py", "--stages", "mlp", "--precisions", "float32", "--steps", "2", "--json", str(out)]
+    )
+    doc = json.loads(out.read_text())
+    rows = doc["rows"] if isinstance(doc, dict) else doc
+    assert len(rows) == 1 and rows[0]["stage"] == "mlp" and rows[0]["images_per_second"] > 0
+    assert "mlp" in text and re.search(r"\d", text)
+
+
+def test_bench_app_times_every_page(trained_root, cifar_npz, tmp_path):
+    text = _run(
+        ["benchmarks/bench_app.py", "--reps", "1"],
+        env={
+            "CIFAR_DASH_CHECKPOINTS": str(trained_root),
+            "CIFAR10_PATH": str(cifar_npz),
+            "CIFAR_DASH_CACHE": str(tmp_path / "cache"),
+        },
+    )
+    assert re.search(r"cold start .*: \d+\.\d+ s", text)
+    for page in ("app.py", "pages/explorer.py", "pages/compare.py", "pages/predict.py", "pages/training.py"):
+        assert re.search(rf"warm render {re.escape(page)} +\d+\.\d ms", text), page
+    assert "loading 3 models" in text and re.search(r"peak RSS with all stages loaded: \d+ MB", text)
+
+
+def test_ablation_script_writes_its_rows(cifar_npz, tmp_path):
+    out = tmp_path / "ablations.json"
+    _run(
+        [
+            "benchmarks/ablate_speedrun.py",
+            "--variants",
+            "full",
+            "--epochs",
+            "1",
+            "--limit",
+            "100",
+            "--data",
+            str(cifar_npz),
+            "--json",
+            str(out),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+        env={"CIFAR_DASH_CACHE": str(tmp_path / "cache")},
+    )
+    doc = json.loads(out.read_text())
+    assert doc["protocol"] == {"epochs": 1, "limit": 100}
+    assert [r["variant"] for r in doc["rows"]] == ["full"] and 0 <= doc["rows"][0]["test_accuracy"] <= 1
+    assert doc["summary"][0]["variant"] == "full" and doc["summary"][0]["vs_full_points"] == 0.0
