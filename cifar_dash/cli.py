@@ -1,4 +1,4 @@
-"""Command line: python -m cifar_dash {stages,train,evaluate,predict,results-table}."""
+"""Command line: python -m cifar_dash {stages,train,evaluate,predict,robustness,runs,results-table,docs}."""
 
 from __future__ import annotations
 
@@ -111,13 +111,21 @@ def _runs(args):
 def _results_table(args):
     from . import report
 
-    table = report.results_markdown(args.checkpoints)
-    if args.write:
-        path = Path(args.write)
-        path.write_text(report.replace_in(path.read_text(), table))
-        print(f"updated the results table in {path}")
+    print(report.results_markdown(args.checkpoints))
+    return 0
+
+
+def _docs(args):
+    from . import docs
+
+    stale = docs.update(args.checkpoints, check=args.check)
+    if args.check:
+        if stale:
+            print("out of date (run `python -m cifar_dash docs`): " + ", ".join(stale), file=sys.stderr)
+            return 1
+        print("every generated block is up to date")
     else:
-        print(table)
+        print("rewrote the generated blocks of " + (", ".join(stale) if stale else "nothing (all up to date)"))
     return 0
 
 
@@ -237,9 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     ru.add_argument("folders", nargs="+", type=Path, help="output folders of `train STAGE --seed N --out DIR`")
     ru.set_defaults(fn=_runs)
 
-    rt = sub.add_parser("results-table", help="README's results table, generated from metrics.json files")
-    rt.add_argument("--write", help="replace the table between the markers in this file (README.md)")
+    rt = sub.add_parser("results-table", help="print the detailed results table, generated from metrics.json files")
     rt.set_defaults(fn=_results_table)
+
+    dc = sub.add_parser("docs", help="rewrite the generated tables of README.md and docs/*.md from the artifacts")
+    dc.add_argument("--check", action="store_true", help="only say which documents are out of date (exit 1 if any)")
+    dc.set_defaults(fn=_docs)
     return p
 
 

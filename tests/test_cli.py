@@ -1,8 +1,10 @@
 import io
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
@@ -76,13 +78,26 @@ def test_results_table_from_metrics(trained_root):
     _ = io  # keep import for image helpers
 
 
-def test_readme_results_table_is_generated_from_the_shipped_metrics(monkeypatch):
-    from cifar_dash import report
+def test_readme_and_docs_figures_are_generated_from_the_shipped_artifacts(monkeypatch):
+    from cifar_dash import docs
 
     monkeypatch.delenv("CIFAR_DASH_CHECKPOINTS", raising=False)
+    assert docs.update(ROOT / "checkpoints", check=True) == [], "run `python -m cifar_dash docs`"
     readme = (ROOT / "README.md").read_text()
-    table = report.results_markdown(ROOT / "checkpoints")
-    assert report.replace_in(readme, table) == readme, "run `python -m cifar_dash results-table --write README.md`"
+    for key in ("mlp", "speedrun", "resnet50v2_sota"):  # the measured figure of each stage is in README's table
+        acc = json.loads((ROOT / "checkpoints" / key / "metrics.json").read_text())["test_accuracy"]
+        assert f"| `{key}` |" in readme and f"**{100 * acc:.2f}%**" in readme
+
+
+def test_docs_check_finds_a_hand_edited_figure(tmp_path, monkeypatch):
+    from cifar_dash import docs, results
+
+    text = "x\n<!-- generated:results -->\n| typed by hand |\n<!-- /generated:results -->\ny\n"
+    out = docs.render(text, results.load_all(ROOT / "checkpoints"))
+    assert out != text and "typed by hand" not in out and out.startswith("x\n") and out.endswith("y\n")
+    assert docs.render(out, results.load_all(ROOT / "checkpoints")) == out
+    with pytest.raises(ValueError, match="unknown generated block 'nope'"):
+        docs.render("<!-- generated:nope -->\n<!-- /generated:nope -->", [])
 
 
 def _readme_block(heading: str) -> list[str]:
@@ -158,7 +173,9 @@ def test_runs_summary_mean_and_std_by_hand(tmp_path):
     assert report.runs_summary("speedrun", [folders[0], other])["n_runs"] == 2
 
 
-def test_bad_numbers_are_refused_by_the_parser(tmp_path):
+def test_bad_numbers_are_refused_by_the_parser(tmp_path, capsys):
+    from cifar_dash import cli
+
     for args, says in [
         (("train", "mlp", "--limit", "-5"), "must be 1 or more"),
         (("train", "mlp", "--limit", "0"), "must be 1 or more"),
@@ -168,8 +185,10 @@ def test_bad_numbers_are_refused_by_the_parser(tmp_path):
         (("evaluate", "mlp", "--limit", "-1"), "must be 1 or more"),
         (("robustness", "mlp", "--limit", "-1"), "must be 0 or more"),
     ]:
-        r = _run(*args, "--out", str(tmp_path / "never"))
-        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        with pytest.raises(SystemExit) as e:  # argparse refuses before anything is loaded or trained
+            cli.main([*args, "--out", str(tmp_path / "never")] if args[0] != "robustness" else list(args))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and says in err and "Traceback" not in err, (args, err)
     assert not (tmp_path / "never").exists()
 
 

@@ -1,0 +1,227 @@
+"""The figures in README.md and docs/*.md, generated from the stored artifacts (never typed by hand).
+
+A document marks each generated block with ``<!-- generated:NAME -->`` ... ``<!-- /generated:NAME -->``;
+``python -m cifar_dash docs`` rewrites every block of every document in place, and ``--check`` says which are stale
+(a test runs the check on the shipped checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from . import artifacts, claims, report, results
+
+DOCUMENTS = ("README.md", "docs/results.md", "docs/speedrun.md", "docs/benchmarks.md", "docs/reproduce.md")
+_BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+
+
+def _pct(v, digits=2) -> str:
+    return "-" if v is None else f"{100 * v:.{digits}f}%"
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+def _table(head: list[str], rows: list[list]) -> str:
+    return "\n".join([_row(head), "|" + "---|" * len(head), *(_row(r) for r in rows)])
+
+
+def results_compact(res) -> str:
+    """README's table: reported against measured, and what the measured figure cost."""
+    rows = []
+    for r in res:
+        s, m = r.stage, r.metrics
+        if not m:
+            rows.append([f"`{s.key}`", s.title, f"{s.reported_accuracy:.2f}%", r.status, "-", "-", "-"])
+            continue
+        measured = _pct(m["test_accuracy"]) + (" (stale)" if r.status == "stale" else "")
+        rows.append(
+            [
+                f"`{s.key}`",
+                s.title,
+                f"{s.reported_accuracy:.2f}%",
+                f"**{measured}**",
+                f"{100 * m['test_accuracy'] - s.reported_accuracy:+.2f}",
+                m.get("epochs", "-"),
+                report._duration(m.get("train_seconds")),
+            ]
+        )
+    return _table(["stage", "what it is", "reported", "measured", "vs reported", "epochs", "train time (CPU)"], rows)
+
+
+def epochs_table(res) -> str:
+    """Per epoch of every run continued from a published one (``--continue-from``): rate, machine, precision,
+    seconds, validation accuracy and the test accuracy the run ending at that epoch measured."""
+    rows = []
+    for r in res:
+        if not r.metrics or not (r.train_info or {}).get("continued_from"):
+            continue
+        spans = report.lineage(r.train_info, r.metrics.get("epochs"))
+        for row in r.history or []:
+            e = row.get("epoch")
+            span = next((s for s in spans if s["first"] <= e <= s["last"]), None)
+            if span is None:
+                continue
+            test = r.metrics["test_accuracy"] if span is spans[-1] else span["test_accuracy"]
+            ends = e == span["last"]
+            rows.append(
+                [
+                    f"`{r.stage.key}`",
+                    e,
+                    f"{row.get('learning_rate', 0):.0e}",
+                    f"{span['machine'] or '-'}, {'bfloat16' if span['mixed_precision'] else 'float32'}",
+                    f"{row.get('seconds', 0):,.0f}",
+                    _pct(row.get("val_accuracy")),
+                    _pct(test) if ends and test is not None else "(not evaluated)",
+                ]
+            )
+    return _table(["stage", "epoch", "rate", "machine, precision", "seconds", "validation", "test after it"], rows)
+
+
+def claims_table(res) -> str:
+    return _table(
+        ["the seed says", "verdict", "evidence"],
+        [[c.claim, f"**{c.verdict}**", c.evidence] for c in claims.evaluate_claims(res)],
+    )
+
+
+def robustness_table(res) -> str:
+    sweeps = {r.stage.key: claims.robustness_of(r) for r in res if r.metrics}
+    sweeps = {k: v for k, v in sweeps.items() if v}
+    if not sweeps:
+        return "No robustness sweep is stored (`python -m cifar_dash robustness STAGE`)."
+    conditions = list(next(iter(sweeps.values()))["accuracy"])
+    rows = [[f"`{k}`", f"{v['n_test']:,}", *(_pct(v["accuracy"].get(c), 1) for c in conditions)] for k, v in sweeps.items()]
+    return _table(["stage", "test images", *conditions], rows)
+
+
+def calibration_table(res) -> str:
+    rows = []
+    for r in res:
+        if not r.metrics:
+            continue
+        c = r.metrics["calibration"]
+        rows.append(
+            [
+                f"`{r.stage.key}`",
+                _pct(r.metrics["test_accuracy"]),
+                f"{c['ece']:.3f}",
+                f"{c['mean_confidence']:.3f}",
+                f"{c.get('mean_confidence_correct') or 0:.3f}",
+                f"{c.get('mean_confidence_wrong') or 0:.3f}",
+            ]
+        )
+    return _table(["stage", "accuracy", "ECE", "mean confidence", "on right answers", "on wrong answers"], rows)
+
+
+def speedrun_runs(res) -> str:
+    r = next((x for x in res if x.stage.key == "speedrun" and x.folder), None)
+    try:
+        doc = artifacts.read_json(r.folder / artifacts.RUNS) if r else None
+    except artifacts.ArtifactError:
+        doc = None
+    if not doc:
+        return "No seed runs are stored (`python -m cifar_dash runs speedrun DIR...`)."
+    rows = [
+        [
+            run.get("seed", "-"),
+            _pct(run.get("test_accuracy")),
+            _pct(run.get("one_view_accuracy")),
+            report._duration(run.get("train_seconds")),
+            run.get("machine", "-"),
+        ]
+        for run in doc["runs"]
+    ]
+    sd = doc.get("std_test_accuracy")
+    rows.append(
+        [
+            f"**mean of {doc['n_runs']}**",
+            f"**{_pct(doc['mean_test_accuracy'])}**" + (f" ± {100 * sd:.2f} (sd)" if sd is not None else ""),
+            _pct(doc.get("mean_one_view_accuracy")),
+            report._duration(doc.get("mean_train_seconds")),
+            "",
+        ]
+    )
+    return _table(["seed", "test (flip + shift TTA)", "one view", "train time", "machine"], rows)
+
+
+def speedrun_ablations(res) -> str:
+    r = next((x for x in res if x.stage.key == "speedrun" and x.folder), None)
+    try:
+        protocol, rows = report.ablation_table(artifacts.read_json(r.folder / artifacts.ABLATIONS)) if r else ("", [])
+    except artifacts.ArtifactError:
+        protocol, rows = "", []
+    if not rows:
+        return "No ablation is stored (`python benchmarks/ablate_speedrun.py`)."
+    head = list(rows[0])
+    return f"{protocol}.\n\n" + _table(head, [[row[h] for h in head] for row in rows])
+
+
+def training_benchmarks(_res) -> str:
+    out = []
+    for path in sorted((artifacts.project_root() / "benchmarks" / "results").glob("bench_training*.json")):
+        doc = json.loads(path.read_text())
+        machine = (doc.get("runtime") or {}).get("machine", "-")
+        for row in doc.get("rows", []):
+            out.append(
+                [
+                    f"`{path.name}`",
+                    machine,
+                    row["stage"],
+                    row["policy"],
+                    "on" if row["xla"] else "off",
+                    row["batch_size"],
+                    f"{row['images_per_second']:,}",
+                    f"{row.get('train_gflops_per_second', '-')}",
+                    f"{doc.get('matmul_gflops', '-')}",
+                    f"{row.get('peak_rss_mb', 0):,.0f}",
+                ]
+            )
+    head = ["file", "machine", "stage", "precision", "XLA", "batch", "images/s", "GFLOP/s", "matmul GFLOP/s", "peak MB"]
+    return _table(head, out)
+
+
+BLOCKS: dict[str, Callable] = {
+    "results": results_compact,
+    "results-detail": lambda res: report.results_markdown_for(res),
+    "epochs": epochs_table,
+    "claims": claims_table,
+    "robustness": robustness_table,
+    "calibration": calibration_table,
+    "speedrun-runs": speedrun_runs,
+    "speedrun-ablations": speedrun_ablations,
+    "training-benchmarks": training_benchmarks,
+}
+
+
+def render(text: str, res) -> str:
+    """``text`` with every generated block rewritten from ``res``; an unknown block name is an error."""
+
+    def fill(m):
+        name = m.group("name")
+        if name not in BLOCKS:
+            raise ValueError(f"unknown generated block {name!r} (known: {', '.join(BLOCKS)})")
+        return m.group(1) + BLOCKS[name](res).rstrip("\n") + "\n" + m.group(4)
+
+    return _BLOCK.sub(fill, text)
+
+
+def update(root: Path | None = None, check: bool = False, documents=DOCUMENTS) -> list[str]:
+    """Rewrite (or, with ``check``, only compare) the generated blocks of ``documents``; returns the stale ones."""
+    res = results.load_all(root)
+    stale = []
+    for name in documents:
+        path = artifacts.project_root() / name
+        if not path.exists():
+            continue
+        text = path.read_text()
+        new = render(text, res)
+        if new != text:
+            stale.append(name)
+            if not check:
+                path.write_text(new)
+    return stale
