@@ -132,26 +132,49 @@ def training_curves(history: list[dict], metric: str = "accuracy", spans: list[d
 
 
 def confusion_heatmap(cm, normalize: bool = False) -> go.Figure:
+    """The confusion matrix as a grid of square markers (a scatter, not a heatmap: Streamlit reports clicks on
+    scatter points, so a click on a cell selects that cell's images)."""
     cm = np.asarray(cm, dtype=float)
     z = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
-    text = [[f"{v:.2f}" if normalize else f"{int(v)}" for v in row] for row in z]
+    n = len(CLASS_NAMES)
+    xs = [CLASS_NAMES[j] for i in range(n) for j in range(n)]
+    ys = [CLASS_NAMES[i] for i in range(n) for j in range(n)]
+    values = [float(z[i, j]) for i in range(n) for j in range(n)]
+    text = [f"{v:.2f}" if normalize else f"{int(v):,}" for v in values]
+    top = max(values) or 1.0
     fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=list(CLASS_NAMES),
-            y=list(CLASS_NAMES),
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="markers+text",
             text=text,
-            texttemplate="%{text}",
-            colorscale="Blues",
-            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
+            textfont=dict(color=["white" if v > 0.55 * top else "#1f2937" for v in values], size=11),
+            marker=dict(
+                symbol="square",
+                size=32,
+                color=values,
+                colorscale="Blues",
+                cmin=0,
+                cmax=top,
+                showscale=True,
+                colorbar=dict(title="share" if normalize else "images", thickness=12),
+                line=dict(width=1, color="white"),
+            ),
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<br>click to show these images<extra></extra>",
+            selected=dict(marker=dict(opacity=1.0)),
+            unselected=dict(marker=dict(opacity=0.45)),
         )
     )
     fig.update_layout(
-        xaxis_title="predicted",
-        yaxis_title="true",
-        yaxis_autorange="reversed",
+        xaxis=dict(title="predicted", type="category", categoryorder="array", categoryarray=list(CLASS_NAMES)),
+        yaxis=dict(
+            title="true", type="category", categoryorder="array", categoryarray=list(CLASS_NAMES), autorange="reversed"
+        ),
         margin=dict(l=10, r=10, t=30, b=10),
         height=520,
+        clickmode="event+select",
+        dragmode=False,
+        plot_bgcolor="white",
     )
     return fig
 

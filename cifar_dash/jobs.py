@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import artifacts, stages, train
+from . import artifacts, runstate, stages
 
 ACTIVE_STATES = ("starting", "loading", "running", "evaluating")
 _POPEN: dict[int, subprocess.Popen] = {}  # children of this process, kept to reap them
@@ -56,7 +56,7 @@ def _alive(pid: int) -> bool:
     p = _POPEN.get(pid)
     if p is not None:
         return p.poll() is None
-    return train.pid_alive(pid)
+    return runstate.pid_alive(pid)
 
 
 def _read(path: Path) -> dict | None:
@@ -99,12 +99,12 @@ def start(
 
 
 def resumable(stage: str) -> dict | None:
-    """The saved state (train.saved_run) that the stage's last dashboard job left, when that job is over and
+    """The saved state (runstate.saved_run) that the stage's last dashboard job left, when that job is over and
     ``resume`` can continue it; None otherwise (nothing saved, or the state belongs to another run)."""
     job = _read(_record_path(stage))
     if not job or _job_status(stage).active:  # a cancelled job may still be exiting: its state is saved already
         return None
-    saved = train.saved_run(artifacts.work_dir(stage, Path(job["out"])))
+    saved = runstate.saved_run(artifacts.work_dir(stage, Path(job["out"])))
     if not saved or saved["pid"] not in [job["pid"], *job.get("lineage", [])]:
         return None
     return saved
@@ -165,7 +165,7 @@ def _launch(stage: str, cmd: list[str], out: Path, fields: dict, extra_env: dict
             "PYTHONPATH": str(artifacts.project_root()),
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
-            train.JOB_PROGRESS_ENV: str(own),
+            runstate.JOB_PROGRESS_ENV: str(own),
         }
         with open(log, "a" if append_log else "w") as fh:  # a resumed job's log follows the interrupted one's
             proc = subprocess.Popen(
@@ -200,9 +200,9 @@ def status(stage: str) -> JobStatus:
     if st.active:
         return st
     work = artifacts.work_dir(stage, artifacts.stage_dir(stage))
-    other = train.live_run(work)
+    other = runstate.live_run(work)
     if other and other.get("pid") != (st.job or {}).get("pid"):
-        history = (_read(work / train.STATE) or {}).get("history", [])
+        history = (_read(work / runstate.STATE) or {}).get("history", [])
         return JobStatus(
             stage, other["state"], None, other, history, f"started outside the dashboard (pid {other['pid']})", external=True
         )
@@ -215,11 +215,11 @@ def _job_status(stage: str) -> JobStatus:
         return JobStatus(stage, "idle")
     work = artifacts.work_dir(stage, Path(job["out"]))
     # the job's own copy of its progress: a later run of the same folder cannot overwrite it
-    progress = _read(Path(job["progress_file"])) if job.get("progress_file") else _read(work / train.PROGRESS)
+    progress = _read(Path(job["progress_file"])) if job.get("progress_file") else _read(work / runstate.PROGRESS)
     progress = progress or {}
     if progress.get("pid") != job["pid"]:
         progress = {}  # written by an earlier run
-    state_file = _read(work / train.STATE) or {}
+    state_file = _read(work / runstate.STATE) or {}
     history = state_file.get("history", []) if progress else []
     alive = _alive(job["pid"])
     state = progress.get("state", "starting")

@@ -13,7 +13,6 @@ import numpy as np
 
 from . import artifacts
 from .data import CLASS_NAMES
-from .evaluate import predict_probs, tta_of
 
 
 @dataclass
@@ -25,6 +24,8 @@ class LoadedStage:
 
 def load_stage(key: str, root: Path | None = None) -> LoadedStage:
     folder = artifacts.stage_dir(key, root)
+    from .evaluate import tta_of  # Keras is imported where models run, not by the pages that only read files
+
     model = artifacts.load_model(folder / artifacts.MODEL)
     tta = "none"
     try:
@@ -35,6 +36,8 @@ def load_stage(key: str, root: Path | None = None) -> LoadedStage:
 
 
 def predict(loaded: LoadedStage, images: np.ndarray) -> np.ndarray:
+    from .evaluate import predict_probs
+
     images = np.asarray(images, dtype=np.uint8).reshape(-1, 32, 32, 3)
     return predict_probs(loaded.model, images, batch_size=64, tta=loaded.tta)
 

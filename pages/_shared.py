@@ -89,11 +89,16 @@ def saliency_row(img: np.ndarray, keys: list[str], columns=None, method: str = "
 
     digest = hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
     maps, failed = {}, {}
-    for k in keys:
+    bar = st.progress(0.0) if len(keys) > 1 else None
+    for n, k in enumerate(keys):
+        if bar is not None:
+            bar.progress(n / len(keys), text=f"Saliency map {n + 1} of {len(keys)}: {k} (loading its model on first use)")
         try:
             maps[k] = _saliency(k, _stamp(k), digest, method, img)
         except Exception as e:  # a model that does not load: that stage says so, the others draw
             failed[k] = f"{k}: no map ({type(e).__name__}: {e})"
+    if bar is not None:
+        bar.empty()
     vmax = 1.0 if method == "gradcam" or not maps else saliency.shared_scale([m["map"] for m in maps.values()])
     cols = columns or st.columns(len(keys))
     for col, k in zip(cols, keys):

@@ -158,7 +158,12 @@ _shared.gallery(
 )
 
 if len(shown):
-    with st.expander("Where does each stage look? (occlusion maps for one image of this cell)"):
+    # a toggle, not an expander: an expander's body runs (and would load every model) even while it is collapsed
+    if st.toggle(
+        "Where does each stage look? (saliency maps of every trained stage for one image of this cell)",
+        key="explain_on",
+        help="Loads each trained stage's model (the first time, about a minute for all nine on a 2-core CPU).",
+    ):
         x_test, _, err = _shared.test_set()
         if err:
             st.warning(_shared.md_escape(err))

@@ -103,8 +103,11 @@ def test_explorer_confusion_matrix_and_cell_gallery(app_env):
         for c in at.caption
     )
     metrics = json.loads((app_env / "mlp" / "metrics.json").read_text())
-    heat = next(c for c in _charts(at) if c["data"][0]["type"] == "heatmap")
-    np.testing.assert_array_equal(_arr(heat["data"][0]["z"]), metrics["confusion_matrix"])
+    grid = next(c for c in _charts(at) if c["data"][0].get("marker", {}).get("symbol") == "square")["data"][0]
+    cells = {(y, x): int(t.replace(",", "")) for x, y, t in zip(grid["x"], grid["y"], grid["text"])}
+    assert cells == {
+        (CLASS_NAMES[i], CLASS_NAMES[j]): metrics["confusion_matrix"][i][j] for i in range(10) for j in range(10)
+    }
     preds = results.predictions("mlp")
     true_box = next(s for s in at.selectbox if s.label == "True class")
     pred_box = next(s for s in at.selectbox if s.label == "Predicted as")
@@ -543,3 +546,37 @@ def test_journey_train_now_starts_the_missing_stage(app_env, monkeypatch):
     at.button(key="train_now_vgg_aug").click().run()
     assert not at.exception
     assert started == [("vgg_aug", {"data_path": os.environ["CIFAR10_PATH"]})]
+
+
+def test_pages_import_keras_only_where_a_model_runs(app_env):
+    """Pages that only read stored files pay no Keras/TensorFlow import (about 4 s on a fresh server): every page,
+    the explorer with its saliency switch off and the upload page before anything is uploaded."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(ROOT / 'app.py')!r}, default_timeout=120)\n"
+        "at.run()\n"
+        "assert not at.exception, at.exception\n"
+        f"for page in {PAGES!r}:\n"
+        "    at.switch_page(page).run()\n"
+        "    assert not at.exception, (page, at.exception)\n"
+        "import cifar_dash.jobs, cifar_dash.results, cifar_dash.claims, cifar_dash.predict, cifar_dash.stages\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'tensorflow', 'jax'}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_explorer_saliency_runs_only_when_asked(app_env):
+    at = _app()
+    at.switch_page("pages/explorer.py").run()
+    at.selectbox(key="explorer_stage").set_value("cnn").run()
+    before = len(at.get("image"))
+    at.toggle(key="explain_on").set_value(True).run()
+    assert not at.exception
+    assert len(at.get("image")) == before + 3  # one map per trained stage (mlp, deep_mlp, cnn)

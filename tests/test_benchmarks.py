@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -19,6 +21,7 @@ def _run(args, env=None, timeout=300):
     return r.stdout
 
 
+@pytest.mark.slow
 def test_bench_training_prints_and_writes_throughput(tmp_path):
     out = tmp_path / "bench.json"
     text = _run(
@@ -30,6 +33,7 @@ def test_bench_training_prints_and_writes_throughput(tmp_path):
     assert "mlp" in text and re.search(r"\d", text)
 
 
+@pytest.mark.slow
 def test_bench_app_times_every_page(trained_root, cifar_npz, tmp_path):
     text = _run(
         ["benchmarks/bench_app.py", "--reps", "1"],
@@ -45,6 +49,7 @@ def test_bench_app_times_every_page(trained_root, cifar_npz, tmp_path):
     assert "loading 3 models" in text and re.search(r"peak RSS with all stages loaded: \d+ MB", text)
 
 
+@pytest.mark.slow
 def test_ablation_script_writes_its_rows(cifar_npz, tmp_path):
     out = tmp_path / "ablations.json"
     _run(

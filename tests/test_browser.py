@@ -241,3 +241,21 @@ def test_every_page_opens_on_the_shipped_checkpoints(browser, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_a_click_on_a_confusion_matrix_cell_shows_that_cells_images(page, server):
+    page.goto(f"{server}/explorer")
+    page.get_by_role("heading", name="Stage explorer").wait_for()
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("test images of").first.wait_for()
+    grid = "Array.from(document.querySelectorAll('.js-plotly-plot')).find(p => p.querySelectorAll('.point').length === 100)"
+    page.wait_for_function(f"!!({grid})")  # the matrix: one square per (true, predicted) pair
+    page.wait_for_timeout(3000)  # the page's other charts settle
+    target = 2 * 10 + 7  # true bird (row 2), predicted horse (column 7)
+    box = page.evaluate(
+        f"() => {{ const p = {grid}; p.scrollIntoView(); const r = p.querySelectorAll('.point')[{target}]"
+        ".getBoundingClientRect(); return {x: r.x + r.width / 2, y: r.y + r.height / 2}; }"
+    )
+    page.mouse.click(box["x"], box["y"])
+    main.get_by_text(re.compile(r"test images of bird predicted as horse")).wait_for(timeout=60_000)
+    _no_exception(page)
