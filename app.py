@@ -1,4 +1,4 @@
-"""cifar-dash: CIFAR-10 from a 46% MLP to 94%, stage by stage. Run with `streamlit run app.py`.
+"""cifar-dash: CIFAR-10 from an MLP to an ImageNet ResNet, stage by stage. Run with `streamlit run app.py`.
 
 This file is the Journey page; the other pages are in pages/. Every page starts with _shared.page_setup(), which draws
 the navigation and the training sidebar, so any page URL works on its own."""
@@ -13,28 +13,38 @@ from pages import _shared
 
 _shared.page_setup("Journey")
 
-st.title("CIFAR-10, from a 46% MLP to 94%")
+res = _shared.all_results()
+st.title(analysis.journey_title(res))
 st.caption(
     "Each stage changes one idea. Dashed grey: the seed deck's reported figure. Blue: what this project's "
     "code measured on the 10,000 CIFAR-10 test images, with the evidence on hover."
 )
-res = _shared.all_results()
+go1, go2, go3 = st.columns(3)
+go1.page_link("pages/predict.py", label="Upload a photo: watch every stage answer", icon=":material/upload:")
+go2.page_link("pages/explorer.py", label="Explore a stage: its mistakes and curves", icon=":material/search:")
+go3.caption("Retrain any stage from the sidebar; a run's progress shows there and on the Training page.")
 st.plotly_chart(figures.growth_curve(res), key="growth_curve")
 for note in analysis.order_inversions(res):
     st.info(note, icon=":material/swap_vert:")
 
 rows = analysis.stage_rows(res)
 df = pd.DataFrame(rows).drop(columns=["error"])
+# the columns a reader compares first, then the evidence; numbers with thousands separators
+first = ["stage", "title", "reported %", "measured %", "backbone", "epochs", "train s", "params", "status"]
+df = df[first + [c for c in df.columns if c not in first]]
 st.subheader("Stages")
 st.dataframe(
     df,
     hide_index=True,
     width="stretch",
     column_config={
+        "title": st.column_config.TextColumn(width="large"),
         "reported %": st.column_config.NumberColumn(format="%.2f"),
         "measured %": st.column_config.NumberColumn(format="%.2f"),
-        "train s": st.column_config.NumberColumn(format="%.0f"),
-        "params": st.column_config.NumberColumn(format="%d"),
+        "train s": st.column_config.NumberColumn("train time (s)", format="localized"),
+        "params": st.column_config.NumberColumn(format="localized"),
+        "trainable": st.column_config.NumberColumn(format="localized"),
+        "test images": st.column_config.NumberColumn(format="localized"),
     },
 )
 missing = [r for r in res if r.status != "trained"]

@@ -1,4 +1,4 @@
-"""cifar-dash: CIFAR-10 from a 46% MLP to 94%, stage by stage, with real Keras models (no Streamlit in here)."""
+"""cifar-dash: CIFAR-10 from an MLP to an ImageNet ResNet, stage by stage, with real Keras models (no Streamlit in here)."""
 
 import os
 

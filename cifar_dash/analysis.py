@@ -36,6 +36,17 @@ def stage_rows(results) -> list[dict]:
     return rows
 
 
+def journey_title(results) -> str:
+    """The Journey page's title from the measured curve: the first stage's accuracy and the best one."""
+    measured = [r for r in results if r.metrics]
+    if not measured:
+        return "CIFAR-10, from an MLP to an ImageNet ResNet"
+    first = results[0]
+    best = max(measured, key=lambda r: r.accuracy)
+    start = f"a {100 * first.accuracy:.0f}% MLP" if first.metrics else "an MLP"
+    return f"CIFAR-10, from {start} to {100 * best.accuracy:.0f}%"
+
+
 def _epochs_run(result) -> str:
     return f"{result.metrics.get('epochs')} of its recipe's {result.stage.recipe.epochs} epochs"
 
@@ -166,3 +177,48 @@ def disagreement(probs_by_stage: dict) -> dict:
         "agree": len(set(top.values())) == 1,
         "share": float(counts.max() / len(top)),
     }
+
+
+OOD_CONFIDENCE = 0.6
+OOD_RULE = (
+    "the three most accurate trained stages do not all pick the same class, and their mean confidence in their own "
+    f"answers is under {OOD_CONFIDENCE:.0%}"
+)
+
+
+def strongest_stages(results, n: int = 3) -> list[str]:
+    """The ``n`` trained stages with the highest measured test accuracy, best first."""
+    trained = [r for r in results if r.metrics and r.status in ("trained", "stale")]
+    return [r.stage.key for r in sorted(trained, key=lambda r: -r.accuracy)[:n]]
+
+
+def probably_unknown(probs_by_stage: dict, strongest: list[str]) -> np.ndarray:
+    """Per image, whether OOD_RULE fires: a plain "probably none of these classes" flag. ``probs_by_stage`` maps a
+    stage to its (n, 10) probabilities; stages of ``strongest`` missing from it are left out of the rule."""
+    keys = [k for k in strongest if k in probs_by_stage]
+    if len(keys) < 2:
+        return np.zeros(len(next(iter(probs_by_stage.values()))) if probs_by_stage else 0, dtype=bool)
+    p = np.stack([np.asarray(probs_by_stage[k]) for k in keys])  # (stages, n, 10)
+    top = p.argmax(-1)
+    disagree = ~(top == top[0]).all(0)
+    return disagree & (p.max(-1).mean(0) < OOD_CONFIDENCE)
+
+
+def unknown_rate_on_test(preds_by_stage: dict, strongest: list[str]) -> tuple[float, int] | None:
+    """How often the flag fires on real CIFAR-10 test images (every image is one of the ten classes), from the
+    stored test predictions of the ``strongest`` stages: (rate, images), or None when they cannot be aligned."""
+    keys = [k for k in strongest if k in preds_by_stage]
+    if len(keys) < 2:
+        return None
+    common = preds_by_stage[keys[0]].indices
+    for k in keys[1:]:
+        common = np.intersect1d(common, preds_by_stage[k].indices)
+    if not len(common):
+        return None
+    probs = {}
+    for k in keys:
+        p = preds_by_stage[k]
+        order = np.argsort(p.indices)
+        probs[k] = p.probs[order[np.searchsorted(p.indices[order], common)]]
+    flags = probably_unknown(probs, keys)
+    return float(flags.mean()), int(len(common))

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from cifar_dash import artifacts, data, figures, jobs, predict, results, runtime, stages
+from cifar_dash import analysis, artifacts, data, figures, jobs, predict, results, runtime, stages
 
 
 def _stamp(key: str) -> tuple:
@@ -117,6 +117,19 @@ def saliency_row(img: np.ndarray, keys: list[str], columns=None, method: str = "
 @st.cache_data(show_spinner=False, max_entries=64)
 def _predictions(key: str, root: str, stamp: tuple):
     return results.predictions(key)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _unknown_rate(keys: tuple, root: str, stamps: tuple):
+    return analysis.unknown_rate_on_test({k: results.predictions(k) for k in keys}, list(keys))
+
+
+def unknown_rate(keys: tuple):
+    """How often the "probably none of these classes" flag fires on the stored test predictions of ``keys``."""
+    try:
+        return _unknown_rate(keys, str(artifacts.checkpoints_root()), tuple(_stamp(k) for k in keys))
+    except artifacts.ArtifactError:
+        return None
 
 
 def stage_predictions(key: str):
@@ -320,7 +333,8 @@ def training_sidebar():
         )
         if bf16 and (note := runtime.bfloat16_warning()):
             st.caption(f"On this machine: {note}.")
-        if st.button("Start training", key="train_start", type="primary"):
+        st.caption("A run replaces this stage's published checkpoint when it finishes.")
+        if st.button("Start training", key="train_start"):
             try:
                 jobs.start(
                     key,

@@ -77,6 +77,13 @@ for key in trained:
 stage_keys = list(probs)
 if not stage_keys:
     st.stop()
+strongest = analysis.strongest_stages(_shared.trained_results())
+unknown = analysis.probably_unknown(probs, strongest)
+rate = _shared.unknown_rate(tuple(strongest))
+st.caption(
+    f"An image is flagged *probably none of these classes* when {analysis.OOD_RULE} ({', '.join(strongest)})."
+    + (f" On {rate[1]:,} real CIFAR-10 test images the flag fires on {rate[0]:.1%} of them." if rate else "")
+)
 show_details = st.toggle("Show top-3 and probability bars", key="details")
 show_saliency = st.toggle(
     "Show where each stage looks (occlusion maps)",
@@ -106,12 +113,12 @@ def _row(n: int, name: str, arr: np.ndarray, preview, label):
     for col, key in zip(row[2:], stage_keys):
         p = per_stage[key]
         top = int(np.argmax(p))
-        mark = ""
+        mark = ""  # colour and a word, not an emoji alone (no emoji font on many machines)
         if label is not None:
-            mark = "✅ " if top == label else "❌ "
+            mark = "  \n:green[right]" if top == label else "  \n:red[wrong]"
         elif not d["agree"] and top != d["consensus"]:
-            mark = "⚠️ "
-        col.markdown(f"{mark}**{CLASS_NAMES[top]}**  \n{p[top]:.0%}")
+            mark = "  \n:orange[differs from the majority]"
+        col.markdown(f"**{CLASS_NAMES[top]}**  \n{p[top]:.0%}{mark}")
         if show_details:
             col.caption(" · ".join(f"{c} {q:.0%}" for c, q in predict.top_k(p[None], 3)[0]))
     if show_saliency:
@@ -123,6 +130,8 @@ def _row(n: int, name: str, arr: np.ndarray, preview, label):
         if d["agree"]
         else f"Stages disagree; majority **{CLASS_NAMES[d['consensus']]}** ({d['share']:.0%} of stages)."
     )
+    if label is None and unknown[n]:
+        verdict += " :orange[**Probably none of these ten classes**: the strongest stages disagree and are unsure.]"
     st.caption(verdict)
     if show_details:
         with st.expander(f"Probability bars for {_shared.md_escape(name)}"):

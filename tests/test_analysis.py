@@ -33,3 +33,33 @@ def test_order_inversions_ignore_expected_drops_agreeing_orders_and_missing_stag
     assert analysis.order_inversions([_r("resnet50v2", 0.95), _r("resnet50v2_sota", None, status="untrained")]) == []
     # only consecutive stages are compared: cnn under resnet50v2 with a stage in error between them is not flagged
     assert analysis.order_inversions([_r("cnn", 0.74), _r("vgg_aug", None, status="damaged"), _r("resnet50v2", 0.70)]) == []
+
+
+def test_probably_unknown_needs_disagreement_and_low_confidence():
+    import numpy as np
+
+    def p(cls, conf):
+        row = np.full(10, (1 - conf) / 9)
+        row[cls] = conf
+        return row[None]
+
+    strongest = ["a", "b", "c"]
+    assert not analysis.probably_unknown({"a": p(1, 0.4), "b": p(1, 0.4), "c": p(1, 0.4)}, strongest)[0]  # agree
+    assert not analysis.probably_unknown({"a": p(1, 0.9), "b": p(2, 0.8), "c": p(1, 0.7)}, strongest)[0]  # sure
+    assert analysis.probably_unknown({"a": p(1, 0.5), "b": p(2, 0.5), "c": p(1, 0.6)}, strongest)[0]
+    # only the strongest stages count; a weak stage's disagreement changes nothing
+    assert not analysis.probably_unknown({"a": p(1, 0.5), "b": p(1, 0.5), "c": p(1, 0.5), "w": p(3, 0.2)}, strongest)[0]
+
+
+def test_unknown_rate_on_the_shipped_test_predictions():
+    from cifar_dash import results
+    from tests.conftest import ROOT
+
+    res = results.load_all(ROOT / "checkpoints")
+    keys = analysis.strongest_stages(res)
+    assert keys == ["resnet50v2_sota", "resnet50v2", "speedrun"]
+    preds = {k: results.predictions(k, ROOT / "checkpoints") for k in keys}
+    rate, n = analysis.unknown_rate_on_test(preds, keys)
+    probs = {k: preds[k].probs for k in keys}  # the shipped files share one test order
+    assert n == 10_000 and rate == float(analysis.probably_unknown(probs, keys).mean())
+    assert rate < 0.05  # fires on few real CIFAR-10 test images

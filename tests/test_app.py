@@ -148,7 +148,7 @@ def test_predict_draws_test_images_one_prediction_per_stage(app_env):
     at.number_input(key="n_random").set_value(3)
     at.button(key="draw").click().run()
     assert not at.exception
-    cells = [m for m in _texts(at) if "**" in m and "%" in m and ("✅" in m or "❌" in m)]
+    cells = [m for m in _texts(at) if "**" in m and "%" in m and (":green[right]" in m or ":red[wrong]" in m)]
     assert len(cells) == 3 * 3  # 3 images x 3 trained stages
     assert sum("stages agree" in t or "Stages disagree" in t for t in _texts(at)) == 3
     at.toggle(key="details").set_value(True).run()
@@ -580,3 +580,28 @@ def test_explorer_saliency_runs_only_when_asked(app_env):
     at.toggle(key="explain_on").set_value(True).run()
     assert not at.exception
     assert len(at.get("image")) == before + 3  # one map per trained stage (mlp, deep_mlp, cnn)
+
+
+def test_journey_title_follows_the_measured_curve(app_env):
+    at = _app()
+    mlp = json.loads((app_env / "mlp" / "metrics.json").read_text())["test_accuracy"]
+    best = max(json.loads((app_env / k / "metrics.json").read_text())["test_accuracy"] for k in ("mlp", "deep_mlp", "cnn"))
+    assert at.title[0].value == f"CIFAR-10, from a {100 * mlp:.0f}% MLP to {100 * best:.0f}%"
+    assert analysis.journey_title([]) == "CIFAR-10, from an MLP to an ImageNet ResNet"
+    assert analysis.journey_title(results.load_all(ROOT / "checkpoints")) == "CIFAR-10, from a 50% MLP to 95%"
+
+
+def test_upload_page_states_the_unknown_rule_and_its_measured_rate(app_env):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(buf, "PNG")
+    at = _app()
+    at.switch_page("pages/predict.py").run()
+    assert "airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck" in " ".join(c.value for c in at.caption)
+    at.file_uploader(key="uploads").set_value([("green.png", buf.getvalue(), "image/png")]).run()
+    assert not at.exception
+    keys = analysis.strongest_stages(results.load_all())
+    rate, n = analysis.unknown_rate_on_test({k: results.predictions(k) for k in keys}, keys)
+    rule = next(c.value for c in at.caption if "probably none of these classes" in c.value)
+    assert analysis.OOD_RULE in rule and f"On {n:,} real CIFAR-10 test images the flag fires on {rate:.1%}" in rule

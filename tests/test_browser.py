@@ -117,7 +117,7 @@ def _no_exception(pg):
 @pytest.mark.parametrize(
     "path, heading",
     [
-        ("", "CIFAR-10, from a 46% MLP to 94%"),
+        ("", re.compile(r"^CIFAR-10, from ")),
         ("explorer", "Stage explorer"),
         ("compare", "Compare stages"),
         ("predict", "Upload & predict"),
@@ -144,7 +144,7 @@ def test_a_deep_link_opened_first_gets_navigation_and_sidebar(server, browser):
     for label in ("Journey", "Stage explorer", "Compare", "Upload & predict", "Training"):
         side.get_by_role("link", name=label, exact=True).wait_for()
     side.get_by_role("link", name="Journey").click()
-    pg.get_by_role("heading", name="CIFAR-10, from a 46% MLP to 94%").wait_for()
+    pg.get_by_role("heading", name=re.compile(r"^CIFAR-10, from ")).wait_for()
     context.close()
 
 
@@ -182,7 +182,7 @@ def test_bad_upload_gets_a_clear_message(page, server, tmp_path):
 
 def test_sidebar_retrain_runs_to_the_end(page, server):
     page.goto(f"{server}/")
-    page.get_by_role("heading", name="CIFAR-10, from a 46% MLP to 94%").wait_for()
+    page.get_by_role("heading", name=re.compile(r"^CIFAR-10, from ")).wait_for()
     side = page.locator("[data-testid='stSidebar']")
     side.get_by_role("spinbutton", name="Epochs (0 = recipe)").fill("1")
     side.get_by_role("spinbutton", name="Epochs (0 = recipe)").press("Enter")
@@ -213,7 +213,7 @@ def test_every_page_opens_on_the_shipped_checkpoints(browser, tmp_path):
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.set_default_timeout(120_000)
         for path, heading in [
-            ("", "CIFAR-10, from a 46% MLP to 94%"),
+            ("", re.compile(r"^CIFAR-10, from ")),
             ("compare", "Compare stages"),
             ("training", "Training jobs"),
         ]:
