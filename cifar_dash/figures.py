@@ -73,6 +73,18 @@ def growth_curve(results) -> go.Figure:
     return fig
 
 
+def _label_positions(xs, ys) -> list[str]:
+    """Text positions for scatter labels: a point close to an earlier labelled one (within 0.3 decades on the log x
+    axis and 5 points on y) gets its label on the other side, so neighbours' labels do not overlap."""
+    out = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        near = [
+            out[j] for j in range(i) if abs(np.log10(max(xs[j], 1e-9)) - np.log10(max(x, 1e-9))) < 0.3 and abs(ys[j] - y) < 5
+        ]
+        out.append("bottom center" if "top center" in near else "top center")
+    return out
+
+
 def cost_scatter(results, x: str = "params") -> go.Figure:
     """Accuracy against cost (parameters or training seconds), log x axis."""
     pts = [r for r in results if r.metrics and r.metrics.get(x)]
@@ -83,7 +95,7 @@ def cost_scatter(results, x: str = "params") -> go.Figure:
             y=[100 * r.metrics["test_accuracy"] for r in pts],
             mode="markers+text",
             text=[r.stage.key for r in pts],
-            textposition="top center",
+            textposition=_label_positions([r.metrics[x] for r in pts], [100 * r.metrics["test_accuracy"] for r in pts]),
             marker=dict(size=12),
             hovertext=[
                 f"{r.stage.title}<br>{label}: {r.metrics[x]:,.0f}<br>machine: {r.metrics.get('train_machine')}" for r in pts
@@ -264,11 +276,13 @@ def robustness_chart(rows: dict[str, dict]) -> go.Figure:
                 hovertemplate=f"{key}<br>%{{x}}: %{{y:.1f}}%<extra></extra>",
             )
         )
-    fig.update_layout(
+    fig.update_layout(  # the legend below the chart, where it covers no bar on a narrow (phone) screen
         barmode="group",
         yaxis_title="test accuracy (%)",
-        margin=dict(l=10, r=10, t=30, b=10),
-        legend=dict(orientation="h", y=1.12),
+        xaxis=dict(automargin=True),
+        margin=dict(l=10, r=10, t=10, b=10),
+        legend=dict(orientation="h", yanchor="top", y=-0.45, x=0),
+        height=520,
     )
     return fig
 
@@ -284,9 +298,11 @@ def calibration_chart(results) -> go.Figure:
     fig.add_trace(go.Scatter(x=keys, y=[c["ece"] for c in cal], name="ECE", mode="lines+markers", yaxis="y2"))
     fig.update_layout(
         barmode="group",
-        yaxis=dict(title="confidence", range=[0, 1]),
-        yaxis2=dict(title="ECE", overlaying="y", side="right", rangemode="tozero"),
-        margin=dict(l=10, r=10, t=30, b=10),
-        legend=dict(orientation="h", y=1.12),
+        yaxis=dict(title="confidence", range=[0, 1], automargin=True),
+        yaxis2=dict(title="ECE", overlaying="y", side="right", rangemode="tozero", automargin=True),
+        xaxis=dict(automargin=True),
+        margin=dict(l=10, r=10, t=10, b=10),
+        legend=dict(orientation="h", yanchor="top", y=-0.35, x=0),
+        height=460,
     )
     return fig

@@ -143,3 +143,9 @@ def stage_map(model, img: np.ndarray, method: str = "occlusion", tta=False) -> d
     if method != "occlusion":
         raise ValueError(f"unknown saliency method {method!r}; choose from {METHODS}")
     return {**occlusion_map(model, img, tta=tta), "method": "occlusion", "scaled": False}
+
+
+def colour_bar(width: int = 256, height: int = 14) -> np.ndarray:
+    """The colour scale of ``overlay`` from 0 (left) to the map's maximum (right), as a uint8 RGB strip."""
+    ramp = np.linspace(0, 1, width)[None, :].repeat(height, 0)
+    return np.clip(colorize(ramp, 1.0), 0, 255).astype(np.uint8)

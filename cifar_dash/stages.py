@@ -108,6 +108,11 @@ class Stage:
     build: Callable = field(repr=False)
     recipe: Recipe = field(default_factory=lambda: Recipe(phases=(Phase("train", 1, 1e-3),)))
     backbone_options: tuple[str, ...] = ()
+    short: str = ""  # a label of a few words for narrow places (cards, chart ticks); the key when empty
+
+    @property
+    def label(self) -> str:
+        return self.short or self.key
 
 
 BACKBONE_WEIGHT_ENV = {
@@ -125,6 +130,7 @@ STAGES: tuple[Stage, ...] = (
         "Flattening destroys spatial structure, so the model leans on background colour more than on shape.",
         _builder("mlp"),
         Recipe(phases=(Phase("train", 20, 1e-3),), batch_size=128),
+        short="MLP",
     ),
     Stage(
         "deep_mlp",
@@ -134,6 +140,7 @@ STAGES: tuple[Stage, ...] = (
         "About 2.3 million parameters memorise the training set, noise included, so test accuracy goes down.",
         _builder("deep_mlp"),
         Recipe(phases=(Phase("train", 40, 1e-3),), batch_size=128),
+        short="Deep MLP",
     ),
     Stage(
         "cnn",
@@ -145,6 +152,7 @@ STAGES: tuple[Stage, ...] = (
         "Dropout 50% stops the MLP's overfitting.",
         _builder("cnn"),
         Recipe(phases=(Phase("train", 15, 5e-4),), batch_size=128),
+        short="CNN",
     ),
     Stage(
         "vgg_aug",
@@ -161,6 +169,7 @@ STAGES: tuple[Stage, ...] = (
             onecycle=(0.25, 0.1, 0.01),
             augmentation=("flip", "rotation:0.05", "zoom:0.1"),
         ),
+        short="VGG + augmentation",
     ),
     Stage(
         "mobilenetv2_frozen",
@@ -177,6 +186,7 @@ STAGES: tuple[Stage, ...] = (
             backbone_input=96,
         ),
         backbone_options=("mobilenetv2",),
+        short="MobileNetV2 frozen",
     ),
     Stage(
         "mobilenetv2_finetune",
@@ -196,6 +206,7 @@ STAGES: tuple[Stage, ...] = (
             backbone_input=96,
         ),
         backbone_options=("mobilenetv2",),
+        short="MobileNetV2 fine-tuned",
     ),
     Stage(
         "resnet50v2",
@@ -218,6 +229,7 @@ STAGES: tuple[Stage, ...] = (
             backbone_bn_training=True,
         ),
         backbone_options=("resnet50v2", "resnet50"),
+        short="ResNet50V2",
     ),
     Stage(
         "resnet50v2_sota",
@@ -244,6 +256,7 @@ STAGES: tuple[Stage, ...] = (
             backbone_bn_training=True,
         ),
         backbone_options=("resnet50v2", "resnet50"),
+        short="ResNet50V2 + MixUp",
     ),
     Stage(
         "speedrun",
@@ -272,6 +285,7 @@ STAGES: tuple[Stage, ...] = (
             lookahead=(3, 0.95, 3.0, 5),
             norm_bias_lr_scale=64.0,
         ),
+        short="Speedrun",
     ),
 )
 

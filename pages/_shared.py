@@ -71,8 +71,8 @@ def _saliency(key: str, stamp: tuple, digest: str, method: str, _img: np.ndarray
 
 
 SALIENCY_LABELS = {
-    "occlusion": "Occlusion (probability drop, same units for every stage)",
-    "gradcam": "Grad-CAM for convolutional stages, occlusion for MLPs (each map scaled 0-1)",
+    "occlusion": "Occlusion (probability drop when a patch is hidden)",
+    "gradcam": "Grad-CAM for convolutional stages, occlusion for MLPs",
 }
 
 
@@ -80,13 +80,16 @@ def saliency_method(key: str) -> str:
     return st.radio("Saliency method", list(SALIENCY_LABELS), format_func=SALIENCY_LABELS.get, key=key, horizontal=True)
 
 
-def saliency_row(img: np.ndarray, keys: list[str], columns=None, method: str = "occlusion"):
-    """One map per stage over the same image, one colour scale for all."""
+def saliency_row(img: np.ndarray, keys: list[str], method: str = "occlusion", labels: dict | None = None):
+    """One map per stage over the same image, three to a row at 12x the input, each scaled to its own peak (one
+    scale for all would leave the good models' maps nearly blank beside the weak ones'); the peak is in each
+    caption and the colour bar above says what the colours mean."""
     import hashlib
 
     from cifar_dash import saliency
     from cifar_dash.data import CLASS_NAMES
 
+    labels = labels or {}
     digest = hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
     maps, failed = {}, {}
     bar = st.progress(0.0) if len(keys) > 1 else None
@@ -99,19 +102,24 @@ def saliency_row(img: np.ndarray, keys: list[str], columns=None, method: str = "
             failed[k] = f"{k}: no map ({type(e).__name__}: {e})"
     if bar is not None:
         bar.empty()
-    vmax = 1.0 if method == "gradcam" or not maps else saliency.shared_scale([m["map"] for m in maps.values()])
-    cols = columns or st.columns(len(keys))
-    for col, k in zip(cols, keys):
-        if k in failed:
-            col.warning(md_escape(failed[k][:300]))
-            continue
-        m = maps[k]
-        col.image(
-            saliency.overlay(img, m["map"], vmax),
-            width="stretch",
-            caption=f"{k}: {CLASS_NAMES[m['target']]} {m['probability']:.0%} ({m['method']})",
-        )
-    return vmax
+    unit = "probability drop when a patch is hidden" if method == "occlusion" else "Grad-CAM weight (occlusion for MLPs)"
+    legend = st.columns([1, 2])
+    legend[0].image(saliency.colour_bar(), caption=f"0 (blue) → the map's peak (red): {unit}", width="stretch")
+    per_row = 3
+    for start in range(0, len(keys), per_row):
+        cols = st.columns(per_row)
+        for col, k in zip(cols, keys[start : start + per_row]):
+            if k in failed:
+                col.warning(md_escape(failed[k][:300]))
+                continue
+            m = maps[k]
+            peak = float(np.max(m["map"])) if np.size(m["map"]) else 0.0
+            shown = "Grad-CAM" if m["method"] == "Grad-CAM" else "occlusion"
+            col.image(
+                saliency.overlay(img, m["map"], max(peak, 1e-6), scale=12),
+                width="stretch",
+                caption=f"{labels.get(k, k)}: {CLASS_NAMES[m['target']]} {m['probability']:.0%} · {shown}, peak {peak:.2f}",
+            )
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

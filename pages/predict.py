@@ -3,7 +3,7 @@ import hashlib
 import numpy as np
 import streamlit as st
 
-from cifar_dash import analysis, figures, images, predict
+from cifar_dash import analysis, figures, images, predict, stages
 from cifar_dash.data import CLASS_NAMES
 from pages import _shared
 
@@ -68,90 +68,121 @@ def _cache() -> predict.PredictionCache:
 
 
 batch = np.stack([it[1] for it in good])
-probs = {}
-for key in trained:
-    try:  # only images this stage has not seen yet are predicted
-        probs[key] = _cache().probs(key, _shared._stamp(key), batch, lambda key=key: _shared.stage_model(key))
-    except Exception as e:  # a damaged model file: that stage shows the error, the rest work
-        st.error(_shared.md_escape(f"{key}: {e}"))
-stage_keys = list(probs)
-if not stage_keys:
-    st.stop()
-strongest = analysis.strongest_stages(_shared.trained_results())
-unknown = analysis.probably_unknown(probs, strongest)
-rate = _shared.unknown_rate(tuple(strongest))
-st.caption(
-    f"An image is flagged *probably none of these classes* when {analysis.OOD_RULE} ({', '.join(strongest)})."
-    + (f" On {rate[1]:,} real CIFAR-10 test images the flag fires on {rate[0]:.1%} of them." if rate else "")
-)
+labels = {s.key: s.label for s in stages.STAGES}
 show_details = st.toggle("Show top-3 and probability bars", key="details")
 show_saliency = st.toggle(
-    "Show where each stage looks (occlusion maps)",
+    "Show where each stage looks (saliency maps)",
     key="saliency",
-    help="Red = hiding this region lowers the stage's confidence in its own answer most. "
-    "Same colour scale for every stage of a row.",
+    help="Red = the region the stage's answer depends on most. Each stage's map has its own scale (colour bar).",
 )
 method = _shared.saliency_method("saliency_method") if show_saliency else "occlusion"
+rule_box = st.empty()
 
-header = st.columns([1, 1] + [1] * len(stage_keys))
-header[0].markdown("**image**")
-header[1].markdown("**what the models see**")
-for col, key in zip(header[2:], stage_keys):
-    col.markdown(f"**{key}**")
-
-
-def _row(n: int, name: str, arr: np.ndarray, preview, label):
-    per_stage = {k: probs[k][n] for k in stage_keys}
-    d = analysis.disagreement(per_stage)
-    row = st.columns([1, 1] + [1] * len(stage_keys))
-    row[0].image(preview if preview is not None else _shared.upscale(arr, 3), caption=name, width="stretch")
-    row[1].image(
-        _shared.upscale(arr, 4),
-        caption="32x32 input" + (f" · true: {CLASS_NAMES[label]}" if label is not None else ""),
-        width="stretch",
-    )
-    for col, key in zip(row[2:], stage_keys):
-        p = per_stage[key]
-        top = int(np.argmax(p))
-        mark = ""  # colour and a word, not an emoji alone (no emoji font on many machines)
-        if label is not None:
-            mark = "  \n:green[right]" if top == label else "  \n:red[wrong]"
-        elif not d["agree"] and top != d["consensus"]:
-            mark = "  \n:orange[differs from the majority]"
-        col.markdown(f"**{CLASS_NAMES[top]}**  \n{p[top]:.0%}{mark}")
-        if show_details:
-            col.caption(" · ".join(f"{c} {q:.0%}" for c, q in predict.top_k(p[None], 3)[0]))
-    if show_saliency:
-        cols = st.columns([1, 1] + [1] * len(stage_keys))
-        cols[1].caption("occlusion maps →")
-        _shared.saliency_row(arr, stage_keys, cols[2:], method=method)
-    verdict = (
-        f"All {len(stage_keys)} stages agree: **{CLASS_NAMES[d['consensus']]}**."
-        if d["agree"]
-        else f"Stages disagree; majority **{CLASS_NAMES[d['consensus']]}** ({d['share']:.0%} of stages)."
-    )
-    if label is None and unknown[n]:
-        verdict += " :orange[**Probably none of these ten classes**: the strongest stages disagree and are unsure.]"
-    st.caption(verdict)
-    if show_details:
-        with st.expander(f"Probability bars for {_shared.md_escape(name)}"):
-            cols = st.columns(min(4, len(stage_keys)))
-            for i, key in enumerate(stage_keys):
-                cols[i % len(cols)].markdown(key)
-                cols[i % len(cols)].plotly_chart(
-                    figures.probability_bars(per_stage[key]), key=f"bars_{n}_{key}", config={"displayModeBar": False}
-                )
-    st.divider()
-
-
+# Lay every row out first, with one card per stage, then fill the cards stage by stage: the first answers show while
+# the bigger models are still loading (a cold server loads nine models, the ResNets last).
+rows = []  # per good image: (name, arr, label, {stage: card placeholder}, verdict placeholder, extras container)
 n = 0
 for it in items:
     if isinstance(it, images.ImageError):
         st.error(_shared.md_escape(str(it)))
         st.divider()
         continue
+    name, arr, preview, label = it
     try:  # one image that cannot be shown never hides the rows after it
-        _row(n, *it)
+        top_row = st.columns([1, 1, 3])
+        top_row[0].image(preview if preview is not None else _shared.upscale(arr, 3), caption=name, width="stretch")
+        top_row[1].image(
+            _shared.upscale(arr, 4),
+            caption="the 32x32 the models see" + (f" · true: {CLASS_NAMES[label]}" if label is not None else ""),
+            width="stretch",
+        )
+        verdict_box = top_row[2].empty()
+        verdict_box.caption(f"Waiting for {len(trained)} stages...")
+        per_row = 3 if len(trained) > 4 else len(trained)
+        cards = {}
+        for start in range(0, len(trained), per_row):
+            cols = st.columns(per_row)
+            for col, key in zip(cols, trained[start : start + per_row]):
+                cards[key] = col.container(border=True).empty()
+                cards[key].markdown(f"**{labels[key]}**  \n:gray[loading...]")
+        rows.append((name, arr, label, cards, verdict_box, st.container()))
     except Exception as e:
-        st.error(_shared.md_escape(f"{it[0]}: could not be shown ({type(e).__name__}: {e})"))
+        st.error(_shared.md_escape(f"{name}: could not be shown ({type(e).__name__}: {e})"))
+    st.divider()
     n += 1
+
+
+@st.cache_resource(show_spinner=False)
+def _cache() -> predict.PredictionCache:
+    return predict.PredictionCache()
+
+
+def _card(key: str, p: np.ndarray, label, consensus=None) -> str:
+    top = int(np.argmax(p))
+    mark = ""  # colour and a word, not an emoji alone (no emoji font on many machines)
+    if label is not None:
+        mark = "  \n:green[right]" if top == label else "  \n:red[wrong]"
+    elif consensus is not None and top != consensus:
+        mark = "  \n:orange[differs from the majority]"
+    text = f"**{labels[key]}**  \n{CLASS_NAMES[top]} · {p[top]:.0%}{mark}"
+    if show_details:
+        text += "  \n:gray[" + " · ".join(f"{c} {q:.0%}" for c, q in predict.top_k(p[None], 3)[0]) + "]"
+    return text
+
+
+probs = {}
+progress = st.progress(0.0) if len(trained) > 1 else None
+for i, key in enumerate(trained):
+    if progress is not None:
+        progress.progress(i / len(trained), text=f"Stage {i + 1} of {len(trained)}: {labels[key]}")
+    try:  # only images this stage has not seen yet are predicted
+        probs[key] = _cache().probs(key, _shared._stamp(key), batch, lambda key=key: _shared.stage_model(key))
+    except Exception as e:  # a damaged model file: that stage shows the error, the rest work
+        for _, _, _, cards, _, _ in rows:
+            cards[key].markdown(f"**{labels[key]}**  \n:red[no answer: the model did not load]")
+        st.error(_shared.md_escape(f"{key}: {e}"))
+        continue
+    for r, (_, _, label, cards, _, _) in enumerate(rows):
+        cards[key].markdown(_card(key, probs[key][r], label))
+if progress is not None:
+    progress.empty()
+stage_keys = list(probs)
+if not stage_keys:
+    st.stop()
+strongest = analysis.strongest_stages(_shared.trained_results())
+unknown = analysis.probably_unknown(probs, strongest)
+rate = _shared.unknown_rate(tuple(strongest))
+rule_box.caption(
+    f"An image is flagged *probably none of these classes* when {analysis.OOD_RULE} ({', '.join(strongest)})."
+    + (f" On {rate[1]:,} real CIFAR-10 test images the flag fires on {rate[0]:.1%} of them." if rate else "")
+)
+
+for r, (name, arr, label, cards, verdict_box, extras) in enumerate(rows):
+    try:
+        per_stage = {k: probs[k][r] for k in stage_keys}
+        d = analysis.disagreement(per_stage)
+        for key in stage_keys:  # now that every stage has answered, mark the ones that differ from the majority
+            cards[key].markdown(_card(key, per_stage[key], label, d["consensus"] if not d["agree"] else None))
+        verdict = (
+            f"All {len(stage_keys)} stages agree: **{CLASS_NAMES[d['consensus']]}**."
+            if d["agree"]
+            else f"Stages disagree; majority **{CLASS_NAMES[d['consensus']]}** ({d['share']:.0%} of stages)."
+        )
+        if label is None and unknown[r]:
+            verdict += " :orange[**Probably none of these ten classes**: the strongest stages disagree and are unsure.]"
+        verdict_box.caption(verdict)
+        with extras:
+            if show_saliency:
+                _shared.saliency_row(arr, stage_keys, method=method, labels=labels)
+            if show_details:
+                with st.expander(f"Probability bars for {_shared.md_escape(name)}"):
+                    cols = st.columns(min(3, len(stage_keys)))
+                    for i, key in enumerate(stage_keys):
+                        cols[i % len(cols)].markdown(labels[key])
+                        cols[i % len(cols)].plotly_chart(
+                            figures.probability_bars(per_stage[key]),
+                            key=f"bars_{r}_{key}",
+                            config={"displayModeBar": False},
+                        )
+    except Exception as e:  # one image that cannot be shown never hides the rows after it
+        st.error(_shared.md_escape(f"{name}: could not be shown ({type(e).__name__}: {e})"))

@@ -149,7 +149,8 @@ def test_predict_draws_test_images_one_prediction_per_stage(app_env):
     at.button(key="draw").click().run()
     assert not at.exception
     cells = [m for m in _texts(at) if "**" in m and "%" in m and (":green[right]" in m or ":red[wrong]" in m)]
-    assert len(cells) == 3 * 3  # 3 images x 3 trained stages
+    assert len(cells) == 3 * 3  # 3 images x 3 trained stages, one card each, named
+    assert sum(c.startswith("**CNN**  \n") for c in cells) == 3
     assert sum("stages agree" in t or "Stages disagree" in t for t in _texts(at)) == 3
     at.toggle(key="details").set_value(True).run()
     assert not at.exception
@@ -159,7 +160,8 @@ def test_predict_draws_test_images_one_prediction_per_stage(app_env):
     first = at.session_state["drawn"][0]
     probs = predict.predict(predict.load_stage("cnn"), x_test[first][None])
     expected = " · ".join(f"{c} {q:.0%}" for c, q in predict.top_k(probs, 3)[0])
-    assert expected in [c.value for c in at.caption]  # cnn's top-3 for the first drawn image
+    cnn_cards = [m.value for m in at.markdown if m.value.startswith("**CNN**")]
+    assert f":gray[{expected}]" in cnn_cards[0]  # cnn's top-3 on its card for the first drawn image
 
 
 def test_training_page_and_sidebar_render(app_env):
@@ -215,12 +217,15 @@ def test_predict_shows_one_saliency_map_per_stage(app_env):
     before = len(at.get("image"))
     at.toggle(key="saliency").set_value(True).run()
     assert not at.exception
-    assert len(at.get("image")) == before + 2 * 3  # 2 images x 3 stages
-    assert sum("occlusion maps" in c for c in _texts(at)) == 2
+    maps = [i for i in at.get("image") if "occlusion, peak" in str(i.proto)]
+    assert len(at.get("image")) == before + 2 * (3 + 1)  # 2 images x (3 stages + the colour bar)
+    assert len(maps) == 2 * 3
     at.radio(key="saliency_method").set_value("gradcam").run()
     assert not at.exception
-    captions = [i.proto.imgs[0].caption for i in at.get("image") if i.proto.imgs and "(" in i.proto.imgs[0].caption]
-    assert sum("(Grad-CAM)" in c for c in captions) == 2 and sum("(occlusion)" in c for c in captions) == 4
+    captions = [i.proto.imgs[0].caption for i in at.get("image") if i.proto.imgs and ", peak" in i.proto.imgs[0].caption]
+    # Grad-CAM for the CNN, occlusion for the two MLPs, per image; each caption names the method it shows
+    assert sum("· Grad-CAM, peak" in c for c in captions) == 2 and sum("· occlusion, peak" in c for c in captions) == 4
+    assert any("Grad-CAM weight (occlusion for MLPs)" in i.proto.imgs[0].caption for i in at.get("image") if i.proto.imgs)
 
 
 def test_explorer_shows_a_stored_ablation_and_warns_on_a_corrupt_one(trained_root, cifar_npz, tmp_path, monkeypatch):
@@ -579,7 +584,7 @@ def test_explorer_saliency_runs_only_when_asked(app_env):
     before = len(at.get("image"))
     at.toggle(key="explain_on").set_value(True).run()
     assert not at.exception
-    assert len(at.get("image")) == before + 3  # one map per trained stage (mlp, deep_mlp, cnn)
+    assert len(at.get("image")) == before + 3 + 1  # one map per trained stage (mlp, deep_mlp, cnn) + colour bar
 
 
 def test_journey_title_follows_the_measured_curve(app_env):
