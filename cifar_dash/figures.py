@@ -306,3 +306,21 @@ def calibration_chart(results) -> go.Figure:
         height=460,
     )
     return fig
+
+
+def step_curve(trace: list) -> go.Figure:
+    """The live per-step curve of a running job: the epoch's running mean loss and accuracy against epochs done
+    (train.Progress writes ``trace`` into progress.json as [epochs, loss, accuracy] rows)."""
+    rows = [r for r in trace or [] if isinstance(r, list | tuple) and len(r) == 3]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[r[0] for r in rows], y=[r[1] for r in rows], name="loss", mode="lines"))
+    fig.add_trace(go.Scatter(x=[r[0] for r in rows], y=[r[2] for r in rows], name="accuracy", mode="lines", yaxis="y2"))
+    fig.update_layout(
+        xaxis_title="epochs",
+        yaxis=dict(title="loss", automargin=True),
+        yaxis2=dict(title="accuracy", overlaying="y", side="right", range=[0, 1], automargin=True),
+        margin=dict(l=10, r=10, t=10, b=10),
+        height=220,
+        legend=dict(orientation="h", yanchor="top", y=-0.3, x=0),
+    )
+    return fig

@@ -222,6 +222,9 @@ class Progress(keras.callbacks.Callback):
         self.n_train, self.batch_size = n_train, batch_size
         self.last_write = 0.0
         self.last_line_fraction = -1
+        self.trace = []  # [epochs done as a fraction, loss, accuracy]: the live per-step curve, at most TRACE points
+
+    TRACE = 400
 
     def write(self, state, **extra):
         payload = {
@@ -253,7 +256,10 @@ class Progress(keras.callbacks.Callback):
         logs = self._whole_epoch({k: float(v) for k, v in (logs or {}).items()}, batch + 1)
         if now - self.last_write > 0.5 or batch + 1 == self.steps:
             self.last_write = now
-            self.write("running", step=batch + 1, steps=self.steps, metrics=logs, eta_seconds=eta)
+            self.trace.append([round(self.epoch + (batch + 1) / self.steps, 4), logs.get("loss"), logs.get("accuracy")])
+            if len(self.trace) > self.TRACE:  # keep the whole run's shape in a bounded file: drop every other point
+                self.trace = self.trace[::2]
+            self.write("running", step=batch + 1, steps=self.steps, metrics=logs, eta_seconds=eta, trace=self.trace)
         self._bar(batch + 1, logs, eta)
 
     def _bar(self, step, logs, eta):

@@ -244,11 +244,47 @@ def page_setup(title: str):
 # ---- training sidebar -------------------------------------------------------------------------------------------
 
 
+# the sidebar form's values travel in the page URL, so a reload (a new session) keeps them
+_FORM = {"train_stage": str, "train_epochs": int, "train_limit": int, "train_bf16": lambda v: v == "1"}
+
+
+def _form_default(k: str, fallback):
+    """The value a reloaded page's URL carries for sidebar field ``k`` (used as the widget's default), else
+    ``fallback``. Widgets keep their own state within a session; this only matters for a new one."""
+    if k not in st.query_params or k in st.session_state:
+        return fallback
+    try:
+        value = _FORM[k](st.query_params[k])
+    except (TypeError, ValueError):
+        return fallback
+    if k == "train_stage" and value not in stages.KEYS:
+        return fallback
+    if k in ("train_epochs", "train_limit") and not 0 <= value <= (500 if k == "train_epochs" else 50000):
+        return fallback
+    return value
+
+
+def _save_form():
+    for k in _FORM:
+        v = st.session_state.get(k)
+        if v is None:
+            continue
+        text = ("1" if v else "0") if isinstance(v, bool) else str(int(v) if isinstance(v, float) else v)
+        if st.query_params.get(k) != text:
+            st.query_params[k] = text
+
+
 def training_sidebar():
     with st.sidebar:
         st.subheader("Retrain a stage")
         keys = list(stages.KEYS)
-        key = st.selectbox("Stage", keys, key="train_stage", format_func=stage_label)
+        key = st.selectbox(
+            "Stage",
+            keys,
+            index=keys.index(_form_default("train_stage", keys[0])),
+            key="train_stage",
+            format_func=stage_label,
+        )
         recipe = stages.get(key).recipe
         if len(recipe.phases) == 1:
             epochs = (
@@ -257,7 +293,7 @@ def training_sidebar():
                         "Epochs (0 = recipe)",
                         min_value=0,
                         max_value=500,
-                        value=0,
+                        value=_form_default("train_epochs", 0),
                         step=1,
                         key="train_epochs",
                         help=f"The recipe runs {recipe.epochs} epochs.",
@@ -287,7 +323,7 @@ def training_sidebar():
             "Limit images (0 = all 50,000)",
             min_value=0,
             max_value=50000,
-            value=0,
+            value=_form_default("train_limit", 0),
             step=100,
             key="train_limit",
             help="Train on the first N training images and test on the first N test images: a quick smoke run.",
@@ -334,7 +370,7 @@ def training_sidebar():
                 )
         bf16 = st.checkbox(
             "bfloat16 compute",
-            value=recipe.mixed_precision,
+            value=_form_default("train_bf16", recipe.mixed_precision),
             key="train_bf16",
             help="Mixed precision: bfloat16 maths, float32 weights. Faster on GPUs and on CPUs with "
             "AVX512-BF16 or AMX; slower on CPUs without them.",
@@ -356,6 +392,7 @@ def training_sidebar():
                 st.toast(f"Started training {key}")
             except jobs.JobRunning as e:
                 st.warning(md_escape(str(e)))
+        _save_form()
         _job_panel()
 
 
@@ -397,6 +434,12 @@ def _job_card(s: jobs.JobStatus):
         if box.button("Cancel", key=f"cancel_{s.stage}"):
             jobs.cancel(s.stage)
             box.info("Cancelling after the current batch...")
+        if p.get("trace"):  # per step, so a long first epoch is drawn while it runs
+            box.plotly_chart(
+                figures.step_curve(p["trace"]),
+                key=f"steps_{s.stage}_{len(p['trace'])}_{p.get('step')}",
+                config={"displayModeBar": False},
+            )
         if s.history:
             box.plotly_chart(
                 figures.training_curves(s.history), key=f"live_{s.stage}_{len(s.history)}", config={"displayModeBar": False}

@@ -610,3 +610,23 @@ def test_upload_page_states_the_unknown_rule_and_its_measured_rate(app_env):
     rate, n = analysis.unknown_rate_on_test({k: results.predictions(k) for k in keys}, keys)
     rule = next(c.value for c in at.caption if "probably none of these classes" in c.value)
     assert analysis.OOD_RULE in rule and f"On {n:,} real CIFAR-10 test images the flag fires on {rate:.1%}" in rule
+
+
+def test_the_sidebar_form_survives_a_reload(app_env):
+    at = _app()
+    at.selectbox(key="train_stage").set_value("cnn").run()
+    at.number_input(key="train_epochs").set_value(3).run()
+    at.number_input(key="train_limit").set_value(500).run()
+    assert not at.exception
+    saved = dict(at.query_params)  # what the page wrote into its URL
+    assert {k: saved[k] for k in ("train_stage", "train_epochs", "train_limit")} == {
+        "train_stage": "cnn",
+        "train_epochs": "3",
+        "train_limit": "500",
+    }
+    fresh = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)  # a reload: a new session, same URL
+    fresh.query_params.update(saved)
+    fresh.run()
+    assert not fresh.exception
+    assert fresh.selectbox(key="train_stage").value == "cnn"
+    assert fresh.number_input(key="train_epochs").value == 3 and fresh.number_input(key="train_limit").value == 500

@@ -259,3 +259,36 @@ def test_a_click_on_a_confusion_matrix_cell_shows_that_cells_images(page, server
     page.mouse.click(box["x"], box["y"])
     main.get_by_text(re.compile(r"test images of bird predicted as horse")).wait_for(timeout=60_000)
     _no_exception(page)
+
+
+def test_every_page_on_a_phone(server, browser, tmp_path):
+    """390 px wide: every page opens without an error or a page-wide horizontal scroll, and an upload's answers
+    are cards that each name their stage."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    pg = context.new_page()
+    pg.set_default_timeout(90_000)
+    for path, heading in [
+        ("", re.compile(r"^CIFAR-10, from ")),
+        ("explorer", "Stage explorer"),
+        ("compare", "Compare stages"),
+        ("predict", "Upload & predict"),
+        ("training", "Training jobs"),
+    ]:
+        pg.goto(f"{server}/{path}")
+        pg.get_by_role("heading", name=heading).wait_for()
+        pg.wait_for_timeout(1000)
+        _no_exception(pg)
+        width = pg.evaluate("document.querySelector(\"[data-testid='stMain']\").scrollWidth")
+        assert width <= 400, (path, width)
+    img = tmp_path / "photo.png"
+    Image.new("RGB", (300, 200), (200, 150, 40)).save(img)
+    pg.goto(f"{server}/predict")
+    pg.get_by_role("heading", name="Upload & predict").wait_for()
+    pg.locator("input[type='file']").set_input_files(str(img))
+    pg.get_by_text(re.compile(r"^(All 3 stages agree|Stages disagree; majority)")).first.wait_for()
+    cards = pg.locator("[data-testid='stMarkdownContainer']").filter(has_text=re.compile(r"^(MLP|Deep MLP|CNN)\n.* · \d+%"))
+    assert cards.count() == 3
+    boxes = [cards.nth(i).bounding_box() for i in range(3)]
+    assert all(b["width"] > 250 for b in boxes)  # stacked full-width cards, not three slivers
+    _no_exception(pg)
+    context.close()

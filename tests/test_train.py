@@ -809,3 +809,20 @@ def test_a_failed_publication_keeps_the_finished_run_and_the_published_one(cifar
 
     monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(tmp_path))
     assert results.load_result("mlp").status == "trained"  # the staging folder does not confuse readers
+
+
+def test_progress_keeps_a_bounded_per_step_trace(tmp_path, monkeypatch):
+    from cifar_dash import figures
+
+    p = train.Progress(tmp_path / "progress.json", "mlp", total_epochs=2, steps=1000, stream=open(os.devnull, "w"))
+    monkeypatch.setattr(train.time, "time", iter(range(0, 10**6)).__next__)  # one second per call: every step writes
+    for epoch in range(2):
+        p.on_epoch_begin(epoch)
+        for step in range(1000):
+            p.on_train_batch_end(step, {"loss": 2.0 - epoch - step / 1000, "accuracy": 0.1 + epoch * 0.4})
+    trace = json.loads((tmp_path / "progress.json").read_text())["trace"]
+    assert len(trace) <= train.Progress.TRACE and trace[-1][0] == 2.0
+    xs = [r[0] for r in trace]
+    assert xs == sorted(xs) and xs[0] < 0.05  # the whole run's shape, from its first steps
+    fig = figures.step_curve(trace)
+    assert [d.name for d in fig.data] == ["loss", "accuracy"] and len(fig.data[0].x) == len(trace)
