@@ -2,8 +2,8 @@
 
     python benchmarks/bench_app.py [--reps 5]
 
-- cold start: a fresh `streamlit run app.py` until the Journey page's first script run has finished (HTTP health +
-  one AppTest run in a fresh process)
+- cold start: a fresh process until the Journey page's first script run has finished (one AppTest run), and the
+  same for each other page opened first
 - warm render time of each page (AppTest, median of --reps runs after one warm-up)
 - upload-to-predictions latency for 1 and 16 images through every trained stage (models already loaded)
 - peak RSS with every trained stage loaded
@@ -27,10 +27,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 PAGES = ["app.py", "pages/explorer.py", "pages/compare.py", "pages/predict.py", "pages/training.py"]
 
 
-def cold_start() -> float:
+def cold_start(page: str = "app.py") -> float:
+    """Seconds from a fresh process to ``page``'s first finished run (imports included), as a user who opens that
+    page first on a new server waits."""
+    switch = "" if page == "app.py" else f"at.switch_page({page!r}); "
     code = (
         "import time; t=time.perf_counter(); from streamlit.testing.v1 import AppTest; "
-        f"at=AppTest.from_file({str(ROOT / 'app.py')!r}, default_timeout=300); at.run(); "
+        f"at=AppTest.from_file({str(ROOT / 'app.py')!r}, default_timeout=300); {switch}at.run(); "
         "assert not at.exception; print(time.perf_counter()-t)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -97,6 +100,8 @@ def main():
 
     print(f"machine: {runtime.info()['machine']}; keras {runtime.info()['versions']}")
     print(f"cold start (fresh process, imports + first Journey run): {cold_start():.2f} s")
+    for page in PAGES[1:]:
+        print(f"cold start of {page:22s} (fresh process, opened first): {cold_start(page):.2f} s")
     for page, s in warm_pages(args.reps).items():
         print(f"warm render {page:22s} {1000 * s:8.1f} ms (median of {args.reps})")
     p = predictions(args.reps)
