@@ -32,13 +32,14 @@ df = pd.DataFrame(rows).drop(columns=["error"])
 # the columns a reader compares first, then the evidence; numbers with thousands separators
 first = ["stage", "title", "reported %", "measured %", "backbone", "epochs", "train s", "params", "status"]
 df = df[first + [c for c in df.columns if c not in first]]
+df["backbone"] = df["backbone"].fillna("-")
 st.subheader("Stages")
 st.dataframe(
     df,
     hide_index=True,
     width="stretch",
     column_config={
-        "title": st.column_config.TextColumn(width="large"),
+        "title": st.column_config.TextColumn(width="medium"),
         "reported %": st.column_config.NumberColumn(format="%.2f"),
         "measured %": st.column_config.NumberColumn(format="%.2f"),
         "train s": st.column_config.NumberColumn("train time (s)", format="localized"),
