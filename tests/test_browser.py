@@ -196,6 +196,7 @@ def test_sidebar_retrain_runs_to_the_end(page, server):
     _ = io
 
 
+@pytest.mark.slow  # loads all nine shipped models (about 40 s); CI runs it with the other slow checks
 def test_every_page_opens_on_the_shipped_checkpoints(browser, tmp_path):
     """The committed checkpoints/ as a user gets them (read only here: no training), with the real test images."""
     real = ROOT.parent / "shared" / "data" / "cifar10.npz"

@@ -24,7 +24,10 @@ def real_test_set():
     return d
 
 
-@pytest.mark.parametrize("key", stages.KEYS)
+HEAVY = {"mobilenetv2_frozen", "mobilenetv2_finetune", "resnet50v2", "resnet50v2_sota", "speedrun"}  # 4-8 s each
+
+
+@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.slow) if k in HEAVY else k for k in stages.KEYS])
 def test_a_shipped_model_reproduces_its_stored_predictions(key, real_test_set, monkeypatch):
     monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(SHIPPED))
     r = results.load_result(key)
