@@ -139,34 +139,24 @@ def _epochs_arg(text: str) -> int | tuple[int, ...]:
     return counts[0] if len(counts) == 1 else tuple(counts)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
-    return n
+def _at_least(parse, low, what: str, bound: str):
+    """An argparse type: ``parse(text)``, refused unless a finite number >= ``low``, with a message naming it."""
+
+    def check(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (low <= value < float("inf")):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {bound}")
+        return value
+
+    return check
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
-    return n
-
-
-def _minutes(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes") from None
-    if not (v >= 0 and v < float("inf")):
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 (epoch ends only) or more minutes")
-    return v
+_positive_int = _at_least(int, 1, "a whole number", "1 or more")
+_non_negative_int = _at_least(int, 0, "a whole number", "0 or more")
+_minutes = _at_least(float, 0, "a number of minutes", "0 (epoch ends only) or more minutes")
 
 
 def build_parser() -> argparse.ArgumentParser:
