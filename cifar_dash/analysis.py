@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .data import CLASS_NAMES
@@ -210,15 +212,12 @@ def unknown_rate_on_test(preds_by_stage: dict, strongest: list[str]) -> tuple[fl
     keys = [k for k in strongest if k in preds_by_stage]
     if len(keys) < 2:
         return None
-    common = preds_by_stage[keys[0]].indices
-    for k in keys[1:]:
-        common = np.intersect1d(common, preds_by_stage[k].indices)
+    common = functools.reduce(np.intersect1d, [preds_by_stage[k].indices for k in keys])
     if not len(common):
         return None
-    probs = {}
+    probs = {}  # each stage's rows for the shared test images, in one order (as `aligned` does for two stages)
     for k in keys:
-        p = preds_by_stage[k]
-        order = np.argsort(p.indices)
-        probs[k] = p.probs[order[np.searchsorted(p.indices[order], common)]]
+        _, rows, _ = np.intersect1d(preds_by_stage[k].indices, common, return_indices=True)
+        probs[k] = preds_by_stage[k].probs[rows]
     flags = probably_unknown(probs, keys)
     return float(flags.mean()), int(len(common))

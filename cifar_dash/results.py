@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import artifacts, stages
-
-N_CLASSES = 10
+from .data import NUM_CLASSES as N_CLASSES
 
 
 @dataclass

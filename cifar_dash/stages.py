@@ -23,10 +23,6 @@ class _Builder:
         return getattr(models, self.name)(*args, **kwargs)
 
 
-def _builder(name: str) -> Callable:
-    return _Builder(name)
-
-
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -128,7 +124,7 @@ STAGES: tuple[Stage, ...] = (
         46.19,
         "Flatten the 32x32x3 image into 3,072 numbers and learn Dense layers with Glorot (Xavier) init.",
         "Flattening destroys spatial structure, so the model leans on background colour more than on shape.",
-        _builder("mlp"),
+        _Builder("mlp"),
         Recipe(phases=(Phase("train", 20, 1e-3),), batch_size=128),
         short="MLP",
     ),
@@ -138,7 +134,7 @@ STAGES: tuple[Stage, ...] = (
         42.89,
         "Four 512-wide hidden layers (2.37 M parameters), no regularisation, trained long: it memorises.",
         "About 2.3 million parameters memorise the training set, noise included, so test accuracy goes down.",
-        _builder("deep_mlp"),
+        _Builder("deep_mlp"),
         Recipe(phases=(Phase("train", 40, 1e-3),), batch_size=128),
         short="Deep MLP",
     ),
@@ -150,7 +146,7 @@ STAGES: tuple[Stage, ...] = (
         "Dropout 0.5 fights overfitting.",
         "Conv2D + MaxPooling extract features while shrinking space; BatchNormalization stabilises training; "
         "Dropout 50% stops the MLP's overfitting.",
-        _builder("cnn"),
+        _Builder("cnn"),
         Recipe(phases=(Phase("train", 15, 5e-4),), batch_size=128),
         short="CNN",
     ),
@@ -161,7 +157,7 @@ STAGES: tuple[Stage, ...] = (
         "Deeper Conv-Conv-Pool (VGG) blocks, and random flip, rotation and zoom so every epoch sees new images.",
         "Random flip, rotation and zoom with a deeper Conv-Conv-Pool network block overfitting; validation accuracy "
         "rises steadily.",
-        _builder("vgg"),
+        _Builder("vgg"),
         Recipe(
             phases=(Phase("train", 12, 2e-3),),
             batch_size=128,
@@ -178,7 +174,7 @@ STAGES: tuple[Stage, ...] = (
         "Borrow ImageNet features: MobileNetV2 on images upsampled 3x to 96x96, base frozen, only a 164 k head trains.",
         "MobileNetV2 pre-trained on ImageNet; images upsampled 3x to 96x96; base frozen, so only about 160 thousand "
         "parameters train, and training is fast.",
-        _builder("transfer"),
+        _Builder("transfer"),
         Recipe(
             phases=(Phase("head", 10, 1e-3, trainable="head"),),
             batch_size=128,
@@ -195,7 +191,7 @@ STAGES: tuple[Stage, ...] = (
         "Warm up the new head, then unfreeze the deeper MobileNetV2 blocks and train them at a very low rate (1e-5).",
         "Step 1: warm up the new classifier head. Step 2: unfreeze the deeper layers and train with a very low "
         "learning rate (1e-5).",
-        _builder("transfer"),
+        _Builder("transfer"),
         Recipe(
             phases=(
                 Phase("head", 5, 1e-3, trainable="head"),
@@ -216,7 +212,7 @@ STAGES: tuple[Stage, ...] = (
         "validation accuracy stalls; random shifts.",
         "About 23 million parameters; images upsampled 5x to 160x160; ReduceLROnPlateau halves the learning rate "
         "whenever accuracy stalls; translation (shift) augmentation added.",
-        _builder("transfer"),
+        _Builder("transfer"),
         Recipe(
             phases=(Phase("finetune", 5, 1e-4, trainable="all"),),
             batch_size=64,
@@ -239,7 +235,7 @@ STAGES: tuple[Stage, ...] = (
         "label smoothing curbs over-confidence.",
         "Same budget, no extra training time: MixUp (blend two images and their labels), AdamW (decoupled weight "
         "decay), label smoothing (less over-confidence).",
-        _builder("transfer"),
+        _Builder("transfer"),
         Recipe(
             phases=(Phase("finetune", 5, 1e-4, trainable="all"),),
             batch_size=64,
@@ -268,7 +264,7 @@ STAGES: tuple[Stage, ...] = (
         "test-time augmentation.",
         "Not in the seed deck. Reference: airbench94 (Keller Jordan, 2024) reports 94.01% mean in 3.83 s on one A100; "
         "its reported figure stands in the 'reported' column.",
-        _builder("speedrun"),
+        _Builder("speedrun"),
         Recipe(
             phases=(Phase("train", 10, 1.5, trainable="all"),),
             batch_size=1024,

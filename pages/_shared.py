@@ -80,17 +80,14 @@ def saliency_method(key: str) -> str:
     return st.radio("Saliency method", list(SALIENCY_LABELS), format_func=SALIENCY_LABELS.get, key=key, horizontal=True)
 
 
-def saliency_row(img: np.ndarray, keys: list[str], method: str = "occlusion", labels: dict | None = None):
+def saliency_row(img: np.ndarray, keys: list[str], method: str = "occlusion"):
     """One map per stage over the same image, three to a row at 12x the input, each scaled to its own peak (one
     scale for all would leave the good models' maps nearly blank beside the weak ones'); the peak is in each
     caption and the colour bar above says what the colours mean."""
-    import hashlib
-
     from cifar_dash import saliency
     from cifar_dash.data import CLASS_NAMES
 
-    labels = labels or {}
-    digest = hashlib.sha256(np.ascontiguousarray(img).tobytes()).hexdigest()
+    digest = predict.image_digest(img)
     maps, failed = {}, {}
     bar = st.progress(0.0) if len(keys) > 1 else None
     for n, k in enumerate(keys):
@@ -118,7 +115,8 @@ def saliency_row(img: np.ndarray, keys: list[str], method: str = "occlusion", la
             col.image(
                 saliency.overlay(img, m["map"], max(peak, 1e-6), scale=12),
                 width="stretch",
-                caption=f"{labels.get(k, k)}: {CLASS_NAMES[m['target']]} {m['probability']:.0%} · {shown}, peak {peak:.2f}",
+                caption=f"{stages.get(k).label}: {CLASS_NAMES[m['target']]} {m['probability']:.0%} · {shown}, "
+                f"peak {peak:.2f}",
             )
 
 

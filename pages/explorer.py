@@ -171,7 +171,7 @@ if len(shown):
             pick = st.selectbox("Test image", [int(preds.indices[j]) for j in shown], key="explain_pick")
             method = _shared.saliency_method("explorer_saliency_method")
             keys = [t.stage.key for t in _shared.trained_results()]
-            _shared.saliency_row(x_test[pick], keys, method=method, labels={s.key: s.label for s in stages.STAGES})
+            _shared.saliency_row(x_test[pick], keys, method=method)
             st.caption("Red = the region the stage's answer depends on most; each map is scaled to its own peak.")
 
 c1, c2 = st.columns(2)

@@ -80,8 +80,8 @@ rule_box = st.empty()
 
 # Lay every row out first, with one card per stage, then fill the cards stage by stage: the first answers show while
 # the bigger models are still loading (a cold server loads nine models, the ResNets last).
-rows = []  # per good image: (name, arr, label, {stage: card placeholder}, verdict placeholder, extras container)
-n = 0
+rows = []  # per good image: (its row in batch, name, arr, label, {stage: card}, verdict placeholder, extras container)
+b = 0  # the image's row in `batch`
 for it in items:
     if isinstance(it, images.ImageError):
         st.error(_shared.md_escape(str(it)))
@@ -105,11 +105,11 @@ for it in items:
             for col, key in zip(cols, trained[start : start + per_row]):
                 cards[key] = col.container(border=True).empty()
                 cards[key].markdown(f"**{labels[key]}**  \n:gray[loading...]")
-        rows.append((name, arr, label, cards, verdict_box, st.container()))
+        rows.append((b, name, arr, label, cards, verdict_box, st.container()))
     except Exception as e:
         st.error(_shared.md_escape(f"{name}: could not be shown ({type(e).__name__}: {e})"))
     st.divider()
-    n += 1
+    b += 1
 
 
 @st.cache_resource(show_spinner=False)
@@ -138,11 +138,11 @@ for i, key in enumerate(trained):
     try:  # only images this stage has not seen yet are predicted
         probs[key] = _cache().probs(key, _shared._stamp(key), batch, lambda key=key: _shared.stage_model(key))
     except Exception as e:  # a damaged model file: that stage shows the error, the rest work
-        for _, _, _, cards, _, _ in rows:
+        for *_, cards, _, _ in rows:
             cards[key].markdown(f"**{labels[key]}**  \n:red[no answer: the model did not load]")
         st.error(_shared.md_escape(f"{key}: {e}"))
         continue
-    for r, (_, _, label, cards, _, _) in enumerate(rows):
+    for r, _, _, label, cards, _, _ in rows:
         cards[key].markdown(_card(key, probs[key][r], label))
 if progress is not None:
     progress.empty()
@@ -157,7 +157,7 @@ rule_box.caption(
     + (f" On {rate[1]:,} real CIFAR-10 test images the flag fires on {rate[0]:.1%} of them." if rate else "")
 )
 
-for r, (name, arr, label, cards, verdict_box, extras) in enumerate(rows):
+for r, name, arr, label, cards, verdict_box, extras in rows:
     try:
         per_stage = {k: probs[k][r] for k in stage_keys}
         d = analysis.disagreement(per_stage)
@@ -173,7 +173,7 @@ for r, (name, arr, label, cards, verdict_box, extras) in enumerate(rows):
         verdict_box.caption(verdict)
         with extras:
             if show_saliency:
-                _shared.saliency_row(arr, stage_keys, method=method, labels=labels)
+                _shared.saliency_row(arr, stage_keys, method=method)
             if show_details:
                 with st.expander(f"Probability bars for {_shared.md_escape(name)}"):
                     cols = st.columns(min(3, len(stage_keys)))

@@ -36,6 +36,18 @@ ARGS = [
 ]
 
 
+# every page's path and its heading
+PAGES = [
+    ("", re.compile(r"^CIFAR-10, from ")),
+    ("explorer", "Stage explorer"),
+    ("compare", "Compare stages"),
+    ("predict", "Upload & predict"),
+    ("training", "Training jobs"),
+]
+# an upload's answer card of one of the fixture's three stages: its name, then "class · NN%"
+CARD = re.compile(r"^(MLP|Deep MLP|CNN)\n.* · \d+%")
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,16 +126,7 @@ def _no_exception(pg):
     assert errors.count() == 0, errors.first.inner_text()
 
 
-@pytest.mark.parametrize(
-    "path, heading",
-    [
-        ("", re.compile(r"^CIFAR-10, from ")),
-        ("explorer", "Stage explorer"),
-        ("compare", "Compare stages"),
-        ("predict", "Upload & predict"),
-        ("training", "Training jobs"),
-    ],
-)
+@pytest.mark.parametrize("path, heading", PAGES)
 def test_every_page_opens(page, server, path, heading):
     page.goto(f"{server}/{path}")
     page.get_by_role("heading", name=heading).wait_for()
@@ -156,9 +159,7 @@ def test_upload_png_gives_one_prediction_per_stage(page, server, tmp_path):
     page.locator("input[type='file']").set_input_files(str(img))
     page.get_by_text(re.compile(r"^(All 3 stages agree|Stages disagree; majority)")).first.wait_for()
     main = page.locator("[data-testid='stMain']")
-    cards = main.locator("[data-testid='stMarkdownContainer']").filter(
-        has_text=re.compile(r"^(MLP|Deep MLP|CNN)\n.* · \d+%")
-    )
+    cards = main.locator("[data-testid='stMarkdownContainer']").filter(has_text=CARD)
     assert cards.count() == 3  # one card per trained stage, each with its name
     assert sorted(c.split("\n")[0] for c in cards.all_inner_texts()) == ["CNN", "Deep MLP", "MLP"]
     images_before = main.locator("[data-testid='stImage']").count()
@@ -268,13 +269,7 @@ def test_every_page_on_a_phone(server, browser, tmp_path):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     pg = context.new_page()
     pg.set_default_timeout(90_000)
-    for path, heading in [
-        ("", re.compile(r"^CIFAR-10, from ")),
-        ("explorer", "Stage explorer"),
-        ("compare", "Compare stages"),
-        ("predict", "Upload & predict"),
-        ("training", "Training jobs"),
-    ]:
+    for path, heading in PAGES:
         pg.goto(f"{server}/{path}")
         pg.get_by_role("heading", name=heading).wait_for()
         pg.wait_for_timeout(1000)
@@ -287,7 +282,7 @@ def test_every_page_on_a_phone(server, browser, tmp_path):
     pg.get_by_role("heading", name="Upload & predict").wait_for()
     pg.locator("input[type='file']").set_input_files(str(img))
     pg.get_by_text(re.compile(r"^(All 3 stages agree|Stages disagree; majority)")).first.wait_for()
-    cards = pg.locator("[data-testid='stMarkdownContainer']").filter(has_text=re.compile(r"^(MLP|Deep MLP|CNN)\n.* · \d+%"))
+    cards = pg.locator("[data-testid='stMarkdownContainer']").filter(has_text=CARD)
     assert cards.count() == 3
     boxes = [cards.nth(i).bounding_box() for i in range(3)]
     assert all(b["width"] > 250 for b in boxes)  # stacked full-width cards, not three slivers
