@@ -47,22 +47,24 @@ def variant_recipe(name: str):
 
 
 def run_one(name: str, seed: int, epochs, limit, data, runs_dir: Path) -> dict:
-    from cifar_dash import train
+    from cifar_dash import results, runs, train
 
     out = runs_dir / f"{name}-s{seed}-e{epochs or 'recipe'}-n{limit or 'all'}"
     start = time.perf_counter()
-    train.train(
+    # an interrupted run of this variant resumes from its backup; otherwise a new run
+    resume = runs.latest_interrupted("speedrun", where=out)
+    folder = train.train(
         "speedrun",
         epochs=epochs,
         limit=limit,
         data_path=data,
         out_dir=out,
-        resume=True,
+        resume=resume.run_id if resume else False,
         seed=seed,
         recipe=variant_recipe(name),
         stream=sys.stderr,
     )
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = results.load_folder("speedrun", folder).metrics  # evaluation joined with the training record
     return {
         "variant": name,
         "removes": VARIANTS[name][0],

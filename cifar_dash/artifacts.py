@@ -1,5 +1,5 @@
-"""Where things live and how they are written: checkpoints/STAGE/ artifacts (atomic writes), the work folder
-outside git for resumable runs, and reading a stage's artifacts back with clear errors."""
+"""Where things live and how they are written: checkpoints/STAGE/ artifacts (atomic writes) and reading a stage's
+artifacts back with clear errors. Run folders (checkpoints/STAGE/runs/) are runs.py's."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ HISTORY = "history.json"
 TRAIN_INFO = "train_info.json"
 PREDICTIONS = "test_predictions.npz"
 ROBUSTNESS = "robustness.json"
-RUNS = "runs.json"
+SEEDS = "seeds.json"  # `python -m cifar_dash seeds`: one recipe trained with several seeds
 ABLATIONS = "ablations.json"  # benchmarks/ablate_speedrun.py: the recipe with one trick removed at a time
 
 
@@ -41,12 +41,6 @@ def stage_dir(stage: str, root: Path | None = None) -> Path:
 
 def cache_root() -> Path:
     return Path(os.environ.get("CIFAR_DASH_CACHE", Path.home() / ".cache" / "cifar-dash"))
-
-
-def work_dir(stage: str, out_dir: Path) -> Path:
-    """Resumable state of a run lives outside git, keyed by stage and output folder."""
-    key = hashlib.sha1(str(Path(out_dir).resolve()).encode()).hexdigest()[:10]
-    return cache_root() / "work" / f"{stage}-{key}"
 
 
 @contextmanager

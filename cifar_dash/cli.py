@@ -1,4 +1,4 @@
-"""Command line: python -m cifar_dash {stages,train,evaluate,predict,robustness,runs,results-table,docs}."""
+"""Command line: python -m cifar_dash COMMAND (stages, train, runs, promote, delete-run, evaluate, predict, ...)."""
 
 from __future__ import annotations
 
@@ -47,9 +47,53 @@ def _train(args):
         mixed_precision=args.mixed_precision,
         seed=args.seed,
         continue_from=args.continue_from,
-        save_every=60 * args.save_every,
+        save_every=args.save_every,
+        run_id=args.run_id,
     )
-    print(f"artifacts in {out}")
+    print(f"run folder {out}")
+    return 0
+
+
+def _runs(args):
+    from . import runs
+
+    rows = [("run", "state", "started", "epochs", "test acc", "train time", "machine")]
+    listed = runs.list_runs(args.stage)
+    for r in listed:
+        d = r.row()
+        acc = f"{100 * d['test accuracy']:.2f}%" if d["test accuracy"] is not None else "-"
+        secs = f"{d['train seconds'] / 60:.1f} min" if d["train seconds"] is not None else "-"
+        state = d["state"] + (" (published)" if d["published"] else "") + (f": {d['note']}" if d["note"] else "")
+        rows.append((d["run"], state, d["started"], str(d["epochs"] or "-"), acc, secs, d["machine"] or "-"))
+    if not listed:
+        print(f"{args.stage}: no runs (train one with `python -m cifar_dash train {args.stage}`)")
+        return 0
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _promote(args):
+    from . import runs
+
+    done = runs.promote(args.stage, args.run_id)
+    old = f"{100 * done['old_accuracy']:.2f}%" if done["old_accuracy"] is not None else "-"
+    print(
+        f"{args.stage}: published run {done['promoted']} ({100 * done['new_accuracy']:.2f}%), replacing "
+        f"{done['replaced'] or 'nothing'} ({old}); undo with: python -m cifar_dash promote {args.stage} "
+        f"{done['replaced']}"
+        if done["replaced"]
+        else f"{args.stage}: published run {done['promoted']} ({100 * done['new_accuracy']:.2f}%)"
+    )
+    return 0
+
+
+def _delete_run(args):
+    from . import runs
+
+    runs.delete(args.stage, args.run_id)
+    print(f"{args.stage}: deleted run {args.run_id}")
     return 0
 
 
@@ -93,11 +137,11 @@ def _robustness(args):
     return 0
 
 
-def _runs(args):
+def _seeds(args):
     from . import artifacts, report
 
-    summary = report.runs_summary(args.stage, args.folders)
-    out = artifacts.stage_dir(args.stage) / artifacts.RUNS
+    summary = report.seeds_summary(args.stage, args.folders)
+    out = artifacts.stage_dir(args.stage) / artifacts.SEEDS
     artifacts.write_json(out, summary)
     sd = summary["std_test_accuracy"]
     print(
@@ -156,7 +200,6 @@ def _at_least(parse, low, what: str, bound: str):
 
 _positive_int = _at_least(int, 1, "a whole number", "1 or more")
 _non_negative_int = _at_least(int, 0, "a whole number", "0 or more")
-_minutes = _at_least(float, 0, "a number of minutes", "0 (epoch ends only) or more minutes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("stages", help="list the stages with reported and measured accuracy").set_defaults(fn=_stages)
 
-    t = sub.add_parser("train", help="train a stage (then evaluate it) and publish checkpoints/STAGE/")
+    t = sub.add_parser(
+        "train",
+        help="train a stage (then evaluate it) into a new run folder checkpoints/STAGE/runs/RUN_ID/; "
+        "the published model changes only by `promote`",
+    )
     t.add_argument("stage", choices=KEYS)
     t.add_argument(
         "--epochs",
@@ -188,23 +235,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone-weights",
         help="local ImageNet weights file for the backbone (default: $CIFAR_DASH_<BACKBONE>_WEIGHTS, else Keras' download)",
     )
-    t.add_argument("--out", type=Path, help="output folder (default: checkpoints/STAGE)")
-    t.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
+    t.add_argument("--out", type=Path, help="stage folder; the run goes into OUT/runs/RUN_ID (default: checkpoints/STAGE)")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RUN_ID",
+        help="continue an interrupted run (default: the stage's latest) with the settings it was started with",
+    )
     t.add_argument(
         "--continue-from",
-        type=Path,
-        metavar="DIR",
-        help="add epochs to a published run of the same recipe (e.g. checkpoints/STAGE with --epochs "
-        "above its own): starts from its weights and history; the optimizer starts afresh",
+        metavar="RUN",
+        help="add epochs to a finished run of the same recipe: 'published', a run id or a folder, with --epochs "
+        "above its own; the new run starts from its weights and history with a fresh optimizer",
     )
     t.add_argument(
         "--save-every",
-        type=_minutes,
-        default=10,
-        metavar="MINUTES",
-        help="mid-epoch checkpoint interval for --resume (default 10; 0: only at epoch ends)",
+        type=_positive_int,
+        metavar="STEPS",
+        help="BackupAndRestore every STEPS steps as well as at epoch ends (default: epoch ends; every 100 steps "
+        "when an epoch has over 200)",
     )
-    t.add_argument("--no-evaluate", action="store_true", help="publish the model without evaluating it")
+    t.add_argument("--run-id", help=argparse.SUPPRESS)  # the dashboard names its job's run before it starts
+    t.add_argument("--no-evaluate", action="store_true", help="train without evaluating (resume evaluates later)")
     t.add_argument("--seed", type=_non_negative_int, help="random seed (default: the recipe's); for run-to-run spread")
     t.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPUs); weights stay float32")
     t.set_defaults(fn=_train)
@@ -230,10 +284,26 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--data")
     rb.set_defaults(fn=_robustness)
 
-    ru = sub.add_parser("runs", help="summarise runs of one stage with different seeds into checkpoints/STAGE/runs.json")
+    ru = sub.add_parser("runs", help="list a stage's runs: id, state, date, epochs, test accuracy, time, machine")
     ru.add_argument("stage", choices=KEYS)
-    ru.add_argument("folders", nargs="+", type=Path, help="output folders of `train STAGE --seed N --out DIR`")
     ru.set_defaults(fn=_runs)
+
+    pm = sub.add_parser(
+        "promote", help="publish a finished run as checkpoints/STAGE/ (the replaced one stays a run: undo by promoting it)"
+    )
+    pm.add_argument("stage", choices=KEYS)
+    pm.add_argument("run_id")
+    pm.set_defaults(fn=_promote)
+
+    dr = sub.add_parser("delete-run", help="delete a run folder (never the published run, never a live one)")
+    dr.add_argument("stage", choices=KEYS)
+    dr.add_argument("run_id")
+    dr.set_defaults(fn=_delete_run)
+
+    sd = sub.add_parser("seeds", help="summarise runs of one stage with different seeds into checkpoints/STAGE/seeds.json")
+    sd.add_argument("stage", choices=KEYS)
+    sd.add_argument("folders", nargs="+", type=Path, help="run folders of `train STAGE --seed N`")
+    sd.set_defaults(fn=_seeds)
 
     rt = sub.add_parser("results-table", help="print the detailed results table, generated from metrics.json files")
     rt.set_defaults(fn=_results_table)
@@ -250,19 +320,24 @@ def main(argv=None) -> int:
         import os
 
         os.environ["CIFAR_DASH_CHECKPOINTS"] = str(args.checkpoints)
-    from . import artifacts, data, images, models, train
+    from . import artifacts, data, images
 
     try:
         return args.fn(args)
-    except (data.DataError, artifacts.ArtifactError, models.BackboneWeightsError, images.ImageError, ValueError) as e:
+    except (data.DataError, artifacts.ArtifactError, images.ImageError, ValueError, KeyError) as e:
+        print(f"error: {str(e).strip(chr(39))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder that cannot be written, a full disk: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a folder that cannot be written, a full disk: one line, the finished run's place named
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except train.Cancelled:
-        print("cancelled", file=sys.stderr)
-        return 130
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)
         return 130
+    except Exception as e:  # by name: commands that do not train never import Keras
+        if type(e).__name__ == "BackboneWeightsError":
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if type(e).__name__ == "Cancelled":
+            print("cancelled; resume with --resume", file=sys.stderr)
+            return 130
+        raise

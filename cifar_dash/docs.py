@@ -121,7 +121,7 @@ def calibration_table(res) -> str:
 def speedrun_runs(res) -> str:
     r = next((x for x in res if x.stage.key == "speedrun" and x.folder), None)
     try:
-        doc = artifacts.read_json(r.folder / artifacts.RUNS) if r else None
+        doc = artifacts.read_json(r.folder / artifacts.SEEDS) if r else None
     except artifacts.ArtifactError:
         doc = None
     if not doc:

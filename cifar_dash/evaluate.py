@@ -96,7 +96,9 @@ def _timed(fn, *args):
 
 
 def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys.stderr) -> dict:
-    """Evaluate ``model`` and write metrics.json and test_predictions.npz into ``out`` (atomically)."""
+    """Evaluate ``model`` and write metrics.json and test_predictions.npz into ``out`` (atomically). metrics.json
+    holds what evaluation measured and the run it measured (``run_id``); how the model was trained stays in
+    train_info.json, which results.load_folder joins in."""
     tta = tta_of(train_info)
     t = time.perf_counter()
     levels = tta_levels(model, x_test, tta=tta)
@@ -105,34 +107,20 @@ def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys
     result = metrics.summarize(probs, y_test)
     if len(levels) > 1:  # what test-time augmentation is worth: accuracy at each level, from the same views
         result["tta_accuracy"] = {k: float((v.argmax(1) == np.asarray(y_test)).mean()) for k, v in levels.items()}
-    total, trainable = models.count_params(model)
+    total, _ = models.count_params(model)
     result.update(
         {
             "stage": train_info["stage"],
             "run_id": train_info.get("run_id"),
             "params": total,
             "flops_per_image": models.flops_per_image(model),
-            "trainable_params": train_info.get("trainable_params", trainable),
             "inference": inference_ms(model, x_test, tta=tta),
             "eval_seconds": round(eval_seconds, 2),
             "tta": tta,
-            "epochs": train_info.get("epochs"),
-            "train_seconds": train_info.get("train_seconds"),
-            "train_images_per_second": train_info.get("train_images_per_second"),
-            "n_train": train_info.get("n_train"),
-            "limit": train_info.get("limit"),
-            "recipe": train_info.get("recipe"),
-            "backbone": train_info.get("backbone"),
-            "backbone_weights": train_info.get("backbone_weights"),
-            "mixed_precision": train_info.get("mixed_precision"),
-            "train_machine": train_info.get("train_runtime", {}).get("machine"),
-            "train_runtime": train_info.get("train_runtime"),
             "eval_runtime": runtime.info(),
             "machine": runtime.info()["machine"],
             "keras_version": runtime.info()["versions"]["keras"],
             "backend": runtime.info()["backend"],
-            "data_fingerprint": train_info.get("data_fingerprint"),
-            "train_data_fingerprint": train_info.get("train_data_fingerprint"),
             "test_data_fingerprint": train_info.get("test_data_fingerprint"),
             "evaluated": time.time(),
         }

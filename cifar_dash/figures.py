@@ -324,3 +324,23 @@ def step_curve(trace: list) -> go.Figure:
         legend=dict(orientation="h", yanchor="top", y=-0.3, x=0),
     )
     return fig
+
+
+def runs_curves(histories: dict[str, list[dict]], metric: str = "accuracy") -> go.Figure:
+    """Several runs' curves overlaid: validation ``metric`` per epoch (train ``metric`` for recipes that keep no
+    validation split), one line per run."""
+    fig = go.Figure()
+    for label, rows in histories.items():
+        key = f"val_{metric}" if any(f"val_{metric}" in r for r in rows) else metric
+        fig.add_trace(
+            go.Scatter(
+                x=[r.get("epoch") for r in rows],
+                y=[r.get(key) for r in rows],
+                name=f"{label} ({'validation' if key.startswith('val_') else 'train'})",
+                mode="lines+markers",
+            )
+        )
+    fig.update_layout(
+        xaxis_title="epoch", yaxis_title=metric, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25)
+    )
+    return fig

@@ -1,7 +1,8 @@
 """Background training jobs: `python -m cifar_dash train` as a subprocess, one per stage at a time.
 
-The dashboard never trains in its own process. A job is a JSON record plus a log file under the cache folder; its
-live state comes from the progress.json and state.json the training command writes, so any process can poll it.
+The dashboard never trains in its own process. A job is a JSON record plus a log file under the cache folder; it
+names its run before the process starts (``train --run-id``), and its live state comes from that run folder's
+progress.json and log.csv (runs.py), so any process can poll it. No Keras here.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import artifacts, runstate, stages
+from . import artifacts, runs, stages
 
 ACTIVE_STATES = ("starting", "loading", "running", "evaluating")
 _POPEN: dict[int, subprocess.Popen] = {}  # children of this process, kept to reap them
@@ -56,7 +56,7 @@ def _alive(pid: int) -> bool:
     p = _POPEN.get(pid)
     if p is not None:
         return p.poll() is None
-    return runstate.pid_alive(pid)
+    return runs.pid_alive(pid)
 
 
 def _read(path: Path) -> dict | None:
@@ -71,7 +71,6 @@ def start(
     epochs: int | Sequence[int] | None = None,
     limit: int | None = None,
     data_path: str | None = None,
-    resume: bool = False,
     extra_env: dict | None = None,
     backbone: str | None = None,
     mixed_precision: bool = False,
@@ -80,43 +79,48 @@ def start(
     """Start training ``stage`` in the background. Raises JobRunning when one is already live."""
     stages.recipe_for(stages.get(stage), epochs, backbone)  # an unknown stage, epochs or backbone fails here
     out = artifacts.stage_dir(stage)
-    cmd = [sys.executable, "-m", "cifar_dash", "train", stage, "--out", str(out)]
+    run_id = runs.new_run_id()
+    cmd = [sys.executable, "-m", "cifar_dash", "train", stage, "--out", str(out), "--run-id", run_id]
     if epochs:  # one count for every phase, or one per phase
         cmd += ["--epochs", str(int(epochs)) if isinstance(epochs, int) else ",".join(str(int(e)) for e in epochs)]
     if limit:
         cmd += ["--limit", str(int(limit))]
     if data_path:
         cmd += ["--data", str(data_path)]
-    if resume:
-        cmd += ["--resume"]
     if backbone:
         cmd += ["--backbone", backbone]
     if mixed_precision:
         cmd += ["--mixed-precision"]
     if continue_from:
         cmd += ["--continue-from", str(continue_from)]
-    return _launch(stage, cmd, out, {"epochs": epochs, "limit": limit}, extra_env)
+    return _launch(stage, cmd, out, {"epochs": epochs, "limit": limit, "run_id": run_id}, extra_env)
+
+
+def run_folder(job: dict) -> Path:
+    return runs.runs_root(job["stage"], where=Path(job["out"])) / job["run_id"]
 
 
 def resumable(stage: str) -> dict | None:
-    """The saved state (runstate.saved_run) that the stage's last dashboard job left, when that job is over and
-    ``resume`` can continue it; None otherwise (nothing saved, or the state belongs to another run)."""
+    """{"run_id", "epochs_done", "epochs"} of the run the stage's last dashboard job left interrupted, when that job
+    is over and ``resume`` can continue it; None otherwise."""
     job = _read(_record_path(stage))
-    if not job or _job_status(stage).active:  # a cancelled job may still be exiting: its state is saved already
+    if not job or not job.get("run_id") or _job_status(stage).active:
         return None
-    saved = runstate.saved_run(artifacts.work_dir(stage, Path(job["out"])))
-    if not saved or saved["pid"] not in [job["pid"], *job.get("lineage", [])]:
+    run = runs.read_run(stage, run_folder(job))
+    if not run.resumable:
         return None
-    return saved
+    return {"run_id": run.run_id, "epochs_done": run.epochs_done, "epochs": run.epochs, "note": run.problem}
 
 
 def resume(stage: str, extra_env: dict | None = None) -> dict:
-    """Continue the stage's cancelled, killed or failed dashboard job where it stopped: the same command with
-    ``--resume``. Raises JobRunning when a run is live, ValueError when there is nothing to resume."""
+    """Continue the stage's cancelled, killed or failed dashboard job's run where its last backup left it
+    (``train --resume RUN_ID``). Raises JobRunning when a run is live, ValueError when there is nothing to resume."""
     job = _read(_record_path(stage))
     if not resumable(stage):
         raise ValueError(f"{stage}: no interrupted dashboard run to resume")
-    cmd = list(job["cmd"]) + ([] if "--resume" in job["cmd"] else ["--resume"])
+    cmd = [sys.executable, "-m", "cifar_dash", "train", stage, "--out", job["out"], "--resume", job["run_id"]]
+    if "--data" in job["cmd"]:
+        cmd += ["--data", job["cmd"][job["cmd"].index("--data") + 1]]
     deadline = time.time() + 60
     while _alive(job["pid"]) and time.time() < deadline:  # let the cancelled process finish exiting
         time.sleep(0.1)
@@ -127,7 +131,7 @@ def resume(stage: str, extra_env: dict | None = None) -> dict:
         stage,
         cmd,
         Path(job["out"]),
-        {"epochs": job.get("epochs"), "limit": job.get("limit"), "lineage": lineage},
+        {"epochs": job.get("epochs"), "limit": job.get("limit"), "lineage": lineage, "run_id": job["run_id"]},
         extra_env,
         append_log=True,
     )
@@ -156,17 +160,7 @@ def _launch(stage: str, cmd: list[str], out: Path, fields: dict, extra_env: dict
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     try:
         log = jobs_dir() / f"{stage}.log"
-        previous = _read(_record_path(stage)) or {}
-        if previous.get("progress_file"):
-            Path(previous["progress_file"]).unlink(missing_ok=True)
-        own = jobs_dir() / f"{stage}-{uuid.uuid4().hex[:12]}.progress.json"  # this job's own state, see _job_status
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(artifacts.project_root()),
-            "PYTHONUNBUFFERED": "1",
-            **(extra_env or {}),
-            runstate.JOB_PROGRESS_ENV: str(own),
-        }
+        env = {**os.environ, "PYTHONPATH": str(artifacts.project_root()), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         with open(log, "a" if append_log else "w") as fh:  # a resumed job's log follows the interrupted one's
             proc = subprocess.Popen(
                 cmd,
@@ -185,7 +179,6 @@ def _launch(stage: str, cmd: list[str], out: Path, fields: dict, extra_env: dict
             "started": time.time(),
             "log": str(log),
             "out": str(out),
-            "progress_file": str(own),
             **fields,
         }
         artifacts.write_json(_record_path(stage), record)
@@ -199,28 +192,38 @@ def status(stage: str) -> JobStatus:
     st = _job_status(stage)
     if st.active:
         return st
-    work = artifacts.work_dir(stage, artifacts.stage_dir(stage))
-    other = runstate.live_run(work)
-    if other and other.get("pid") != (st.job or {}).get("pid"):
-        history = (_read(work / runstate.STATE) or {}).get("history", [])
-        return JobStatus(
-            stage, other["state"], None, other, history, f"started outside the dashboard (pid {other['pid']})", external=True
-        )
+    own = (st.job or {}).get("run_id")
+    for run in runs.live_runs(stage):
+        if run.run_id != own:
+            p = run.progress
+            return JobStatus(
+                stage,
+                p["state"],
+                None,
+                p,
+                _history(run.folder),
+                f"run {run.run_id}, started outside the dashboard (pid {p['pid']})",
+                external=True,
+            )
     return st
+
+
+def _history(folder: Path) -> list:
+    """The run's finished epochs so far, as history rows (1-based epochs)."""
+    return [{**r, "epoch": int(r["epoch"]) + 1} for r in runs.read_log(folder)]
 
 
 def _job_status(stage: str) -> JobStatus:
     job = _read(_record_path(stage))
     if not job:
         return JobStatus(stage, "idle")
-    work = artifacts.work_dir(stage, Path(job["out"]))
-    # the job's own copy of its progress: a later run of the same folder cannot overwrite it
-    progress = _read(Path(job["progress_file"])) if job.get("progress_file") else _read(work / runstate.PROGRESS)
-    progress = progress or {}
+    if not job.get("run_id"):  # a record from before runs had folders
+        return JobStatus(stage, "idle")
+    folder = run_folder(job)
+    progress = runs.read_progress(folder)
     if progress.get("pid") != job["pid"]:
-        progress = {}  # written by an earlier run
-    state_file = _read(work / runstate.STATE) or {}
-    history = state_file.get("history", []) if progress else []
+        progress = {}  # written by an earlier process of the same run (before a resume)
+    history = _history(folder) if progress else []
     alive = _alive(job["pid"])
     state = progress.get("state", "starting")
     message = progress.get("message")
@@ -236,13 +239,13 @@ def _job_status(stage: str) -> JobStatus:
         state = "killed"
         message = (
             (
-                f"the training process ended unexpectedly (exit code {code}); the last good checkpoint is "
-                "untouched and the run can be resumed"
+                f"the training process ended unexpectedly (exit code {code}); run {job['run_id']} keeps its "
+                "last backup and can be resumed"
             )
             if code is not None
             else (
-                "the training process is gone (killed or machine restarted); the last good checkpoint is untouched "
-                "and the run can be resumed"
+                f"the training process is gone (killed or machine restarted); run {job['run_id']} keeps its last "
+                "backup and can be resumed"
             )
         )
         if "Traceback" in tail_log(stage, 40):

@@ -106,7 +106,7 @@ def _runs_note(r) -> str | None:
     from . import artifacts
 
     try:
-        summary = artifacts.read_json(r.folder / artifacts.RUNS)
+        summary = artifacts.read_json(r.folder / artifacts.SEEDS)
     except artifacts.ArtifactError:
         return None
     sd = summary.get("std_test_accuracy")
@@ -209,7 +209,7 @@ def _ablation_table(doc: dict) -> tuple[str, list[dict]]:
     return protocol, table
 
 
-def runs_summary(stage: str, folders: list[Path]) -> dict:
+def seeds_summary(stage: str, folders: list[Path]) -> dict:
     """Run-to-run spread of one recipe trained with different seeds: each folder holds a metrics.json."""
     import statistics
 
@@ -218,6 +218,10 @@ def runs_summary(stage: str, folders: list[Path]) -> dict:
     runs, recipes = [], []
     for f in folders:
         m = artifacts.read_json(Path(f) / artifacts.METRICS)
+        if (Path(f) / artifacts.TRAIN_INFO).exists():  # the training facts live there (results.joined)
+            from .results import joined
+
+            m = joined(m, artifacts.read_json(Path(f) / artifacts.TRAIN_INFO))
         if m.get("stage") != stage:
             raise artifacts.ArtifactError(f"{f}: metrics are for {m.get('stage')!r}, not {stage!r}")
         recipe = dict(m.get("recipe") or {})

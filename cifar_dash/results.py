@@ -118,12 +118,49 @@ def model_problem(path: Path) -> str | None:
     return None
 
 
+# What a stage's view takes from train_info.json (the one record of how the model was trained): metrics.json keeps
+# only what evaluation measured. Older metrics files also carry copies of these; the record wins.
+TRAIN_FACTS = (
+    "epochs",
+    "train_seconds",
+    "train_images_per_second",
+    "n_train",
+    "limit",
+    "recipe",
+    "backbone",
+    "backbone_weights",
+    "mixed_precision",
+    "trainable_params",
+    "train_runtime",
+    "data_fingerprint",
+    "train_data_fingerprint",
+)
+
+
+def joined(metrics: dict, info: dict) -> dict:
+    """metrics.json's evaluation with the training facts of train_info.json: what pages, tables and claims read."""
+    out = {k: v for k, v in metrics.items() if k not in TRAIN_FACTS and k != "train_machine"}
+    for k in TRAIN_FACTS:
+        if k in info:
+            out[k] = info[k]
+        elif k in metrics:
+            out[k] = metrics[k]
+    out["train_machine"] = (info.get("train_runtime") or {}).get("machine") or metrics.get("train_machine")
+    return out
+
+
 def load_result(key: str, root: Path | None = None) -> StageResult:
-    """The stage's artifacts, checked: a file that is missing, unreadable or of the wrong shape makes the stage
-    "damaged" with the reason, never an exception."""
+    """The stage's published artifacts, checked: a file that is missing, unreadable or of the wrong shape makes the
+    stage "damaged" with the reason, never an exception."""
+    return load_folder(key, artifacts.stage_dir(key, root))
+
+
+def load_folder(key: str, folder: Path) -> StageResult:
+    """A folder of a stage's artifacts (the published one or a finished run's), checked as ``load_result`` does."""
     stage = stages.get(key)
-    folder = artifacts.stage_dir(key, root)
-    if not folder.exists() or not any(not p.name.startswith(".") for p in folder.iterdir()):
+    folder = Path(folder)
+    core = (artifacts.MODEL, artifacts.METRICS, artifacts.TRAIN_INFO, artifacts.HISTORY, artifacts.PREDICTIONS)
+    if not any((folder / name).exists() for name in core):  # runs/ alone: trained here, nothing published yet
         return StageResult(stage, "untrained", folder=folder)
     try:
         metrics = artifacts.read_json(folder / artifacts.METRICS)
@@ -154,7 +191,7 @@ def load_result(key: str, root: Path | None = None) -> StageResult:
     return StageResult(
         stage,
         status,
-        metrics=metrics,
+        metrics=joined(metrics, info),
         history=history,
         train_info=info,
         folder=folder,

@@ -305,6 +305,18 @@ def stored_recipe(recipe: dict) -> dict:
     return {**defaults, **recipe}
 
 
+def recipe_from_dict(recipe: dict) -> Recipe:
+    """The Recipe a stored recipe dict (train_info) describes: what ``train --resume`` rebuilds the run's recipe from."""
+    d = stored_recipe(json.loads(json.dumps(recipe)))
+    names = {f.name for f in dataclasses.fields(Recipe)}
+    d = {k: v for k, v in d.items() if k in names}
+    d["phases"] = tuple(Phase(**p) for p in d["phases"])
+    for k, v in d.items():
+        if isinstance(v, list):
+            d[k] = tuple(v)
+    return Recipe(**d)
+
+
 def extension_problem(done: Sequence[int], wanted: Sequence[int]) -> str | None:
     """Why a run with ``done`` epochs per phase cannot be continued to ``wanted`` epochs per phase (None: it can).
     A continuation adds epochs to the last phase only; every earlier phase must already be complete."""

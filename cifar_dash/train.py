@@ -1,5 +1,8 @@
-"""Train a stage's recipe: resumable after a kill, progress another process can poll, artifacts published
-atomically. Keras APIs only, so it runs under any Keras backend (TensorFlow by default, JAX on a GPU box)."""
+"""Train a stage's recipe into a new run folder (``checkpoints/STAGE/runs/RUN_ID/``, see runs.py): Keras' own
+machinery does the work (``fit``, BackupAndRestore for resuming after a kill, ReduceLROnPlateau and learning-rate
+schedules, CSVLogger and TensorBoard logs); this module holds the fit loop and one progress callback. The published
+model is never touched here: ``runs.promote`` publishes a finished run. Keras APIs only, so it runs under any Keras
+backend (TensorFlow by default, JAX on a GPU box)."""
 
 from __future__ import annotations
 
@@ -12,29 +15,17 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from . import artifacts, models, runtime, stages
+from . import artifacts, models, runs, runtime, stages
 from . import data as data_mod
 from . import evaluate as evaluate_mod
 from .artifacts import write_json
 from .data import NUM_CLASSES
 from .layers import LookaheadSGD, TriangularSchedule
-from .runstate import (  # noqa: F401  (re-exported: the run-state files and helpers predate runstate.py)
-    ACTIVE,
-    JOB_PROGRESS_ENV,
-    PROGRESS,
-    STATE,
-    WORK_MODEL,
-    live_run,
-    pid_alive,
-    saved_run,
-    write_progress,
-)
 
 
 class Cancelled(Exception):
@@ -42,7 +33,7 @@ class Cancelled(Exception):
 
 
 class AlreadyTraining(ValueError):
-    """Another live process is training the same stage into the same folder."""
+    """Another live process is training this run."""
 
 
 class Batches(keras.utils.PyDataset):
@@ -120,45 +111,6 @@ class EpochOrder(keras.callbacks.Callback):
         self.batches.set_epoch(epoch)
 
 
-class EpochTail(keras.utils.PyDataset):
-    """The batches of one epoch of ``Batches`` from step ``start`` on: a run resumed mid-epoch sees the same batches
-    an uninterrupted one would have."""
-
-    def __init__(self, batches: Batches, epoch: int, start: int):
-        super().__init__()
-        self.batches, self.start = batches, start
-        batches.set_epoch(epoch)
-
-    def __len__(self):
-        return len(self.batches) - self.start
-
-    def __getitem__(self, i):
-        return self.batches[self.start + i]
-
-    def on_epoch_end(self):
-        pass
-
-
-def images_before(step: int, batch_size: int, n: int) -> int:
-    return min(step * batch_size, n)
-
-
-def with_earlier_part(partial, epoch, logs: dict, step: int, batch_size: int, n_train: int) -> dict:
-    """``logs`` (running means over this process's steps of ``epoch``, up to ``step``) over the whole epoch so far,
-    when the epoch began in an earlier process (``partial``, the saved state it resumed from)."""
-    if not partial or partial["epoch"] != epoch:
-        return logs
-    n_before = images_before(partial["step"], batch_size, n_train)
-    n_now = images_before(step, batch_size, n_train) - n_before
-    return {**logs, **merge_means(partial["metrics"], n_before, logs, n_now)}
-
-
-def merge_means(a: dict, n_a: int, b: dict, n_b: int) -> dict:
-    """Per-image means over two parts of an epoch (Keras' epoch loss and accuracy are per-image means)."""
-    total = n_a + n_b
-    return {k: (a[k] * n_a + b[k] * n_b) / total for k in a if k in b} if total else dict(b)
-
-
 def make_optimizer(recipe: stages.Recipe, learning_rate, steps_per_epoch: int = 1, total_steps: int = 1):
     if recipe.optimizer == "sgd_nesterov" and recipe.lookahead:
         start_epoch, base, power, every = recipe.lookahead
@@ -206,29 +158,29 @@ def _fmt_seconds(s):
 
 
 class Progress(keras.callbacks.Callback):
-    """Writes progress.json (for the dashboard) and draws a progress bar on stderr."""
+    """The one progress callback: writes the run's progress.json (for the dashboard and any other process), draws a
+    progress bar on stderr, and adds what the epoch's log row should say (its phase, seconds and learning rate) to
+    the logs, ahead of CSVLogger."""
 
-    def __init__(self, path, stage, total_epochs, steps, stream=sys.stderr, n_train=0, batch_size=1):
+    TRACE = 400  # points of the live per-step curve kept (every other one dropped when full)
+
+    def __init__(self, folder, stage, total_epochs, steps, stream=sys.stderr):
         super().__init__()
-        self.path, self.stage = Path(path), stage
+        self.folder, self.stage = Path(folder), stage
         self.total_epochs, self.steps = total_epochs, steps
         self.stream = stream
         self.tty = stream.isatty()
         self.phase = ""
         self.epoch = 0
         self.step_times = []
-        self.offset = 0  # steps of the current epoch done before a mid-epoch resume
-        self.resumed = None  # that earlier part's state ("partial"), whose running means the shown ones include
-        self.n_train, self.batch_size = n_train, batch_size
         self.last_write = 0.0
         self.last_line_fraction = -1
-        self.trace = []  # [epochs done as a fraction, loss, accuracy]: the live per-step curve, at most TRACE points
-
-    TRACE = 400
+        self.trace = []  # [epochs done as a fraction, loss, accuracy]
 
     def write(self, state, **extra):
         payload = {
             "stage": self.stage,
+            "run_id": self.folder.name,
             "state": state,
             "pid": os.getpid(),
             "phase": self.phase,
@@ -237,27 +189,24 @@ class Progress(keras.callbacks.Callback):
             "updated": time.time(),
             **extra,
         }
-        write_progress(self.path, payload)
+        runs.write_progress(self.folder, payload)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         self.epoch_start = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
-        batch += self.offset
         now = time.time()
-        self.step_times.append(now)
-        if len(self.step_times) > 50:
-            self.step_times.pop(0)
+        self.step_times = [*self.step_times[-49:], now]
         span = self.step_times[-1] - self.step_times[0]
         rate = (len(self.step_times) - 1) / span if len(self.step_times) > 2 and span > 0 else None
         remaining_steps = (self.steps - batch - 1) + (self.total_epochs - self.epoch - 1) * self.steps
         eta = remaining_steps / rate if rate else None
-        logs = self._whole_epoch({k: float(v) for k, v in (logs or {}).items()}, batch + 1)
+        logs = {k: float(v) for k, v in (logs or {}).items()}
         if now - self.last_write > 0.5 or batch + 1 == self.steps:
             self.last_write = now
             self.trace.append([round(self.epoch + (batch + 1) / self.steps, 4), logs.get("loss"), logs.get("accuracy")])
-            if len(self.trace) > self.TRACE:  # keep the whole run's shape in a bounded file: drop every other point
+            if len(self.trace) > self.TRACE:
                 self.trace = self.trace[::2]
             self.write("running", step=batch + 1, steps=self.steps, metrics=logs, eta_seconds=eta, trace=self.trace)
         self._bar(batch + 1, logs, eta)
@@ -270,112 +219,32 @@ class Progress(keras.callbacks.Callback):
             f"ETA {_fmt_seconds(eta)}"
         )
         if self.tty:
-            width = 24
-            filled = int(frac * width)
-            print(f"\r[{'=' * filled}{'.' * (width - filled)}] {text}", end="", file=self.stream, flush=True)
+            filled = int(frac * 24)
+            print(f"\r[{'=' * filled}{'.' * (24 - filled)}] {text}", end="", file=self.stream, flush=True)
         elif int(frac * 4) != self.last_line_fraction:
             self.last_line_fraction = int(frac * 4)
             print(text, file=self.stream, flush=True)
 
-    def _whole_epoch(self, logs, step):
-        """Running means over the whole epoch when it began in an earlier process."""
-        return with_earlier_part(self.resumed, self.epoch, logs, step, self.batch_size, self.n_train)
-
     def on_epoch_end(self, epoch, logs=None):
-        logs = self._whole_epoch({k: float(v) for k, v in (logs or {}).items()}, self.steps)
-        self.offset, self.resumed = 0, None
+        if logs is None:
+            return
+        seconds = time.time() - self.epoch_start
+        logs["phase"] = self.phase
+        logs["seconds"] = round(seconds, 2)
+        logs.setdefault("learning_rate", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
         val = f"val_loss {logs['val_loss']:.4f} val_acc {logs.get('val_accuracy', 0):.4f} " if "val_loss" in logs else ""
         line = (
             f"epoch {epoch + 1}/{self.total_epochs} ({self.phase}) loss {logs.get('loss', 0):.4f} "
-            f"acc {logs.get('accuracy', 0):.4f} {val}{time.time() - self.epoch_start:.0f}s"
+            f"acc {logs.get('accuracy', 0):.4f} {val}{seconds:.0f}s"
         )
         print(("\r" if self.tty else "") + line, file=self.stream, flush=True)
         self.last_line_fraction = -1
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch: history row, the full model with optimizer state, and state.json, all atomic."""
-
-    def __init__(self, work, state, phase_index, n_train=0, batch_size=1):
-        super().__init__()
-        self.work, self.state, self.phase_index = Path(work), state, phase_index
-        self.n_train, self.batch_size = n_train, batch_size
-        self.resumed = None  # the "partial" state this process started from, when it resumed mid-epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.t0 = time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        # Reached only when every batch and the validation ran: a cancel raises in the batch callbacks (after
-        # StepCheckpoint saved the epoch so far). One that arrives after the last batch lets this epoch be saved;
-        # CancelOnSignal stops the run before the next epoch begins.
-        seconds = time.time() - self.t0
-        lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))  # the schedule's value now
-        logs = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
-        self.state.pop("partial", None)
-        partial, self.resumed = self.resumed, None
-        if partial and partial["epoch"] == epoch:  # the epoch began in an earlier process
-            seconds += partial["seconds"]
-            logs = with_earlier_part(partial, epoch, logs, math.inf, self.batch_size, self.n_train)
-        row = {
-            "epoch": epoch + 1,
-            "phase": self.state["phases"][self.phase_index],
-            "seconds": round(seconds, 2),
-            "learning_rate": lr,
-        }
-        row.update(logs)
-        self.state["history"].append(row)
-        self.state["epochs_done"] = epoch + 1
-        self.state["train_seconds"] += seconds
-        with artifacts.atomic_path(self.work / WORK_MODEL) as tmp:
-            self.model.save(tmp)
-        write_json(self.work / STATE, self.state)
-
-
-class StepCheckpoint(keras.callbacks.Callback):
-    """Inside a long epoch: every ``every`` seconds, and when a cancel is requested, save the model with its
-    optimizer and the epoch's step, running means and seconds, so a kill loses at most ``every`` seconds and a
-    cancel nothing. (ResNet epochs take hours on a CPU.)"""
-
-    def __init__(self, work, state, every: float, n_train: int, batch_size: int, canceller=None):
-        super().__init__()
-        self.work, self.state, self.every = Path(work), state, every
-        self.n_train, self.batch_size = n_train, batch_size
-        self.canceller = canceller
-        self.resumed = None  # as EpochCheckpoint.resumed
-        self.offset = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.t0, self.last = epoch, time.time(), time.time()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.offset, self.resumed = 0, None
-
-    def on_train_batch_end(self, batch, logs=None):
-        now = time.time()
-        cancelling = self.canceller is not None and self.canceller.requested
-        if not (cancelling or (self.every and now - self.last >= self.every)):
-            return
-        step = self.offset + batch + 1
-        if step * self.batch_size >= self.n_train:
-            return  # the epoch's last step: its end-of-epoch checkpoint follows
-        metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
-        seconds = now - self.t0
-        metrics = with_earlier_part(self.resumed, self.epoch, metrics, step, self.batch_size, self.n_train)
-        if self.resumed and self.resumed["epoch"] == self.epoch:  # this process resumed the epoch part way through
-            seconds += self.resumed["seconds"]
-        with artifacts.atomic_path(self.work / WORK_MODEL) as tmp:
-            self.model.save(tmp)
-        self.state["partial"] = {"epoch": self.epoch, "step": step, "metrics": metrics, "seconds": round(seconds, 2)}
-        write_json(self.work / STATE, self.state)
-        self.last = time.time()
-        self.t0 += self.last - now  # saving is not training time
-
-
 class CancelOnSignal(keras.callbacks.Callback):
-    """SIGTERM (the dashboard's Cancel) or Ctrl-C stops the run at the next batch, after the epoch so far is saved;
-    on an epoch's last batch or during its validation, once that epoch is finished and saved (a mid-epoch save cannot
-    hold a finished epoch). A second Ctrl-C interrupts at once. ``restore`` puts the previous handlers back."""
+    """SIGTERM (the dashboard's Cancel) or Ctrl-C stops the run at the next batch; the run keeps its last backup
+    (BackupAndRestore's, taken at each epoch end or every ``save_every`` steps) and resumes from it. A second Ctrl-C
+    interrupts at once. ``restore`` puts the previous handlers back."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -394,28 +263,33 @@ class CancelOnSignal(keras.callbacks.Callback):
             signal.signal(s, handler)
 
     def on_train_batch_end(self, batch, logs=None):
-        # Raise rather than set stop_training: Keras would still run the whole validation pass (minutes for the
-        # ResNet stages) before returning. Not on the epoch's last batch: StepCheckpoint leaves that one to the
-        # epoch-end checkpoint, which then saves the epoch; the run stops as the next epoch begins.
-        if self.requested and batch + 1 < (self.params or {}).get("steps", batch + 2):
+        # raise rather than set stop_training: Keras would still run the epoch's validation and BackupAndRestore
+        # would then record the unfinished epoch as finished
+        if self.requested:
             raise Cancelled()
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self.requested:  # arrived while the previous epoch ended (and was saved)
+        if self.requested:
             raise Cancelled()
 
 
 class Plateau(keras.callbacks.ReduceLROnPlateau):
-    """ReduceLROnPlateau that starts from a given (best, wait) instead of forgetting them: a resumed or continued run
-    halves its rate exactly when an uninterrupted one would have."""
+    """Keras' ReduceLROnPlateau whose memory (best, wait) is replayed from the epochs this phase already finished
+    (the run's log, or a continued run's history), so a resumed or continued run halves its rate when an
+    uninterrupted one would have. BackupAndRestore restores the rate itself with the optimizer."""
 
-    def __init__(self, *args, start=(None, 0), **kwargs):
-        super().__init__(*args, **kwargs)
-        self.start = start
+    def __init__(self, rows_before, phase_lr, **kwargs):
+        super().__init__(**kwargs)
+        self.rows_before, self.phase_lr = rows_before, phase_lr
+        self.first = True
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.best, self.wait = self.start
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first:  # the epoch fit really starts at (after BackupAndRestore restored its own)
+            self.first = False
+            rows = [r for r in self.rows_before() if r["epoch"] < epoch]
+            self.best, self.wait, _ = plateau_replay(rows, self.phase_lr, self.factor, self.patience)
+            if self.best is None:
+                self.best = -np.inf
 
 
 def plateau_replay(rows, learning_rate, factor, patience, min_lr=1e-7, min_delta=1e-4):
@@ -513,11 +387,45 @@ def _continued_from(prior: dict) -> dict:
     return out
 
 
-def _config_key(stage_key, recipe, limit, fingerprint, continued_from=None):
-    key = {"stage": stage_key, "recipe": recipe.to_dict(), "limit": limit, "data_fingerprint": fingerprint}
-    if continued_from:
-        key["continued_from"] = continued_from
-    return key
+def _tensorboard_available() -> bool:
+    import importlib.util
+
+    return keras.backend.backend() == "tensorflow" and importlib.util.find_spec("tensorboard") is not None
+
+
+def default_save_every(steps_per_epoch: int) -> int | str:
+    """Backups at each epoch end, and for long epochs (the ResNet stages on a CPU: hours) every 100 steps too."""
+    return "epoch" if steps_per_epoch <= 200 else 100
+
+
+def _log_rows(folder: Path, start_epoch: int, end_epoch: int, prior: list) -> list:
+    """History rows (1-based ``epoch``) of epochs start..end-1: from a continued run's history, then this run's log."""
+    rows = [dict(r) for r in prior]
+    for r in runs.read_log(folder):
+        row = {k: v for k, v in r.items() if k != "epoch"}
+        row["epoch"] = int(r["epoch"]) + 1
+        rows.append(row)
+    by_epoch = {r["epoch"]: r for r in rows}
+    return [by_epoch[e] for e in sorted(by_epoch) if start_epoch < e <= end_epoch]
+
+
+def history_rows(folder: Path, prior: list) -> list:
+    """The run's whole history (continued run's epochs first), one row per epoch, in the order of history.json."""
+    out = []
+    for r in _log_rows(folder, 0, 10**9, prior):
+        row = {"epoch": r["epoch"], "phase": r.get("phase"), "seconds": r.get("seconds")}
+        row.update({k: v for k, v in r.items() if k not in row})
+        out.append(row)
+    return out
+
+
+def resolve_continuation(value, stage_key: str, where: Path) -> Path:
+    """``--continue-from``: "published" (the stage folder ``where``), a run id of the stage, or a folder."""
+    if str(value) == "published":
+        return Path(where)
+    if runs.valid_run_id(str(value)) and (folder := runs.runs_root(stage_key, where=where) / str(value)).is_dir():
+        return folder
+    return Path(value)
 
 
 def train(
@@ -528,246 +436,128 @@ def train(
     backbone: str | None = None,
     backbone_weights=None,
     out_dir=None,
-    resume: bool = False,
+    resume: bool | str = False,
     evaluate: bool = True,
     mixed_precision: bool = False,
     seed: int | None = None,
     recipe: stages.Recipe | None = None,
     continue_from=None,
-    save_every: float = 600.0,
+    save_every: int | str | None = None,
+    run_id: str | None = None,
     stream=sys.stderr,
 ) -> Path:
-    """Train ``stage_key`` and publish its artifacts into ``out_dir`` (default checkpoints/STAGE). Returns out_dir.
-    ``recipe`` replaces the stage's own (ablations); ``epochs``, ``backbone`` and ``seed`` still apply on top.
-    ``continue_from``: a published run of the same recipe with fewer epochs (e.g. checkpoints/STAGE); training
-    starts from its weights and history and adds the missing epochs. A published model keeps no optimizer state, so
-    the optimizer (Adam's moments) starts afresh at the first added epoch; the rate and the plateau counter are
-    replayed from its history. train_info records the run it continued.
-    ``save_every``: seconds between mid-epoch checkpoints (0: only at epoch ends); a cancel also saves one."""
-    stage = stages.get(stage_key)
-    recipe = stages.recipe_for(dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed)
-    if mixed_precision and not recipe.mixed_precision:
-        recipe = dataclasses.replace(recipe, mixed_precision=True)
-    mixed_precision = recipe.mixed_precision
-    out = Path(out_dir) if out_dir else artifacts.stage_dir(stage.key)
-    ensure_writable(out)  # before any training: a run that cannot be published is refused up front
-    work = artifacts.work_dir(stage.key, out)
-    work.mkdir(parents=True, exist_ok=True)
-    progress_path = work / PROGRESS
-    other = live_run(work)
-    if other:  # checked before this run writes anything: the other run's state stays as it is
-        raise AlreadyTraining(
-            f"{stage.key} is already training into {out} (pid {other['pid']}, {other['state']}); "
-            "wait for it or cancel it (a cancel keeps its progress for --resume)"
-        )
+    """Train ``stage_key`` into a new run folder ``OUT/runs/RUN_ID/`` (OUT: ``out_dir``, default checkpoints/STAGE)
+    and return that folder. Nothing in OUT itself changes: ``runs.promote`` publishes a run.
 
-    def fail(state, message):
-        write_progress(
-            progress_path,
-            {"stage": stage.key, "state": state, "pid": os.getpid(), "message": message, "updated": time.time()},
-        )
+    ``resume``: True for the stage's latest interrupted run, or a run id; the run continues with the settings it
+    was started with (only ``data_path`` may differ, and the data must be the same). ``recipe`` replaces the stage's
+    own (ablations); ``epochs``, ``backbone`` and ``seed`` still apply on top. ``continue_from``: "published", a
+    run id or a folder holding a finished run of the same recipe with fewer epochs; the new run starts from its
+    weights and history and adds the missing epochs with a fresh optimizer at the rate its history reached.
+    ``save_every``: BackupAndRestore's frequency, "epoch" or a number of steps (default: default_save_every)."""
+    stage = stages.get(stage_key)
+    out = Path(out_dir) if out_dir else artifacts.stage_dir(stage.key)
+    root = runs.runs_root(stage.key, where=out)
+    ensure_writable(root)  # before any training: a run that cannot be written is refused up front
+    if resume:
+        folder = _resume_folder(stage.key, out, resume)
+        info = json.loads((folder / artifacts.TRAIN_INFO).read_text())
+        request = info["request"]
+        recipe = stages.recipe_from_dict(info["recipe"])
+        limit, evaluate = request["limit"], request.get("evaluate", True)
+        backbone_weights = request.get("backbone_weights_path")
+        data_path = data_path or request.get("data_path")
+        continue_from = request.get("continue_from")
+        print(f"resuming {stage.key} run {folder.name}", file=stream)
+    else:
+        recipe = stages.recipe_for(dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed)
+        if mixed_precision and not recipe.mixed_precision:
+            recipe = dataclasses.replace(recipe, mixed_precision=True)
+        folder = root / (run_id or runs.new_run_id())
+        if folder.exists():
+            raise ValueError(f"run {folder.name} already exists in {root}")
+        folder.mkdir(parents=True)
+        info = None
+    progress_payload = {"stage": stage.key, "run_id": folder.name, "pid": os.getpid()}
+
+    def say(state, **extra):
+        runs.write_progress(folder, {**progress_payload, "state": state, "updated": time.time(), **extra})
 
     policy = keras.mixed_precision.global_policy()
     canceller = None
     try:
-        write_progress(progress_path, {"stage": stage.key, "state": "loading", "pid": os.getpid(), "updated": time.time()})
+        say("loading")
         cifar = data_mod.load(data_path)
         prints = cifar.fingerprints()
-        fingerprint = prints["train"]
         (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data_mod.split(cifar, limit, recipe.validation_size)
-        keras.utils.set_random_seed(recipe.seed)
-        prior = read_continuation(continue_from, stage.key, recipe, limit, fingerprint) if continue_from else None
-        config = _config_key(stage.key, recipe, limit, fingerprint, prior and prior["run_id"])
-        if mixed_precision:  # bfloat16 compute, float32 variables (fresh or resumed); recorded in train_info
-            keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        state = None
-        if resume and (work / STATE).exists() and (work / WORK_MODEL).exists():
-            old = json.loads((work / STATE).read_text())
-            if old.get("config") == json.loads(json.dumps(config)):
-                state = old
-                if prior:  # the same published run (its id is in the config); re-read, so older states gain new fields
-                    state["continued_from"] = _continued_from(prior)
-                print(f"resuming {stage.key} after epoch {state['epochs_done']}/{recipe.epochs}", file=stream)
-            else:
-                print(f"not resuming {stage.key}: the earlier run used other settings; starting afresh", file=stream)
-        if state is None:
-            for f in (STATE, WORK_MODEL):
-                (work / f).unlink(missing_ok=True)
-            state = {
-                "config": config,
-                "run_id": uuid.uuid4().hex,
-                "phases": [p.name for p in recipe.phases],
-                "epochs_done": 0,
-                "train_seconds": 0.0,
-                "history": [],
+        if info and info["train_data_fingerprint"] != prints["train"]:
+            raise ValueError(
+                f"run {folder.name} was trained on other data (fingerprint {info['train_data_fingerprint'][:12]}, "
+                f"this data {prints['train'][:12]}); give --data the same CIFAR-10"
+            )
+        prior = None
+        if continue_from:
+            prior = read_continuation(
+                resolve_continuation(continue_from, stage.key, out),
+                stage.key,
+                recipe,
+                limit,
+                prints["train"],
+            )
+        if info is None:
+            resolved_weights = resolve_backbone_weights(recipe, backbone_weights)
+            info = {
+                "stage": stage.key,
+                "run_id": folder.name,
+                "title": stage.title,
+                "epochs": recipe.epochs,
+                "n_train": len(x_tr),
+                "n_validation": len(x_val),
+                "limit": limit,
+                "recipe": recipe.to_dict(),
+                "backbone": recipe.backbone,
+                "backbone_weights": prior["backbone_weights"] if prior else describe_weights(recipe, resolved_weights),
+                "data_fingerprint": prints["all"],
+                "train_data_fingerprint": prints["train"],
+                "test_data_fingerprint": prints["test"],
+                "data_source": cifar.source,
+                "mixed_precision": recipe.mixed_precision,
                 "started": time.time(),
-                "backbone_weights": str(backbone_weights) if backbone_weights else None,
+                "finished": None,
+                "train_runtime": runtime.info(),
+                "request": {
+                    "limit": limit,
+                    "evaluate": evaluate,
+                    "data_path": str(data_path) if data_path else None,
+                    "backbone_weights_path": resolved_weights if resolved_weights != "imagenet" else None,
+                    "continue_from": str(continue_from) if continue_from else None,
+                },
             }
             if prior:
-                model = stages.build(stage, recipe, backbone_weights=None)
-                model.set_weights(artifacts.load_model(Path(prior["folder"]) / artifacts.MODEL).get_weights())
-                state.update(
-                    epochs_done=prior["epochs"],
-                    train_seconds=prior["train_seconds"],
-                    history=list(prior["history"]),
-                    started=prior["started"] or state["started"],
-                    backbone_weights=prior["backbone_weights"],
-                    continued_from=_continued_from(prior),
-                )
-                print(
-                    f"continuing {stage.key} (run {prior['run_id']}) after epoch {prior['epochs']}/"
-                    f"{recipe.epochs}; the optimizer starts afresh",
-                    file=stream,
-                )
-            else:
-                resolved_weights = resolve_backbone_weights(recipe, backbone_weights)
-                model = stages.build(stage, recipe, backbone_weights=resolved_weights)
-                models.init_from_data(model, x_tr)
-                state["backbone_weights"] = describe_weights(recipe, resolved_weights)
-        else:
-            model = artifacts.load_model_compiled(work / WORK_MODEL)
-        state["pid"] = os.getpid()  # saved with every checkpoint: which process's run this state is
-
-        train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed, recipe.loader_augmentation)
-        validation = (x_val, np.eye(NUM_CLASSES, dtype="float32")[y_val]) if len(x_val) else None
-        canceller = CancelOnSignal()
-        sizes = {"n_train": len(x_tr), "batch_size": recipe.batch_size}
-        progress = Progress(progress_path, stage.key, recipe.epochs, len(train_batches), stream, **sizes)
-        start_epoch = 0
-        for i, phase in enumerate(recipe.phases):
-            end_epoch = start_epoch + phase.epochs
-            if state["epochs_done"] >= end_epoch:
-                start_epoch = end_epoch
-                continue
-            epoch_ckpt = EpochCheckpoint(work, state, i, **sizes)
-            step_ckpt = StepCheckpoint(work, state, save_every, canceller=canceller, **sizes)
-            # step_ckpt before canceller: a cancel saves the epoch so far before the run stops
-            callbacks = [EpochOrder(train_batches), step_ckpt, canceller, progress, epoch_ckpt]
-            plateau_cb = None
-            if recipe.lr_schedule == "reduce_on_plateau":
-                plateau_cb = Plateau(
-                    monitor="val_accuracy",
-                    mode="max",
-                    factor=recipe.plateau_factor,
-                    patience=recipe.plateau_patience,
-                    min_lr=1e-7,
-                    verbose=0,
-                )
-                callbacks.append(plateau_cb)
-            progress.phase = phase.name
-            while state["epochs_done"] < end_epoch:
-                partial = state.get("partial")
-                resuming_mid_phase = state["epochs_done"] > start_epoch or partial is not None
-                done_rows = state["history"][start_epoch : state["epochs_done"]]  # this phase's finished epochs
-                plateau = plateau_replay(done_rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)
-                if not resuming_mid_phase or getattr(model, "optimizer", None) is None:
-                    compile_for_phase(model, recipe, phase, len(train_batches))
-                    if resuming_mid_phase and plateau_cb:  # continuation: fresh optimizer at the replayed rate
-                        model.optimizer.learning_rate = plateau[2]
-                if plateau_cb:
-                    plateau_cb.start = plateau[:2]
-                if partial:  # finish the epoch a killed or cancelled run left part way through
-                    print(
-                        f"resuming {stage.key} in epoch {partial['epoch'] + 1} at step {partial['step']}/"
-                        f"{len(train_batches)}",
-                        file=stream,
-                    )
-                    epoch_ckpt.resumed = step_ckpt.resumed = progress.resumed = partial
-                    progress.offset = step_ckpt.offset = partial["step"]
-                    data, epochs = EpochTail(train_batches, partial["epoch"], partial["step"]), partial["epoch"] + 1
-                else:
-                    data, epochs = train_batches, end_epoch
-                model.fit(
-                    data,
-                    validation_data=validation,
-                    validation_batch_size=256,
-                    epochs=epochs,
-                    initial_epoch=state["epochs_done"],
-                    callbacks=callbacks,
-                    verbose=0,
-                    shuffle=False,
-                )
-                if canceller.requested:
-                    raise Cancelled()
-            start_epoch = end_epoch
-
-        # staged inside the output folder, so that publishing is a rename on one filesystem
-        final = out / f".staging-{state['run_id']}"
-        shutil.rmtree(final, ignore_errors=True)
-        final.mkdir(parents=True)
-        keras.mixed_precision.set_global_policy("float32")
-        clean = stages.build(stage, recipe, backbone_weights=None)
-        clean.set_weights(model.get_weights())
-        clean.save(final / artifacts.MODEL)
-        n_images = len(x_tr) * recipe.epochs
-        info = {
-            "stage": stage.key,
-            "run_id": state["run_id"],
-            "title": stage.title,
-            "epochs": recipe.epochs,
-            "train_seconds": round(state["train_seconds"], 2),
-            "train_images_per_second": round(n_images / state["train_seconds"], 1) if state["train_seconds"] else None,
-            "n_train": len(x_tr),
-            "n_validation": len(x_val),
-            "limit": limit,
-            "recipe": recipe.to_dict(),
-            "backbone": recipe.backbone,
-            "backbone_weights": state["backbone_weights"],
-            "data_fingerprint": prints["all"],
-            "train_data_fingerprint": fingerprint,
-            "test_data_fingerprint": prints["test"],
-            "data_source": cifar.source,
-            "mixed_precision": mixed_precision,
-            "started": state["started"],
-            "finished": time.time(),
-            "train_runtime": runtime.info(),
-        }
-        if state.get("continued_from"):
-            info["continued_from"] = state["continued_from"]
-        total, trainable = models.count_params(model)
-        info["params"], info["trainable_params"] = total, trainable
-        info["flops_per_image"] = models.flops_per_image(clean)
-        write_json(final / artifacts.TRAIN_INFO, info)
-        write_json(final / artifacts.HISTORY, {"stage": stage.key, "run_id": state["run_id"], "epochs": state["history"]})
+                info["continued_from"] = _continued_from(prior)
+            write_json(folder / artifacts.TRAIN_INFO, info)
+        if info.get("finished") is None:
+            canceller = CancelOnSignal()
+            model = _fit(stage, recipe, info, folder, prior, (x_tr, y_tr), (x_val, y_val), save_every, canceller, stream)
+            _finish(stage, recipe, info, folder, model, prior, x_tr)
         if evaluate:
-            write_progress(
-                progress_path,
-                {
-                    "stage": stage.key,
-                    "state": "evaluating",
-                    "pid": os.getpid(),
-                    "updated": time.time(),
-                    "epoch": recipe.epochs,
-                    "epochs": recipe.epochs,
-                },
-            )
-            evaluate_mod.evaluate_into(clean, info, x_te, y_te, final, stream=stream)
-        publish(final, out)
-        for f in (STATE, WORK_MODEL):
-            (work / f).unlink(missing_ok=True)
-        shutil.rmtree(final, ignore_errors=True)
-        write_progress(
-            progress_path,
-            {
-                "stage": stage.key,
-                "state": "done",
-                "pid": os.getpid(),
-                "updated": time.time(),
-                "epoch": recipe.epochs,
-                "epochs": recipe.epochs,
-                "out": str(out),
-            },
+            say("evaluating", epoch=recipe.epochs, epochs=recipe.epochs)
+            keras.mixed_precision.set_global_policy("float32")
+            clean = artifacts.load_model(folder / artifacts.MODEL)
+            evaluate_mod.evaluate_into(clean, info, x_te, y_te, folder, stream=stream)
+        shutil.rmtree(folder / runs.BACKUP, ignore_errors=True)
+        say("done", epoch=recipe.epochs, epochs=recipe.epochs, out=str(folder))
+        print(
+            f"run {folder.name} finished in {folder}; publish it with: python -m cifar_dash promote {stage.key} "
+            f"{folder.name}",
+            file=stream,
         )
-        return out
+        return folder
     except Cancelled:
-        fail(
-            "cancelled",
-            "cancelled on request; the previous checkpoint is untouched and the epoch so far is saved "
-            "(resume with --resume)",
-        )
+        say("cancelled", message="cancelled on request; the run keeps its last backup and can be resumed")
         raise
     except BaseException as e:
-        fail("failed", f"{type(e).__name__}: {e}")
+        say("failed", message=f"{type(e).__name__}: {e}")
         raise
     finally:
         keras.mixed_precision.set_global_policy(policy)
@@ -775,37 +565,165 @@ def train(
             canceller.restore()
 
 
+def _resume_folder(stage_key: str, out: Path, resume) -> Path:
+    root = runs.runs_root(stage_key, where=out)
+    if resume is True:
+        candidates = [r for r in runs.list_runs(stage_key, where=out) if r.resumable]
+        if not candidates:
+            raise ValueError(f"{stage_key} has no interrupted run to resume (`python -m cifar_dash runs {stage_key}`)")
+        folder = candidates[-1].folder
+    else:
+        folder = runs.run_dir(stage_key, str(resume), where=out)
+        if not folder.is_dir():
+            raise ValueError(f"{stage_key} has no run {resume!r} in {root}")
+    progress = runs.read_progress(folder)
+    if runs.is_live(progress):
+        raise AlreadyTraining(
+            f"{stage_key} run {folder.name} is already training (pid {progress['pid']}); wait for it or cancel it"
+        )
+    if not (folder / artifacts.TRAIN_INFO).exists():
+        raise ValueError(f"run {folder.name} has no train_info.json: it cannot be resumed; delete it")
+    return folder
+
+
+def _fit(stage, recipe, info, folder, prior, train_data, val_data, save_every, canceller, stream):
+    """Run the recipe's phases with Keras' fit; every phase resumes from its own BackupAndRestore folder. Returns the
+    trained model."""
+    (x_tr, y_tr), (x_val, y_val) = train_data, val_data
+    if recipe.mixed_precision:  # bfloat16 compute, float32 variables; recorded in train_info
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(recipe.seed)
+    train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed, recipe.loader_augmentation)
+    validation = (x_val, np.eye(NUM_CLASSES, dtype="float32")[y_val]) if len(x_val) else None
+    steps = len(train_batches)
+    save_freq = save_every or default_save_every(steps)
+    prior_rows = list(prior["history"]) if prior else []
+    progress = Progress(folder, stage.key, recipe.epochs, steps, stream)
+    model, start = None, 0
+    weights_file = info["request"].get("backbone_weights_path") or (
+        None if (info.get("backbone_weights") or {}).get("source") == "random" else "imagenet"
+    )
+    for i, phase in enumerate(recipe.phases):
+        end = start + phase.epochs
+        done_file = folder / f"phase-{i}.keras"
+        if (prior and prior["epochs"] >= end) or done_file.exists():
+            start = end
+            continue
+        if model is None:
+            model = stages.build(stage, recipe, backbone_weights=weights_file if recipe.backbone and not prior else None)
+            earlier = folder / f"phase-{i - 1}.keras"
+            if prior and start <= prior["epochs"]:
+                model.set_weights(artifacts.load_model(Path(prior["folder"]) / artifacts.MODEL).get_weights())
+            elif i and earlier.exists():
+                model.set_weights(artifacts.load_model(earlier).get_weights())
+            else:
+                models.init_from_data(model, x_tr)
+        compile_for_phase(model, recipe, phase, steps)
+        first = max(start, prior["epochs"]) if prior else start
+        if prior and first > start:  # a continuation: fresh optimizer at the rate the continued run reached
+            rows = _log_rows(folder, start, first, prior_rows)
+            model.optimizer.learning_rate = (
+                plateau_replay(rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)[2]
+                if recipe.lr_schedule == "reduce_on_plateau"
+                else rows[-1].get("learning_rate", phase.learning_rate)
+            )
+        callbacks = [
+            EpochOrder(train_batches),
+            canceller,
+        ]
+        if _tensorboard_available():  # Keras' TensorBoard writes through tf.summary; before Progress adds text
+            callbacks.append(keras.callbacks.TensorBoard(str(folder / runs.TENSORBOARD), write_graph=False))
+        callbacks += [
+            progress,
+            keras.callbacks.CSVLogger(str(folder / runs.LOG), append=True),
+        ]
+        if recipe.lr_schedule == "reduce_on_plateau":
+            callbacks.append(
+                Plateau(
+                    lambda s=start: _log_rows(folder, s, 10**9, prior_rows),
+                    phase.learning_rate,
+                    monitor="val_accuracy",
+                    mode="max",
+                    factor=recipe.plateau_factor,
+                    patience=recipe.plateau_patience,
+                    min_lr=1e-7,
+                    verbose=0,
+                )
+            )
+        # last: an epoch is backed up after its log row is written and the plateau rule has set the next rate (a
+        # kill in between repeats the epoch and its row, which read_log counts once)
+        callbacks.append(
+            keras.callbacks.BackupAndRestore(
+                str(folder / runs.BACKUP / f"phase-{i}"),
+                save_freq=save_freq,
+                double_checkpoint=True,
+                delete_checkpoint=False,
+            )
+        )
+        progress.phase = phase.name
+        model.fit(
+            train_batches,
+            validation_data=validation,
+            validation_batch_size=256,
+            epochs=end,
+            initial_epoch=first,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=False,
+        )
+        if i < len(recipe.phases) - 1:  # the next phase starts from these weights, also after a kill
+            with artifacts.atomic_path(done_file) as tmp:
+                model.save(tmp)
+            shutil.rmtree(folder / runs.BACKUP / f"phase-{i}", ignore_errors=True)
+        start = end
+    if model is None:  # every phase already done (killed between the last phase and the final save)
+        model = stages.build(stage, recipe, backbone_weights=None)
+        last = folder / f"phase-{len(recipe.phases) - 1}.keras"
+        model.set_weights(artifacts.load_model(last).get_weights())
+    return model
+
+
+def _finish(stage, recipe, info, folder, model, prior, x_tr):
+    """The run's final float32 model, history and completed train_info (its ``finished`` time marks training done)."""
+    keras.mixed_precision.set_global_policy("float32")
+    clean = stages.build(stage, recipe, backbone_weights=None)
+    clean.set_weights(model.get_weights())
+    with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
+        clean.save(tmp)
+    history = history_rows(folder, list(prior["history"]) if prior else [])
+    write_json(folder / artifacts.HISTORY, {"stage": stage.key, "run_id": folder.name, "epochs": history})
+    seconds = sum(float(r.get("seconds") or 0) for r in history)
+    total, trainable = models.count_params(model)
+    info.update(
+        train_seconds=round(seconds, 2),
+        train_images_per_second=round(len(x_tr) * recipe.epochs / seconds, 1) if seconds else None,
+        params=total,
+        trainable_params=trainable,
+        flops_per_image=models.flops_per_image(clean),
+        train_runtime=runtime.info(),
+        finished=time.time(),
+    )
+    if prior:
+        info["started"] = prior.get("started") or info["started"]
+    write_json(folder / artifacts.TRAIN_INFO, info)
+    for f in folder.glob("phase-*.keras"):
+        f.unlink()
+
+
 class PublishError(OSError):
-    """The output folder cannot take the run; str(e) says where the finished artifacts are kept."""
+    """The runs folder cannot be written; str(e) names the setting to change."""
 
 
-def ensure_writable(out: Path) -> None:
-    """Create ``out`` and write a file in it, or raise PublishError naming the setting to change."""
-    out = Path(out)
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and write a file in it, or raise PublishError naming the setting to change."""
+    folder = Path(folder)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-check-")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise PublishError(f"cannot write into {out} ({e.strerror or e}); choose another --out") from e
-
-
-def publish(src: Path, out: Path) -> None:
-    """Move finished artifacts from ``src`` (a folder inside ``out``) into ``out``, one atomic rename each, metrics
-    last so readers never see new metrics with an old model. A model retrained without evaluation leaves stale
-    metrics that readers detect by run_id. On failure the artifacts not yet moved stay in ``src`` and the error says
-    so: a finished run is never lost."""
-    order = [artifacts.MODEL, artifacts.TRAIN_INFO, artifacts.HISTORY, artifacts.PREDICTIONS, artifacts.METRICS]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in order:
-            if (src / name).exists():
-                os.replace(src / name, out / name)
-    except OSError as e:
-        raise PublishError(
-            f"the finished run could not be published into {out} ({e.strerror or e}); its files are kept in {src}"
-        ) from e
+        raise PublishError(f"cannot write into {folder} ({e.strerror or e}); choose another --out") from e
 
 
 def resolve_backbone_weights(recipe, explicit):

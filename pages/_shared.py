@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from cifar_dash import analysis, artifacts, data, figures, jobs, predict, results, runtime, stages
+from cifar_dash import analysis, artifacts, data, figures, jobs, predict, results, runs, runtime, stages
 
 
 def _stamp(key: str) -> tuple:
@@ -22,7 +22,7 @@ def _stamp(key: str) -> tuple:
         artifacts.MODEL,
         artifacts.PREDICTIONS,
         artifacts.ROBUSTNESS,
-        artifacts.RUNS,
+        artifacts.SEEDS,
     ):
         try:
             out.append(os.stat(folder / name).st_mtime_ns)
@@ -199,6 +199,56 @@ def gallery(indices, captions, columns: int = 8, empty: str = "No images."):
             col.image(upscale(x_test[i]), caption=cap, width="stretch")
 
 
+def _runs_stamp(key: str) -> tuple:
+    folder = runs.runs_root(key)
+    out = [_stamp(key)]
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return tuple(out)
+    for d in entries:
+        for name in (artifacts.TRAIN_INFO, artifacts.METRICS, runs.PROGRESS):
+            try:
+                out.append((d.name, name, os.stat(d / name).st_mtime_ns))
+            except OSError:
+                out.append((d.name, name, None))
+    return tuple(out)
+
+
+@st.cache_data(show_spinner=False, max_entries=32, ttl=5)
+def _stage_runs(key: str, root: str, stamp: tuple) -> list:
+    return runs.list_runs(key)
+
+
+def stage_runs(key: str) -> list:
+    """The stage's runs (runs.list_runs), re-read when a run folder's record changes (and at most every 5 s, so a
+    run whose process died is seen as interrupted)."""
+    return _stage_runs(key, str(artifacts.checkpoints_root()), _runs_stamp(key))
+
+
+def runs_table(listed: list) -> None:
+    """A stage's runs as a table: the published one marked, accuracy in percent, time in words."""
+    import pandas as pd
+
+    rows = []
+    for r in listed:
+        d = r.row()
+        rows.append(
+            {
+                "run": d["run"],
+                "published": "yes" if d["published"] else "",
+                "state": d["state"],
+                "started": d["started"],
+                "epochs": str(d["epochs"] or "-"),
+                "test accuracy": f"{100 * d['test accuracy']:.2f}%" if d["test accuracy"] is not None else "-",
+                "training time": fmt_seconds(d["train seconds"]) if d["train seconds"] is not None else "-",
+                "machine": d["machine"] or "-",
+                "note": d["note"] or "",
+            }
+        )
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
 def stage_label(key: str) -> str:
     s = stages.get(key)
     return f"{key} — {s.title}"
@@ -326,8 +376,6 @@ def training_sidebar():
             key="train_limit",
             help="Train on the first N training images and test on the first N test images: a quick smoke run.",
         )
-        if limit:
-            st.caption("A limited run replaces this stage's checkpoint with a smaller, weaker model when it finishes.")
         backbone = None
         options = list(stages.get(key).backbone_options)
         if len(options) > 1:
@@ -347,8 +395,9 @@ def training_sidebar():
             extend = st.checkbox(
                 f"Continue the published {done}-epoch run",
                 key="train_continue",
-                help="Start from the published model and its history and train the missing epochs (the optimizer "
-                "starts afresh; the learning rate follows the history). The epochs above are the new total.",
+                help="A new run that starts from the published model and its history and trains the missing epochs "
+                "(the optimizer starts afresh; the learning rate follows the history). The epochs above are the new "
+                "total.",
             )
             done_phases = [p["epochs"] for p in (published.metrics.get("recipe") or {}).get("phases", [])]
             wanted = [p.epochs for p in stages.recipe_for(stages.get(key), epochs).phases]
@@ -375,7 +424,10 @@ def training_sidebar():
         )
         if bf16 and (note := runtime.bfloat16_warning()):
             st.caption(f"On this machine: {note}.")
-        st.caption("A run replaces this stage's published checkpoint when it finishes.")
+        st.caption(
+            "A new run never replaces the published model: it is kept as a run you can compare and promote on the "
+            "Training page."
+        )
         if st.button("Start training", key="train_start"):
             try:
                 jobs.start(
@@ -385,7 +437,7 @@ def training_sidebar():
                     data_path=os.environ.get(data.ENV_VAR),
                     backbone=backbone,
                     mixed_precision=bf16,
-                    continue_from=published.folder if extend else None,
+                    continue_from="published" if extend else None,
                 )
                 st.toast(f"Started training {key}")
             except jobs.JobRunning as e:
@@ -443,25 +495,33 @@ def _job_card(s: jobs.JobStatus):
                 figures.training_curves(s.history), key=f"live_{s.stage}_{len(s.history)}", config={"displayModeBar": False}
             )
     elif s.state == "done":
-        r = next(x for x in all_results() if x.stage.key == s.stage)  # cached on the artifacts' mtimes
-        box.success(f"Finished {time.strftime('%H:%M', time.localtime(p.get('updated', 0)))}: {status_badge(r)}")
+        run = runs.read_run(s.stage, jobs.run_folder(s.job)) if s.job else None
+        published = next(x for x in all_results() if x.stage.key == s.stage)  # cached on the artifacts' mtimes
+        if run is not None and run.test_accuracy is not None:
+            versus = f" (published: {100 * published.accuracy:.2f}%)" if published.accuracy is not None else ""
+            box.success(
+                f"Run {run.run_id} finished {time.strftime('%H:%M', time.localtime(p.get('updated', 0)))}: "
+                f"{100 * run.test_accuracy:.2f}%{versus}. It is kept as a run; the published model is unchanged."
+            )
+            box.page_link("pages/training.py", label="Compare or promote it", icon=":material/compare_arrows:")
+        else:
+            box.success("Finished.")
     elif s.state in ("failed", "cancelled", "killed"):
         text = s.message or s.state
-        if "untouched" not in text:
-            text += "; the previous checkpoint is untouched"
+        if "published model" not in text:
+            text += "; the published model is untouched"
         (box.info if s.state == "cancelled" else box.error)(md_escape(text[0].upper() + text[1:] + "."))
         saved = jobs.resumable(s.stage)
         if saved:
-            part = saved["partial"]
             box.caption(
-                f"Saved: {saved['epochs_done']} of {saved['epochs']} epochs done"
-                + (f", epoch {part['epoch'] + 1} saved at step {part['step']}" if part else "")
-                + f" ({fmt_seconds(saved['train_seconds'] + (part or {}).get('seconds', 0))} of training)."
+                f"Run {saved['run_id']}: {saved['epochs_done']} of {saved['epochs']} epochs logged"
+                + (f"; {saved['note']}" if saved.get("note") else "")
+                + "."
             )
             if box.button(
                 "Resume",
                 key=f"resume_{s.stage}",
-                help="Run the same command again with --resume: it continues from the saved state on the same batches.",
+                help="Continue the run from its last backup (Keras BackupAndRestore), with the settings it began with.",
             ):
                 try:
                     jobs.resume(s.stage)

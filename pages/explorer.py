@@ -73,12 +73,12 @@ if m.get("tta_accuracy"):
         + " · ".join(f"{names.get(k, k)} {100 * v:.2f}%" for k, v in m["tta_accuracy"].items())
     )
 try:
-    runs = artifacts.read_json(r.folder / artifacts.RUNS)
-    sd = runs.get("std_test_accuracy")
+    seeds = artifacts.read_json(r.folder / artifacts.SEEDS)
+    sd = seeds.get("std_test_accuracy")
     st.markdown(
-        f"**Run-to-run:** {runs['n_runs']} seeds, test accuracy {100 * runs['mean_test_accuracy']:.2f}%"
+        f"**Run-to-run:** {seeds['n_runs']} seeds, test accuracy {100 * seeds['mean_test_accuracy']:.2f}%"
         + (f" ± {100 * sd:.2f} (sample standard deviation)" if sd is not None else "")
-        + (f", {runs['mean_train_seconds'] / 60:.1f} min training on average" if runs.get("mean_train_seconds") else "")
+        + (f", {seeds['mean_train_seconds'] / 60:.1f} min training on average" if seeds.get("mean_train_seconds") else "")
         + "."
     )
 except artifacts.ArtifactError:
@@ -93,6 +93,12 @@ if ablations:
     st.subheader("What each trick is worth")
     st.caption(f"The recipe retrained with one trick removed at a time (`benchmarks/ablate_speedrun.py`): {protocol}.")
     st.dataframe(pd.DataFrame(ablations), hide_index=True, width="stretch")
+
+stage_runs = _shared.stage_runs(key)
+others = [x for x in stage_runs if not x.published]
+with st.expander(f"Runs of this stage: {len(stage_runs)} ({len(others)} besides the published one)"):
+    _shared.runs_table(stage_runs)
+    st.page_link("pages/training.py", label="Compare, promote or delete runs", icon=":material/compare_arrows:")
 
 st.subheader("Training curves")
 spans = report.lineage(r.train_info or {}, m.get("epochs"))

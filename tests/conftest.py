@@ -38,6 +38,15 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CIFAR_DASH_CACHE", str(tmp_path / "cache"))
 
 
+def train_and_publish(key, out_dir, **kwargs):
+    """A run of ``key`` into ``out_dir``/runs/, then promoted: ``out_dir`` holds it as the published model."""
+    from cifar_dash import runs, train
+
+    folder = train.train(key, out_dir=out_dir, **kwargs)
+    runs.promote(key, folder.name, where=out_dir)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def trained_root(tmp_path_factory, cifar_npz):
     """Fixture checkpoints made in the test session: mlp, deep_mlp and cnn trained briefly on synthetic data."""
@@ -48,7 +57,7 @@ def trained_root(tmp_path_factory, cifar_npz):
     os.environ["CIFAR_DASH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     try:
         for key, epochs in (("mlp", 3), ("deep_mlp", 2), ("cnn", 1)):
-            train.train(key, epochs=epochs, limit=400, data_path=cifar_npz, out_dir=root / key)
+            train_and_publish(key, epochs=epochs, limit=400, data_path=cifar_npz, out_dir=root / key)
     finally:
         if old is None:
             os.environ.pop("CIFAR_DASH_CACHE", None)

@@ -121,7 +121,7 @@ def test_ci_runs_readmes_own_commands():
     assert ci.index(steps[0]) < ci.index(tests[0])
 
 
-def test_runs_summary_mean_and_std_by_hand(tmp_path):
+def test_seeds_summary_mean_and_std_by_hand(tmp_path):
     import json
 
     import pytest
@@ -144,12 +144,12 @@ def test_runs_summary_mean_and_std_by_hand(tmp_path):
             )
         )
         folders.append(f)
-    s = report.runs_summary("speedrun", folders)
+    s = report.seeds_summary("speedrun", folders)
     assert s["n_runs"] == 3 and s["mean_test_accuracy"] == pytest.approx(0.92)
     assert s["std_test_accuracy"] == pytest.approx(0.02)  # sample std of 0.90, 0.92, 0.94
     assert s["mean_train_seconds"] == pytest.approx(101)
     with pytest.raises(ValueError, match="share a seed"):
-        report.runs_summary("speedrun", [folders[0], folders[0]])
+        report.seeds_summary("speedrun", [folders[0], folders[0]])
     other = tmp_path / "other"
     other.mkdir()
     (other / "metrics.json").write_text(
@@ -158,7 +158,7 @@ def test_runs_summary_mean_and_std_by_hand(tmp_path):
         )
     )
     with pytest.raises(ValueError, match="differs in label_smoothing"):
-        report.runs_summary("speedrun", [folders[0], other])
+        report.seeds_summary("speedrun", [folders[0], other])
     # a run written before a Recipe field existed pools with one that stores that field at its default
     (other / "metrics.json").write_text(
         json.dumps(
@@ -170,7 +170,7 @@ def test_runs_summary_mean_and_std_by_hand(tmp_path):
             }
         )
     )
-    assert report.runs_summary("speedrun", [folders[0], other])["n_runs"] == 2
+    assert report.seeds_summary("speedrun", [folders[0], other])["n_runs"] == 2
 
 
 def test_bad_numbers_are_refused_by_the_parser(tmp_path, capsys):

@@ -11,33 +11,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_dash import artifacts, evaluate, results, stages, train
+from cifar_dash import artifacts, evaluate, results, runs, stages, train
 from tests.conftest import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
+def _only_run(out) -> Path:
+    (folder,) = [d for d in (Path(out) / "runs").iterdir() if not d.name.startswith(".")]
+    return folder
+
+
 def _assert_valid_artifacts(folder, n_test, key):
+    """A finished run folder: evaluation in metrics.json, training in train_info.json, the two joined by run id."""
     m = json.loads((folder / "metrics.json").read_text())
-    for field in (
-        "stage",
-        "test_accuracy",
-        "n_test",
-        "per_class",
-        "confusion_matrix",
-        "calibration",
-        "params",
-        "trainable_params",
-        "inference",
-        "epochs",
-        "train_seconds",
-        "recipe",
-        "keras_version",
-        "backend",
-        "machine",
-        "data_fingerprint",
-    ):
+    for field in ("stage", "run_id", "test_accuracy", "n_test", "per_class", "confusion_matrix", "calibration"):
         assert field in m, field
+    for field in ("params", "inference", "keras_version", "backend", "machine", "test_data_fingerprint"):
+        assert field in m, field
+    assert not set(results.TRAIN_FACTS) & set(m)  # training facts live in train_info.json only
+    info = json.loads((folder / "train_info.json").read_text())
+    assert info["run_id"] == m["run_id"] == folder.name and info["finished"] >= info["started"]
     assert m["stage"] == key and m["n_test"] == n_test
     cm = np.array(m["confusion_matrix"])
     assert cm.sum() == n_test
@@ -48,12 +42,13 @@ def _assert_valid_artifacts(folder, n_test, key):
     assert np.trace(cm) == int((p.predicted == p.labels).sum())
     assert m["inference"]["batch_1_ms"] > 0
     hist = json.loads((folder / "history.json").read_text())["epochs"]
-    held_out = m["recipe"]["validation_size"] > 0
-    assert len(hist) == m["epochs"] and {"loss", "accuracy"} <= set(hist[0])
+    held_out = info["recipe"]["validation_size"] > 0
+    assert len(hist) == info["epochs"] and {"loss", "accuracy", "seconds", "phase", "learning_rate"} <= set(hist[0])
     assert ({"val_loss", "val_accuracy"} <= set(hist[0])) == held_out
-    info = json.loads((folder / "train_info.json").read_text())
     assert info["n_validation"] == (max(1, n_test // 10) if held_out else 0)
-    return m
+    joined = results.load_folder(key, folder)
+    assert joined.status == "trained" and joined.metrics["epochs"] == info["epochs"]
+    return joined.metrics
 
 
 BACKBONE_KEYS = [s.key for s in stages.STAGES if s.recipe.backbone]
@@ -61,15 +56,16 @@ BACKBONE_KEYS = [s.key for s in stages.STAGES if s.recipe.backbone]
 
 def _smoke(key, cifar_npz, tmp_path, recipe=None):
     out = tmp_path / key
-    train.train(key, epochs=1, limit=24, data_path=cifar_npz, backbone_weights="none", out_dir=out, recipe=recipe)
-    m = _assert_valid_artifacts(out, 24, key)
+    folder = train.train(key, epochs=1, limit=24, data_path=cifar_npz, backbone_weights="none", out_dir=out, recipe=recipe)
+    m = _assert_valid_artifacts(folder, 24, key)
     assert m["epochs"] == len(stages.get(key).recipe.phases)
+    assert not (out / "model.keras").exists()  # nothing published
     # evaluate on its own rewrites the same artifacts from the stored model
-    again = evaluate.evaluate(key, out_dir=out, data_path=cifar_npz)
+    again = evaluate.evaluate(key, out_dir=folder, data_path=cifar_npz)
     assert again["test_accuracy"] == pytest.approx(m["test_accuracy"])
-    assert results.load_result(key, tmp_path).status == "trained"
     if stages.get(key).recipe.tta:
         assert m["tta_accuracy"][m["tta"]] == pytest.approx(m["test_accuracy"])
+    assert not (folder / "backup").exists() and not list(folder.glob("phase-*"))
     return m
 
 
@@ -94,101 +90,183 @@ def test_mlp_learns_the_synthetic_signal(trained_root):
     assert m["test_accuracy"] > 0.3  # 10 colour classes; chance is 0.1
 
 
-def test_progress_file_and_state_after_done(cifar_npz, tmp_path):
-    out = tmp_path / "mlp"
-    train.train("mlp", epochs=2, limit=100, data_path=cifar_npz, out_dir=out)
-    progress = json.loads((artifacts.work_dir("mlp", out) / train.PROGRESS).read_text())
-    assert progress["state"] == "done" and progress["epoch"] == 2
+def test_a_run_never_changes_the_published_files(cifar_npz, tmp_path):
+    """Byte for byte: training (finished, failed or cancelled) writes only its own run folder."""
+    from tests.conftest import train_and_publish
 
-
-def test_failed_run_leaves_last_good_model_intact(cifar_npz, tmp_path):
     out = tmp_path / "mlp"
-    train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out)
-    before = artifacts.file_sha256(out / "model.keras")
+    train_and_publish("mlp", out, epochs=2, limit=100, data_path=cifar_npz)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    folder = train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out)
+    progress = json.loads((folder / "progress.json").read_text())
+    assert progress["state"] == "done" and progress["epoch"] == 1 and progress["run_id"] == folder.name
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"garbage")
     from cifar_dash.data import DataError
 
     with pytest.raises(DataError):
         train.train("mlp", epochs=1, limit=100, data_path=bad, out_dir=out)
-    assert artifacts.file_sha256(out / "model.keras") == before
-    assert results.load_result("mlp", tmp_path).status == "trained"
-    progress = json.loads((artifacts.work_dir("mlp", out) / train.PROGRESS).read_text())
-    assert progress["state"] == "failed" and "bad.npz" in progress["message"]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    listed = runs.list_runs("mlp", where=out)
+    assert [r.state for r in listed] == ["finished", "finished", "failed"]
+    assert "bad.npz" in listed[-1].problem and sum(r.published for r in listed) == 1
 
 
-def test_resume_after_kill(cifar_npz, tmp_path):
+def _cli(out, cifar_npz, epochs, *extra):
+    return [
+        sys.executable, "-m", "cifar_dash", "train", "mlp", "--epochs", str(epochs), "--limit", "600",
+        "--data", str(cifar_npz), "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _wait_for(predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_resume_after_kill_minus_9_through_backup_and_restore(cifar_npz, tmp_path):
+    """kill -9 mid-run: Keras' BackupAndRestore brings the run back at its last backed-up epoch; the log keeps each
+    epoch once and the finished run's history has every epoch."""
     out = tmp_path / "mlp"
     env = {**ENV, "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "cifar_dash",
-        "train",
-        "mlp",
-        "--epochs",
-        "40",
-        "--limit",
-        "600",
-        "--data",
-        str(cifar_npz),
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    state_file = artifacts.work_dir("mlp", out) / train.STATE
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if state_file.exists() and json.loads(state_file.read_text())["epochs_done"] >= 2:
-            break
-        time.sleep(0.1)
+    proc = subprocess.Popen(_cli(out, cifar_npz, 40), env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    assert _wait_for(lambda: (out / "runs").exists() and len(runs.read_log(_only_run(out))) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = json.loads(state_file.read_text())["epochs_done"]
-    assert 2 <= done_before < 40 and not (out / "model.keras").exists()
-    r = subprocess.run(cmd + ["--resume"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    folder = _only_run(out)
+    run = runs.read_run("mlp", folder)
+    assert run.state == "interrupted" and run.resumable and 2 <= run.epochs_done < 40
+    assert (folder / "backup" / "phase-0").is_dir() and not (out / "model.keras").exists()
+    r = subprocess.run(
+        [sys.executable, "-m", "cifar_dash", "train", "mlp", "--out", str(out), "--resume"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"resuming mlp after epoch {done_before}" in r.stderr
-    hist = json.loads((out / "history.json").read_text())["epochs"]
+    assert f"resuming mlp run {folder.name}" in r.stderr  # the settings come from the run's own record
+    hist = json.loads((folder / "history.json").read_text())["epochs"]
     assert [h["epoch"] for h in hist] == list(range(1, 41))
+    assert runs.read_run("mlp", folder).state == "finished" and not (folder / "backup").exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_cancel_with_sigterm_or_ctrl_c_keeps_state(sig, cifar_npz, tmp_path):
+def test_cancel_with_sigterm_or_ctrl_c_keeps_the_run_resumable(sig, cifar_npz, tmp_path):
     out = tmp_path / "mlp"
     env = {**ENV, "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "cifar_dash",
-        "train",
-        "mlp",
-        "--epochs",
-        "200",
-        "--limit",
-        "600",
-        "--data",
-        str(cifar_npz),
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    progress = artifacts.work_dir("mlp", out) / train.PROGRESS
-    deadline = time.time() + 120
-    while time.time() < deadline:
+    proc = subprocess.Popen(_cli(out, cifar_npz, 200), env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+    def two_epochs():
         try:
-            p = json.loads(progress.read_text())
+            return runs.read_progress(_only_run(out)).get("epoch", 0) >= 3
         except (OSError, ValueError):
-            p = {}
-        if p.get("state") == "running" and p.get("epoch", 0) >= 3:  # two whole epochs done
-            break
-        time.sleep(0.05)
+            return False
+
+    assert _wait_for(two_epochs)
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == 130
-    assert json.loads(progress.read_text())["state"] == "cancelled"
-    state = json.loads((artifacts.work_dir("mlp", out) / train.STATE).read_text())
-    assert len(state["history"]) >= 2 and state["epochs_done"] == len(state["history"])  # kept for --resume
+    run = runs.read_run("mlp", _only_run(out))
+    assert run.progress["state"] == "cancelled" and run.state == "interrupted" and run.epochs_done >= 2
     assert not (out / "model.keras").exists()
+
+
+def test_a_cancel_loses_at_most_the_steps_since_the_last_backup(cifar_npz, tmp_path, monkeypatch):
+    """Cancelled part way through epoch 2 with a backup every step: resume starts epoch 2 again from the weights
+    backed up at its last step (Keras restores epochs, not steps) and finishes with every epoch logged once."""
+    kwargs = dict(epochs=3, limit=600, data_path=cifar_npz, evaluate=False)  # 540 training images: 5 steps an epoch
+    out = tmp_path / "mlp"
+    original = train.Batches.__getitem__
+    fired = []
+
+    def getitem(self, i):
+        if self.epoch == 1 and i == 2 and not fired:
+            fired.append(i)
+            signal.raise_signal(signal.SIGTERM)  # what the dashboard's Cancel sends
+        return original(self, i)
+
+    monkeypatch.setattr(train.Batches, "__getitem__", getitem)
+    handlers = {s: signal.getsignal(s) for s in train.CancelOnSignal.SIGNALS}
+    with pytest.raises(train.Cancelled):
+        train.train("mlp", out_dir=out, save_every=1, **kwargs)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the caller's handlers are back
+    monkeypatch.setattr(train.Batches, "__getitem__", original)
+    folder = _only_run(out)
+    meta = json.loads((folder / "backup" / "phase-0" / "training_metadata.json").read_text())
+    assert meta["epoch"] == 1  # resume restarts epoch 2 (from the weights of its last backed-up step)
+    assert runs.read_progress(folder)["state"] == "cancelled"
+    train.train("mlp", out_dir=out, resume=folder.name, data_path=cifar_npz)
+    hist = json.loads((folder / "history.json").read_text())["epochs"]
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+
+
+def test_a_resumed_plateau_run_halves_its_rate_as_an_uninterrupted_one(cifar_npz, tmp_path, monkeypatch):
+    """ReduceLROnPlateau's memory is not in Keras' backup; it is replayed from the run's log, so a run cancelled
+    after epoch 3 and resumed ends with the same rates and weights as one never stopped."""
+    recipe = _plateau_mlp_recipe()
+    kwargs = dict(epochs=6, limit=200, data_path=cifar_npz, evaluate=False, recipe=recipe)
+    ref = train.train("mlp", out_dir=tmp_path / "a", **kwargs)
+    ref_hist = json.loads((ref / "history.json").read_text())["epochs"]
+    assert len({h["learning_rate"] for h in ref_hist}) > 1  # the schedule acted
+
+    original = train.Progress.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 2:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(train.Progress, "on_epoch_end", on_epoch_end)
+    with pytest.raises(train.Cancelled):
+        train.train("mlp", out_dir=tmp_path / "b", **kwargs)
+    monkeypatch.setattr(train.Progress, "on_epoch_end", original)
+    folder = train.train("mlp", out_dir=tmp_path / "b", resume=True, data_path=cifar_npz)
+    hist = json.loads((folder / "history.json").read_text())["epochs"]
+    assert [h["learning_rate"] for h in hist] == pytest.approx([h["learning_rate"] for h in ref_hist])
+    for a, b in zip(ref_hist, hist):
+        assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1e-6)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    wa = artifacts.load_model(ref / "model.keras").get_weights()
+    wb = artifacts.load_model(folder / "model.keras").get_weights()
+    assert all(np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(wa, wb))
+
+
+def test_a_run_killed_during_evaluation_is_evaluated_on_resume(cifar_npz, tmp_path, monkeypatch):
+    out = tmp_path / "mlp"
+
+    def crash(*args, **kwargs):
+        raise MemoryError("simulated crash while evaluating")
+
+    real = evaluate.evaluate_into
+    monkeypatch.setattr(train.evaluate_mod, "evaluate_into", crash)
+    with pytest.raises(MemoryError):
+        train.train("mlp", epochs=2, limit=200, data_path=cifar_npz, out_dir=out)
+    monkeypatch.setattr(train.evaluate_mod, "evaluate_into", real)
+    folder = _only_run(out)
+    run = runs.read_run("mlp", folder)
+    assert run.state == "interrupted" and "not evaluated" in run.problem
+    with pytest.raises(runs.RunError, match="only a finished run can be promoted"):
+        runs.promote("mlp", folder.name, where=out)
+    train.train("mlp", out_dir=out, resume=True, data_path=cifar_npz)
+    _assert_valid_artifacts(folder, 200, "mlp")
+
+
+def test_resuming_a_live_run_is_refused_and_two_runs_of_a_stage_may_train_at_once(cifar_npz, tmp_path):
+    out = tmp_path / "mlp"
+    folder = out / "runs" / "20260101-000000-abcd"
+    proc = _fake_live_run(folder)
+    try:
+        with pytest.raises(train.AlreadyTraining, match=f"already training \\(pid {proc.pid}\\)"):
+            train.train("mlp", out_dir=out, resume=folder.name, data_path=cifar_npz)
+        assert [r.state for r in runs.list_runs("mlp", where=out)] == ["training"]
+        other = train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out, evaluate=False)
+        assert other != folder  # a second run is a folder of its own: never two writers on one folder
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not any(runs.pid_alive(p) for p in (0, -1, None, "x"))
+    assert runs.read_run("mlp", folder).state == "damaged"  # its process is gone and it never wrote a record
 
 
 def test_one_step_under_jax(cifar_npz, tmp_path):
@@ -218,7 +296,7 @@ def test_one_step_under_jax(cifar_npz, tmp_path):
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    m = json.loads((out / "metrics.json").read_text())
+    m = json.loads((_only_run(out) / "metrics.json").read_text())
     assert m["backend"] == "jax" and m["n_test"] == 64
 
 
@@ -457,18 +535,16 @@ def test_a_checkpoint_from_an_earlier_recipe_says_so():
 
 
 def _plateau_mlp_recipe():
-
     return dataclasses.replace(
         stages.get("mlp").recipe, lr_schedule="reduce_on_plateau", plateau_factor=0.5, plateau_patience=1
     )
 
 
 def test_plateau_replay_matches_keras_on_a_real_run(cifar_npz, tmp_path):
-    out = tmp_path / "mlp"
     recipe = _plateau_mlp_recipe()
     # 20 validation images: ties in validation accuracy are common, so the rate is halved several times
-    train.train("mlp", epochs=8, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, evaluate=False)
-    hist = json.loads((out / "history.json").read_text())["epochs"]
+    folder = train.train("mlp", epochs=8, limit=200, data_path=cifar_npz, out_dir=tmp_path, recipe=recipe, evaluate=False)
+    hist = json.loads((folder / "history.json").read_text())["epochs"]
     rates = [h["learning_rate"] for h in hist]
     assert min(rates) < rates[0]  # the schedule did act, so the replay is checked against real halvings
     for k in range(1, len(hist)):
@@ -481,47 +557,48 @@ def test_plateau_replay_matches_keras_on_a_real_run(cifar_npz, tmp_path):
     assert train.plateau_replay(rows, 1e-3, 0.5, 2)[:2] == (0.6, 1)
 
 
-def test_continue_from_adds_epochs_to_a_published_run(cifar_npz, tmp_path):
+def test_continue_from_adds_epochs_to_a_run(cifar_npz, tmp_path):
+    from tests.conftest import train_and_publish
+
     out = tmp_path / "mlp"
     recipe = _plateau_mlp_recipe()
-    train.train("mlp", epochs=2, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe)
-    first_info = json.loads((out / "train_info.json").read_text())
-    first_hist = json.loads((out / "history.json").read_text())["epochs"]
-    first_model = artifacts.file_sha256(out / "model.keras")
-    first_accuracy = json.loads((out / "metrics.json").read_text())["test_accuracy"]
+    first = train_and_publish("mlp", out, epochs=2, limit=200, data_path=cifar_npz, recipe=recipe)
+    first_info = json.loads((first / "train_info.json").read_text())
+    first_hist = json.loads((first / "history.json").read_text())["epochs"]
+    first_accuracy = json.loads((first / "metrics.json").read_text())["test_accuracy"]
 
-    train.train("mlp", epochs=4, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, continue_from=out)
-    info = json.loads((out / "train_info.json").read_text())
-    hist = json.loads((out / "history.json").read_text())["epochs"]
-    m = _assert_valid_artifacts(out, 200, "mlp")
+    second = train.train(
+        "mlp", epochs=4, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, continue_from="published"
+    )
+    info = json.loads((second / "train_info.json").read_text())
+    hist = json.loads((second / "history.json").read_text())["epochs"]
+    m = _assert_valid_artifacts(second, 200, "mlp")
     assert m["epochs"] == 4 and [h["epoch"] for h in hist] == [1, 2, 3, 4]
     assert hist[:2] == first_hist  # the first run's epochs are kept as they were
     prior = info["continued_from"]
     assert prior["run_id"] == first_info["run_id"] != info["run_id"] and prior["epochs"] == 2
-    assert info["train_seconds"] == pytest.approx(
-        first_info["train_seconds"] + sum(h["seconds"] for h in hist[2:]), abs=0.05
-    )
+    assert info["train_seconds"] == pytest.approx(sum(h["seconds"] for h in hist), abs=0.05)
     assert info["started"] == first_info["started"]
     assert hist[2]["learning_rate"] == pytest.approx(train.plateau_replay(first_hist, 1e-3, 0.5, 1)[2])
-    assert artifacts.file_sha256(out / "model.keras") != first_model
     from cifar_dash import report
 
-    r = results.load_result("mlp", tmp_path)
-    assert prior["test_accuracy"] == first_accuracy  # what the published run measured stays on record
+    r = results.load_folder("mlp", second)
+    assert prior["test_accuracy"] == first_accuracy  # what the continued run measured stays on record
     assert (
         f"epochs 3-4 continued from a 2-epoch run that measured {first_accuracy:.2%} (optimizer restarted)"
         in report.deviations(r)
     )
 
-    # continued again: the chain of runs is kept, so every epoch still says which run trained it
-    second_accuracy = json.loads((out / "metrics.json").read_text())["test_accuracy"]
-    train.train(
-        "mlp", epochs=5, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, continue_from=out, mixed_precision=True
-    )
-    third = json.loads((out / "train_info.json").read_text())
-    assert third["continued_from"]["run_id"] == info["run_id"] and third["continued_from"]["epochs"] == 4
-    assert third["continued_from"]["continued_from"] == prior  # the first link, as the second run recorded it
-    notes = report.deviations(results.load_result("mlp", tmp_path))
+    # continued again, by run id: the chain of runs is kept, so every epoch still says which run trained it
+    second_accuracy = json.loads((second / "metrics.json").read_text())["test_accuracy"]
+    third = train.train(
+        "mlp", epochs=5, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, continue_from=second.name,
+        mixed_precision=True,
+    )  # fmt: skip
+    third_info = json.loads((third / "train_info.json").read_text())
+    assert third_info["continued_from"]["run_id"] == info["run_id"] and third_info["continued_from"]["epochs"] == 4
+    assert third_info["continued_from"]["continued_from"] == prior  # the first link, as the second run recorded it
+    notes = report.deviations(results.load_folder("mlp", third))
     start = notes.index("bfloat16 compute in epoch 5")
     assert notes[start : start + 3] == [
         "bfloat16 compute in epoch 5",
@@ -533,8 +610,7 @@ def test_continue_from_adds_epochs_to_a_published_run(cifar_npz, tmp_path):
 def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp_path):
     out = tmp_path / "mlp"
     recipe = _plateau_mlp_recipe()
-    train.train("mlp", epochs=2, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, evaluate=False)
-    before = artifacts.file_sha256(out / "model.keras")
+    first = train.train("mlp", epochs=2, limit=200, data_path=cifar_npz, out_dir=out, recipe=recipe, evaluate=False)
     cases = [
         (dict(epochs=2), "a continuation needs more than 2, not 2"),  # nothing to add
         (dict(epochs=3, seed=5), "other settings (seed)"),
@@ -544,216 +620,60 @@ def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp
     for kwargs, message in cases:
         kw = {"limit": 200, "recipe": recipe, **kwargs}
         with pytest.raises(train.ContinueError, match=re.escape(message)):
-            train.train("mlp", data_path=cifar_npz, out_dir=out, continue_from=out, **kw)
+            train.train("mlp", data_path=cifar_npz, out_dir=out, continue_from=first.name, **kw)
     with pytest.raises(train.ContinueError, match="holds stage 'mlp', not 'cnn'"):
-        train.train("cnn", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "cnn", continue_from=out)
+        train.train("cnn", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "cnn", continue_from=first)
     with pytest.raises(train.ContinueError, match="no finished run"):
         train.train(
-            "mlp",
-            epochs=3,
-            limit=200,
-            data_path=cifar_npz,
-            out_dir=tmp_path / "x",
-            recipe=recipe,
+            "mlp", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "x", recipe=recipe,
             continue_from=tmp_path / "nothing",
-        )
+        )  # fmt: skip
     # a one-cycle recipe's rate spans the whole run: extending it would not be the recipe
-    train.train("vgg_aug", epochs=1, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg", evaluate=False)
+    vgg = train.train("vgg_aug", epochs=1, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg", evaluate=False)
     with pytest.raises(train.ContinueError, match="cannot be extended"):
-        train.train(
-            "vgg_aug", epochs=2, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg", continue_from=tmp_path / "vgg"
-        )
-    assert artifacts.file_sha256(out / "model.keras") == before
+        train.train("vgg_aug", epochs=2, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg", continue_from=vgg)
 
 
-def test_a_two_phase_run_is_continued_in_its_last_phase(cifar_npz, tmp_path, tiny_backbones):
-    """mobilenetv2_finetune (head, then fine-tuning): one epoch count per phase; a continuation adds fine-tuning
-    epochs to the published run and refuses to touch a finished earlier phase."""
+def test_a_two_phase_run_resumes_and_is_continued_in_its_last_phase(cifar_npz, tmp_path, tiny_backbones, monkeypatch):
+    """mobilenetv2_finetune (head, then fine-tuning): a run cancelled in its second phase resumes there from the
+    first phase's saved weights and its own backup; a continuation adds fine-tuning epochs only."""
     out = tmp_path / "mobilenetv2_finetune"
     kw = dict(limit=24, data_path=cifar_npz, out_dir=out, backbone_weights="none")
-    train.train("mobilenetv2_finetune", epochs=(1, 1), evaluate=False, **kw)
-    first = json.loads((out / "train_info.json").read_text())
-    assert [p["epochs"] for p in first["recipe"]["phases"]] == [1, 1]
-    with pytest.raises(train.ContinueError, match=re.escape("not 2,2 (e.g. 1,2)")):
-        train.train("mobilenetv2_finetune", epochs=2, continue_from=out, **kw)
-    train.train("mobilenetv2_finetune", epochs=(1, 2), continue_from=out, **kw)
-    info = json.loads((out / "train_info.json").read_text())
-    hist = json.loads((out / "history.json").read_text())["epochs"]
-    assert [p["epochs"] for p in info["recipe"]["phases"]] == [1, 2] and len(hist) == 3
-    assert info["continued_from"]["run_id"] == first["run_id"]
-    assert [h["phase"] for h in hist] == ["head", "finetune", "finetune"]
-
-
-def test_resume_mid_epoch_after_cancel_matches_an_uninterrupted_run(cifar_npz, tmp_path, monkeypatch):
-    """A run cancelled part way through an epoch saves that epoch so far; --resume finishes it on the same batches,
-    so the MLP (no dropout, no random layers) ends with the same history and weights as a run never stopped."""
-    import io
-
-    kwargs = dict(epochs=3, limit=600, data_path=cifar_npz, evaluate=False)  # 540 training images: 5 steps an epoch
-    ref_log = io.StringIO()
-    train.train("mlp", out_dir=tmp_path / "a", stream=ref_log, **kwargs)
-    ref = json.loads((tmp_path / "a" / "history.json").read_text())["epochs"]
-
-    out = tmp_path / "b"
-    original = train.Batches.__getitem__
-    fired = []
-
-    def getitem(self, i):
-        if self.epoch == 1 and i == 2 and not fired:
-            fired.append(i)
-            signal.raise_signal(signal.SIGTERM)  # what the dashboard's Cancel sends
-        return original(self, i)
-
-    monkeypatch.setattr(train.Batches, "__getitem__", getitem)
-    with pytest.raises(train.Cancelled):
-        train.train("mlp", out_dir=out, save_every=3600, **kwargs)
-    monkeypatch.setattr(train.Batches, "__getitem__", original)
-    state = json.loads((artifacts.work_dir("mlp", out) / train.STATE).read_text())
-    assert state["epochs_done"] == 1 and state["partial"]["epoch"] == 1 and 0 < state["partial"]["step"] < 5
-    progress = json.loads((artifacts.work_dir("mlp", out) / train.PROGRESS).read_text())
-    assert progress["state"] == "cancelled" and "epoch so far is saved" in progress["message"]
-
-    log = io.StringIO()
-    train.train("mlp", out_dir=out, resume=True, stream=log, **kwargs)
-    assert f"resuming mlp in epoch 2 at step {state['partial']['step']}/5" in log.getvalue()
-
-    def epoch_line(text, n):  # the printed epoch summary shows the whole epoch's means, as the history row does
-        line = next(x for x in text.splitlines() if x.startswith(f"epoch {n}/3"))
-        return [float(v) for v in re.findall(r"(?:loss|acc) ([0-9.]+)", line)]
-
-    assert epoch_line(log.getvalue(), 2) == pytest.approx(epoch_line(ref_log.getvalue(), 2), rel=1e-3, abs=1e-4)
-    hist = json.loads((out / "history.json").read_text())["epochs"]
-    assert [h["epoch"] for h in hist] == [1, 2, 3]
-    for a, b in zip(ref, hist):
-        for k in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (a["epoch"], k)
-    assert hist[1]["seconds"] >= state["partial"]["seconds"]
-    wa = artifacts.load_model(tmp_path / "a" / "model.keras").get_weights()
-    wb = artifacts.load_model(out / "model.keras").get_weights()
-    assert all(np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(wa, wb))
-    assert "partial" not in json.loads((out / "train_info.json").read_text())
-
-
-def _cancelled_as_epoch_ends(monkeypatch, at_epoch, stage, **kwargs):
-    """Train ``stage`` with a SIGTERM (the dashboard's Cancel) arriving as epoch ``at_epoch`` (0-based) ends."""
-    original = train.EpochCheckpoint.on_epoch_end
+    original = train.Progress.on_epoch_end
 
     def on_epoch_end(self, epoch, logs=None):
-        if epoch == at_epoch:
+        original(self, epoch, logs)
+        if epoch == 1:  # the first fine-tuning epoch
             signal.raise_signal(signal.SIGTERM)
-        return original(self, epoch, logs)
 
-    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", on_epoch_end)
-    handlers = {s: signal.getsignal(s) for s in train.CancelOnSignal.SIGNALS}
+    monkeypatch.setattr(train.Progress, "on_epoch_end", on_epoch_end)
     with pytest.raises(train.Cancelled):
-        train.train(stage, **kwargs)
-    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the caller's handlers are back
-    monkeypatch.setattr(train.EpochCheckpoint, "on_epoch_end", original)
+        train.train("mobilenetv2_finetune", epochs=(1, 2), evaluate=False, **kw)
+    monkeypatch.setattr(train.Progress, "on_epoch_end", original)
+    folder = _only_run(out)
+    assert (folder / "phase-0.keras").exists() and (folder / "backup" / "phase-1").is_dir()
+    first = train.train("mobilenetv2_finetune", resume=True, data_path=cifar_npz, out_dir=out)
+    hist = json.loads((first / "history.json").read_text())["epochs"]
+    assert [h["phase"] for h in hist] == ["head", "finetune", "finetune"] and not (first / "phase-0.keras").exists()
+    with pytest.raises(train.ContinueError, match=re.escape("not 2,3 (e.g. 1,3)")):
+        train.train("mobilenetv2_finetune", epochs=(2, 3), continue_from=first.name, **kw)
+    cont = train.train("mobilenetv2_finetune", epochs=(1, 3), continue_from=first.name, **kw)
+    info = json.loads((cont / "train_info.json").read_text())
+    hist = json.loads((cont / "history.json").read_text())["epochs"]
+    assert [p["epochs"] for p in info["recipe"]["phases"]] == [1, 3] and len(hist) == 4
+    assert info["continued_from"]["run_id"] == first.name
+    assert [h["phase"] for h in hist] == ["head", "finetune", "finetune", "finetune"]
 
 
-@pytest.mark.parametrize("when", ["last batch", "validation"])
-def test_a_cancel_in_an_epochs_last_batch_or_validation_saves_that_epoch(when, cifar_npz, tmp_path, monkeypatch):
-    """A cancel that arrives during an epoch's last batch or its validation lets the epoch finish and keeps it
-    (a mid-epoch save is never made of the last batch), then stops before the next epoch."""
-    kwargs = dict(epochs=3, limit=600, data_path=cifar_npz, evaluate=False)  # 5 steps an epoch
-    original = train.Progress.on_train_batch_end
-
-    def on_train_batch_end(self, batch, logs=None):  # as batch 4 of 5 ends: the signal lands in the last batch
-        if when == "last batch" and self.epoch == 0 and batch == 3:
-            signal.raise_signal(signal.SIGTERM)
-        return original(self, batch, logs)
-
-    def on_test_begin(self, logs=None):  # before the first validation batch
-        if when == "validation" and self.epoch == 0:
-            signal.raise_signal(signal.SIGTERM)
-
-    monkeypatch.setattr(train.Progress, "on_train_batch_end", on_train_batch_end)
-    monkeypatch.setattr(train.Progress, "on_test_begin", on_test_begin)
-    out = tmp_path / "mlp"
-    with pytest.raises(train.Cancelled):
-        train.train("mlp", out_dir=out, save_every=3600, **kwargs)
-    state = json.loads((artifacts.work_dir("mlp", out) / train.STATE).read_text())
-    assert state["epochs_done"] == 1 and "partial" not in state and len(state["history"]) == 1
-    assert "val_accuracy" in state["history"][0]
-
-
-def test_a_cancel_after_an_epochs_last_batch_saves_that_epoch(cifar_npz, tmp_path, monkeypatch):
-    """A cancel that arrives once the epoch's batches and validation are done (here: as its end begins) keeps that
-    epoch and stops before the next; the state stays consistent (no part of a later epoch on top of a missing one),
-    and --resume goes on from the next epoch to the uninterrupted run's history."""
-    kwargs = dict(epochs=3, limit=600, data_path=cifar_npz, evaluate=False)
-    train.train("mlp", out_dir=tmp_path / "a", **kwargs)
-    ref = json.loads((tmp_path / "a" / "history.json").read_text())["epochs"]
-
-    out = tmp_path / "b"
-    _cancelled_as_epoch_ends(monkeypatch, 1, "mlp", out_dir=out, save_every=3600, **kwargs)
-    state = json.loads((artifacts.work_dir("mlp", out) / train.STATE).read_text())
-    assert state["epochs_done"] == 2 and "partial" not in state and len(state["history"]) == 2
-    train.train("mlp", out_dir=out, resume=True, **kwargs)
-    hist = json.loads((out / "history.json").read_text())["epochs"]
-    assert [h["epoch"] for h in hist] == [1, 2, 3]
-    for a, b in zip(ref, hist):
-        assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=1e-6)
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
-
-
-def test_a_resumed_continuation_records_the_published_runs_accuracy(cifar_npz, tmp_path, monkeypatch):
-    """A continuation stopped and resumed (here: with its state written before continued_from had test_accuracy)
-    still records what the run it continued measured: the record is re-read from that run on resume."""
-    out = tmp_path / "mlp"
-    kwargs = dict(limit=300, data_path=cifar_npz, out_dir=out)
-    train.train("mlp", epochs=1, **kwargs)
-    first = json.loads((out / "metrics.json").read_text())
-    _cancelled_as_epoch_ends(monkeypatch, 1, "mlp", epochs=3, continue_from=out, save_every=3600, **kwargs)
-    state_file = artifacts.work_dir("mlp", out) / train.STATE
-    state = json.loads(state_file.read_text())
-    assert state["epochs_done"] == 2 and state["continued_from"]["test_accuracy"] == first["test_accuracy"]
-    del state["continued_from"]["test_accuracy"]  # as an older version wrote it
-    state_file.write_text(json.dumps(state))
-    train.train("mlp", epochs=3, continue_from=out, resume=True, **kwargs)
-    info = json.loads((out / "train_info.json").read_text())
-    assert info["continued_from"]["run_id"] == first["run_id"]
-    assert info["continued_from"]["test_accuracy"] == first["test_accuracy"]
-    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
-    stale = json.loads((out / "metrics.json").read_text()) | {"run_id": "an earlier run"}
-    (out / "metrics.json").write_text(json.dumps(stale))  # an evaluation of another model says nothing of this one
-    prior = train.read_continuation(out, "mlp", stages.recipe_for(stages.get("mlp"), 4), 300, info["train_data_fingerprint"])
-    assert prior["run_id"] == info["run_id"] and prior["test_accuracy"] is None
-
-
-def test_step_checkpoints_bound_what_a_crash_loses(cifar_npz, tmp_path, monkeypatch):
-    out = tmp_path / "mlp"
-    original = train.Batches.__getitem__
-
-    def getitem(self, i):
-        if self.epoch == 1 and i == 3:
-            raise MemoryError("simulated crash")
-        return original(self, i)
-
-    monkeypatch.setattr(train.Batches, "__getitem__", getitem)
-    with pytest.raises(Exception, match="simulated crash"):  # save_every tiny: a checkpoint after every step
-        train.train("mlp", epochs=3, limit=600, data_path=cifar_npz, out_dir=out, evaluate=False, save_every=1e-9)
-    state = json.loads((artifacts.work_dir("mlp", out) / train.STATE).read_text())
-    assert state["epochs_done"] == 1 and state["partial"]["epoch"] == 1 and 1 <= state["partial"]["step"] <= 3
-    assert set(state["partial"]["metrics"]) >= {"loss", "accuracy"}
-    monkeypatch.setattr(train.Batches, "__getitem__", original)
-    train.train("mlp", epochs=3, limit=600, data_path=cifar_npz, out_dir=out, evaluate=False, resume=True)
-    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())["epochs"]] == [1, 2, 3]
-
-
-def test_merge_means_weights_by_images():
-    assert train.merge_means({"loss": 1.0}, 100, {"loss": 4.0}, 300) == {"loss": 3.25}
-    assert train.images_before(3, 128, 540) == 384 and train.images_before(5, 128, 540) == 540
-
-
-def _fake_live_run(work, state="running"):
-    """A live process that progress.json names as training into ``work`` (as a terminal's run would)."""
+def _fake_live_run(folder, state="running"):
+    """A live process that a run folder's progress.json names as training it (as a terminal's run would)."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    work.mkdir(parents=True, exist_ok=True)
-    (work / train.PROGRESS).write_text(
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / runs.PROGRESS).write_text(
         json.dumps(
             {
-                "stage": "mlp",
+                "stage": folder.parent.parent.name,
+                "run_id": folder.name,
                 "state": state,
                 "pid": proc.pid,
                 "epoch": 2,
@@ -767,54 +687,18 @@ def _fake_live_run(work, state="running"):
     return proc
 
 
-def test_a_second_run_into_the_same_folder_is_refused(cifar_npz, tmp_path):
+def test_an_unwritable_runs_folder_is_refused_before_training(cifar_npz, tmp_path):
     out = tmp_path / "mlp"
-    work = artifacts.work_dir("mlp", out)
-    proc = _fake_live_run(work)
-    try:
-        before = (work / train.PROGRESS).read_text()
-        with pytest.raises(train.AlreadyTraining, match=f"already training into .* \\(pid {proc.pid}, running\\)"):
-            train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out)
-        assert (work / train.PROGRESS).read_text() == before  # the other run's progress is left alone
-    finally:
-        proc.kill()
-        proc.wait()
-    assert train.live_run(work) is None  # its process is gone: a new run may start
-    assert not any(train.pid_alive(p) for p in (0, -1, None, "x"))
-    train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out, evaluate=False)
-    assert json.loads((work / train.PROGRESS).read_text())["state"] == "done"
-
-
-def test_a_failed_publication_keeps_the_finished_run_and_the_published_one(cifar_npz, tmp_path, monkeypatch):
-    import errno
-
-    out = tmp_path / "mlp"
-    train.train("mlp", epochs=1, limit=300, data_path=cifar_npz, out_dir=out)
-    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    real = os.replace
-
-    def cross_device(src, dst):
-        if Path(dst).parent == out:
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        return real(src, dst)
-
-    monkeypatch.setattr(train.os, "replace", cross_device)
-    with pytest.raises(train.PublishError, match="could not be published") as e:
-        train.train("mlp", epochs=1, limit=300, data_path=cifar_npz, out_dir=out)
-    staged = Path(str(e.value).rsplit("kept in ", 1)[1])
-    assert staged.parent == out and {"model.keras", "metrics.json", "history.json"} <= {p.name for p in staged.iterdir()}
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # the published run is intact
-    monkeypatch.setattr(train.os, "replace", real)
-    from cifar_dash import results
-
-    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(tmp_path))
-    assert results.load_result("mlp").status == "trained"  # the staging folder does not confuse readers
+    out.mkdir()
+    (out / "runs").write_text("a file where the runs folder should be")
+    with pytest.raises(train.PublishError, match="choose another --out"):
+        train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out)
 
 
 def test_progress_keeps_a_bounded_per_step_trace(tmp_path, monkeypatch):
     from cifar_dash import figures
 
-    p = train.Progress(tmp_path / "progress.json", "mlp", total_epochs=2, steps=1000, stream=open(os.devnull, "w"))
+    p = train.Progress(tmp_path, "mlp", total_epochs=2, steps=1000, stream=open(os.devnull, "w"))
     monkeypatch.setattr(train.time, "time", iter(range(0, 10**6)).__next__)  # one second per call: every step writes
     for epoch in range(2):
         p.on_epoch_begin(epoch)
