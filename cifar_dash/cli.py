@@ -152,6 +152,18 @@ def _seeds(args):
     return 0
 
 
+def _test_sample(args):
+    from . import data, results, stages, testimages
+
+    preds = {s.key: results.predictions(s.key) for s in stages.STAGES if results.load_result(s.key).ok}
+    info = testimages.write_sample(data.load(args.data), testimages.select(preds))
+    print(
+        f"wrote {testimages.assets_dir() / testimages.SAMPLE}: {info['n_images']:,} of {info['of']:,} test images "
+        f"(sha256 {info['sha256'][:12]}), chosen from {len(preds)} stages' predictions"
+    )
+    return 0
+
+
 def _results_table(args):
     from . import report
 
@@ -304,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("stage", choices=KEYS)
     sd.add_argument("folders", nargs="+", type=Path, help="run folders of `train STAGE --seed N`")
     sd.set_defaults(fn=_seeds)
+
+    ts = sub.add_parser(
+        "test-sample",
+        help="rewrite assets/cifar10-test-sample.npz, the test images the pages show without CIFAR10_PATH",
+    )
+    ts.add_argument("--data", help="CIFAR-10 copy (default: $CIFAR10_PATH, else the Keras download)")
+    ts.set_defaults(fn=_test_sample)
 
     rt = sub.add_parser("results-table", help="print the detailed results table, generated from metrics.json files")
     rt.set_defaults(fn=_results_table)

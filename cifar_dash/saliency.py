@@ -72,21 +72,34 @@ class SaliencyUnavailable(RuntimeError):
     """This method does not apply to this model or backend; the message says why."""
 
 
+_SKIP = ("MaxPooling2D", "Dropout", "Rescaling", "UpSampling2D", "CaffePreprocess", "InputLayer")
+
+
+def _chain(model, x, until=None):
+    """Call the model's layers one after another on ``x`` (public Keras calls only; the stage models are chains),
+    returning every layer's output, up to ``until`` (a layer) when given."""
+    outs = []
+    for layer in model.layers:
+        if layer.__class__.__name__ == "InputLayer":
+            continue
+        x = layer(x, training=False)
+        outs.append((layer, x))
+        if layer is until:
+            break
+    return outs
+
+
 def feature_layer(model):
     """The last spatial feature map of a convolutional stage: the last 4-D output that is not pooling, dropout or
     preprocessing (the nested ImageNet backbone counts as one layer). None for MLPs."""
-    skip = ("MaxPooling2D", "Dropout", "Rescaling", "UpSampling2D", "CaffePreprocess", "InputLayer")
-    for layer in reversed(model.layers):
-        if layer.__class__.__name__ in skip or layer.name.startswith("aug_"):
+    import keras
+
+    probe = keras.ops.zeros((1, *model.inputs[0].shape[1:]), dtype="float32")
+    for layer, out in reversed(_chain(model, probe)):
+        if layer.__class__.__name__ in _SKIP or layer.name.startswith("aug_"):
             continue
-        try:
-            shape = layer._inbound_nodes[0].output_tensors[0].shape
-        except (IndexError, AttributeError):
-            continue
-        if len(shape) == 4:
+        if len(out.shape) == 4:
             return layer
-        if layer.__class__.__name__ == "Flatten" or len(shape) != 2:
-            continue
     return None
 
 
@@ -102,11 +115,11 @@ def gradcam_map(model, img: np.ndarray, target: int | None = None) -> dict:
         raise SaliencyUnavailable(f"{model.name} has no convolutional feature map (an MLP); use occlusion")
     import tensorflow as tf
 
-    feats_t = layer._inbound_nodes[0].output_tensors[0]
-    sub = keras.Model(model.inputs, [feats_t, model.outputs[0]])
     x = tf.convert_to_tensor(np.asarray(img, np.float32)[None])
     with tf.GradientTape() as tape:
-        feats, probs = sub(x, training=False)
+        outs = _chain(model, x)
+        feats = next(out for lyr, out in outs if lyr is layer)
+        probs = outs[-1][1]
         t = int(tf.argmax(probs[0])) if target is None else int(target)
         score = probs[:, t]
     grads = tape.gradient(score, feats)[0].numpy()

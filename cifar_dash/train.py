@@ -24,8 +24,10 @@ from . import artifacts, models, runs, runtime, stages
 from . import data as data_mod
 from . import evaluate as evaluate_mod
 from .artifacts import write_json
+from .batches import Batches, EpochOrder
 from .data import NUM_CLASSES
 from .layers import LookaheadSGD, TriangularSchedule
+from .runs import ContinueError, continued_from_record, read_continuation  # noqa: F401  (ContinueError: callers)
 
 
 class Cancelled(Exception):
@@ -34,81 +36,6 @@ class Cancelled(Exception):
 
 class AlreadyTraining(ValueError):
     """Another live process is training this run."""
-
-
-class Batches(keras.utils.PyDataset):
-    """Shuffled mini-batches of raw images and one-hot (optionally MixUp-blended) labels, optionally augmented here
-    in NumPy (``augment``: "flip_alternate", "crop:N"; see stages.Recipe.loader_augmentation). Every random choice
-    comes from (seed, epoch, batch), so a resumed run sees the same batches as an uninterrupted one."""
-
-    def __init__(self, x, y, batch_size, mixup_alpha=0.0, seed=0, augment=()):
-        super().__init__()
-        self.x, self.y = x, y
-        self.batch_size = batch_size
-        self.mixup_alpha = mixup_alpha
-        self.seed = seed
-        self.flip = self.pad = None
-        for spec in augment:
-            kind, _, arg = spec.partition(":")
-            if kind == "flip_alternate":
-                self.flip = np.random.default_rng((seed, 7)).random(len(x)) < 0.5  # the first epoch's flips
-            elif kind == "crop":
-                self.pad = int(arg)
-            else:
-                raise ValueError(f"unknown loader augmentation {spec!r}")
-        if self.pad:  # padded once, cropped per batch
-            p = self.pad
-            self.x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-        self.set_epoch(0)
-
-    def __len__(self):
-        return math.ceil(len(self.x) / self.batch_size)
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-        self._order = np.random.default_rng((self.seed, epoch)).permutation(len(self.x))
-
-    def on_epoch_end(self):
-        pass  # Keras also calls this before the first epoch; EpochOrder sets the epoch from fit's own count
-
-    def _augmented(self, idx, i):
-        if self.pad:
-            p, n = self.pad, len(idx)
-            rng = np.random.default_rng((self.seed, self.epoch, i, 2))
-            dy, dx = rng.integers(0, 2 * p + 1, size=(2, n))
-            rows = dy[:, None] + np.arange(self.x.shape[1] - 2 * p)
-            cols = dx[:, None] + np.arange(self.x.shape[2] - 2 * p)
-            xb = self.x[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
-        else:
-            xb = self.x[idx]
-        if self.flip is not None:
-            flip = self.flip[idx] ^ bool(self.epoch % 2)
-            xb = np.where(flip[:, None, None, None], xb[:, :, ::-1], xb)
-        return xb
-
-    def __getitem__(self, i):
-        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
-        xb = self._augmented(idx, i).astype("float32")
-        yb = np.eye(NUM_CLASSES, dtype="float32")[self.y[idx]]
-        if self.mixup_alpha > 0:
-            rng = np.random.default_rng((self.seed, self.epoch, i, 1))
-            lam = rng.beta(self.mixup_alpha, self.mixup_alpha, size=(len(idx), 1)).astype("float32")
-            perm = rng.permutation(len(idx))
-            xb = lam[:, :, None, None] * xb + (1 - lam[:, :, None, None]) * xb[perm]
-            yb = lam * yb + (1 - lam) * yb[perm]
-        return xb, yb
-
-
-class EpochOrder(keras.callbacks.Callback):
-    """Each epoch's batches come from fit's epoch number (Batches.set_epoch), so a run resumed at epoch or step k
-    sees the batches an uninterrupted run saw. fit must not shuffle the batches itself (shuffle=False)."""
-
-    def __init__(self, batches: Batches):
-        super().__init__()
-        self.batches = batches
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.batches.set_epoch(epoch)
 
 
 def make_optimizer(recipe: stages.Recipe, learning_rate, steps_per_epoch: int = 1, total_steps: int = 1):
@@ -311,82 +238,6 @@ def plateau_replay(rows, learning_rate, factor, patience, min_lr=1e-7, min_delta
     return best, wait, lr
 
 
-class ContinueError(ValueError):
-    """A published checkpoint that cannot be continued with the requested recipe."""
-
-
-def _comparable(recipe: dict) -> dict:
-    """A stored recipe without what a continuation may change: epochs and the compute precision."""
-    out = {k: v for k, v in stages.stored_recipe(json.loads(json.dumps(recipe))).items() if k != "mixed_precision"}
-    out["phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in out["phases"]]
-    return out
-
-
-def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fingerprint: str) -> dict:
-    """Check that the published run in ``folder`` is ``recipe`` cut short (same stage, data, limit, settings; fewer
-    epochs in its last phase, every earlier phase complete) and return what a continuation needs from it."""
-    folder = Path(folder)
-    try:
-        info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
-        history = artifacts.read_json(folder / artifacts.HISTORY)["epochs"]
-    except (artifacts.ArtifactError, KeyError, TypeError) as e:
-        raise ContinueError(f"{folder} holds no finished run to continue ({e})") from e
-    if not (folder / artifacts.MODEL).exists():
-        raise ContinueError(f"{folder / artifacts.MODEL} is missing: nothing to continue")
-    if info.get("stage") != stage_key:
-        raise ContinueError(f"{folder} holds stage {info.get('stage')!r}, not {stage_key!r}")
-    if info.get("limit") != limit:
-        raise ContinueError(f"{folder} was trained with limit {info.get('limit')}, not {limit}")
-    if info.get("train_data_fingerprint") != fingerprint:
-        raise ContinueError(f"{folder} was trained on other data (fingerprint {info.get('train_data_fingerprint')})")
-    stored = info.get("recipe") or {}
-    a, b = _comparable(stored), _comparable(recipe.to_dict())
-    if a != b:
-        changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-        raise ContinueError(
-            f"{folder} was trained with other settings ({', '.join(changed) or 'phases'}); "
-            "a continuation may only add epochs"
-        )
-    if not recipe.extendable:
-        raise ContinueError(
-            "this recipe's schedule spans the whole run (one-cycle rate or Lookahead), so it cannot "
-            "be extended; train afresh with --epochs"
-        )
-    done = [p["epochs"] for p in stored["phases"]]
-    problem = stages.extension_problem(done, [p.epochs for p in recipe.phases])
-    if problem:
-        raise ContinueError(f"{folder}: {problem}" + (" (--epochs takes one count per phase)" if len(done) > 1 else ""))
-    if len(history) != sum(done):
-        raise ContinueError(f"{folder}: history has {len(history)} epochs, train_info {sum(done)}")
-    try:  # what the published run measured (its own evaluation, not a stale one), kept beside the continuation's
-        metrics = artifacts.read_json(folder / artifacts.METRICS)
-        test_accuracy = metrics.get("test_accuracy") if metrics.get("run_id") == info.get("run_id") else None
-    except (artifacts.ArtifactError, AttributeError):
-        test_accuracy = None
-    return {
-        "folder": str(folder),
-        "run_id": info.get("run_id"),
-        "epochs": sum(done),
-        "train_seconds": float(info.get("train_seconds") or 0.0),
-        "history": history,
-        "started": info.get("started"),
-        "backbone_weights": info.get("backbone_weights"),
-        "mixed_precision": bool(info.get("mixed_precision")),
-        "train_runtime": info.get("train_runtime"),
-        "test_accuracy": test_accuracy,
-        "continued_from": info.get("continued_from"),
-    }
-
-
-def _continued_from(prior: dict) -> dict:
-    """What train_info records of the published run a continuation started from, with the run that one continued
-    (nested, oldest innermost), so every epoch keeps where and in which precision it was trained."""
-    out = {k: prior[k] for k in ("run_id", "epochs", "train_seconds", "mixed_precision", "train_runtime", "test_accuracy")}
-    if prior.get("continued_from"):
-        out["continued_from"] = prior["continued_from"]
-    return out
-
-
 def _tensorboard_available() -> bool:
     import importlib.util
 
@@ -534,7 +385,7 @@ def train(
                 },
             }
             if prior:
-                info["continued_from"] = _continued_from(prior)
+                info["continued_from"] = continued_from_record(prior)
             write_json(folder / artifacts.TRAIN_INFO, info)
         if info.get("finished") is None:
             canceller = CancelOnSignal()

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from cifar_dash import analysis, artifacts, data, figures, jobs, predict, results, runs, runtime, stages
+from cifar_dash import analysis, artifacts, data, figures, jobs, predict, results, runs, runtime, stages, testimages
 
 
 def _stamp(key: str) -> tuple:
@@ -152,17 +152,24 @@ def stage_model(key: str):
 
 
 @st.cache_resource(show_spinner="Loading CIFAR-10 test images...")
-def _test_set(source: str | None):
-    try:
-        d = data.load(source)
-        return d.x_test, d.y_test, None
-    except data.DataError as e:
-        return None, None, str(e)
+def _test_set(source: str | None, assets: str) -> testimages.TestImages:
+    return testimages.load(source)
 
 
-def test_set():
-    """(x_test, y_test, error). Galleries need the images; predictions alone come from the stored files."""
-    return _test_set(os.environ.get(data.ENV_VAR))
+def test_set() -> testimages.TestImages:
+    """The test images galleries show: every one from CIFAR10_PATH, else the sample shipped in the repository.
+    Predictions alone come from the stored files."""
+    return _test_set(os.environ.get(data.ENV_VAR), str(testimages.assets_dir()))
+
+
+def test_images_note(t: testimages.TestImages) -> None:
+    if t.error:
+        st.warning("Test images: " + md_escape(t.error))
+    if t.source == "sample":
+        st.caption(
+            f"Test images from the sample shipped with the app ({t.n_available:,} of 10,000, the ones the pages "
+            "show first); set CIFAR10_PATH to a CIFAR-10 copy to see every one."
+        )
 
 
 _MD_SPECIAL = set("\\`*_{}[]()#+-.!|<>~$:")
@@ -178,21 +185,35 @@ def upscale(img: np.ndarray, factor: int = 3) -> np.ndarray:
 
 
 def gallery(indices, captions, columns: int = 8, empty: str = "No images."):
-    x_test, _, err = test_set()
-    if err:
-        st.warning("Test images unavailable: " + md_escape(err))
+    t = test_set()
+    if t.x is None:
+        st.warning("Test images unavailable: " + md_escape(t.error))
         return
     indices = list(indices)
     if not indices:
         st.caption(empty)
         return
-    keep = [k for k, i in enumerate(indices) if 0 <= i < len(x_test)]
-    if len(keep) < len(indices):
+    evaluated_on = {(r.metrics or {}).get("test_data_fingerprint") for r in trained_results()} - {None}
+    if t.source == "sample" and t.fingerprint and evaluated_on and t.fingerprint not in evaluated_on:
         st.warning(
-            f"{len(indices) - len(keep)} of these test images are not in the loaded data set "
-            f"({len(x_test):,} test images); is CIFAR10_PATH the data the stages were evaluated on?"
+            "The test-image sample shipped with the app is of the official CIFAR-10 test set, and these checkpoints "
+            "were evaluated on other data: set CIFAR10_PATH to the data they were evaluated on."
         )
+        return
+    keep = t.have(indices)
+    if len(keep) < len(indices):
+        if t.source == "sample":
+            st.caption(
+                f"{len(keep)} of these {len(indices)} images are in the sample shipped with the app; set "
+                "CIFAR10_PATH to a CIFAR-10 copy to see them all."
+            )
+        else:
+            st.warning(
+                f"{len(indices) - len(keep)} of these test images are not in the loaded data set "
+                f"({len(t.x):,} test images); is CIFAR10_PATH the data the stages were evaluated on?"
+            )
         indices, captions = [indices[k] for k in keep], [captions[k] for k in keep]
+    x_test = t.x
     for start in range(0, len(indices), columns):
         cols = st.columns(columns)
         for col, i, cap in zip(cols, indices[start : start + columns], captions[start : start + columns]):

@@ -170,14 +170,18 @@ if len(shown):
         key="explain_on",
         help="Loads each trained stage's model (the first time, about a minute for all nine on a 2-core CPU).",
     ):
-        x_test, _, err = _shared.test_set()
-        if err:
-            st.warning(_shared.md_escape(err))
+        t = _shared.test_set()
+        choices = [int(preds.indices[j]) for j in shown]
+        choices = [choices[k] for k in t.have(choices)]
+        if t.x is None:
+            st.warning(_shared.md_escape(t.error))
+        elif not choices:
+            st.caption("None of this cell's images is in the shipped sample; set CIFAR10_PATH to see them.")
         else:
-            pick = st.selectbox("Test image", [int(preds.indices[j]) for j in shown], key="explain_pick")
+            pick = st.selectbox("Test image", choices, key="explain_pick")
             method = _shared.saliency_method("explorer_saliency_method")
-            keys = [t.stage.key for t in _shared.trained_results()]
-            _shared.saliency_row(x_test[pick], keys, method=method)
+            keys = [r.stage.key for r in _shared.trained_results()]
+            _shared.saliency_row(t.x[pick], keys, method=method)
             st.caption("Red = the region the stage's answer depends on most; each map is scaled to its own peak.")
 
 c1, c2 = st.columns(2)

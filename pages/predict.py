@@ -29,11 +29,14 @@ files = st.file_uploader(
 c1, c2 = st.columns([1, 3])
 n_random = c1.number_input("Random test images", 1, 32, 4, key="n_random")
 if c2.button("Draw random test images", key="draw"):
-    x_test, _, err = _shared.test_set()
-    if err:
-        st.warning("Test images unavailable: " + _shared.md_escape(err))
+    t = _shared.test_set()
+    if t.x is None:
+        st.warning("Test images unavailable: " + _shared.md_escape(t.error))
     else:
-        st.session_state["drawn"] = np.random.default_rng().choice(len(x_test), int(n_random), replace=False).tolist()
+        pool = np.flatnonzero(t.available)  # every test image, or the shipped sample's
+        n = min(int(n_random), len(pool))
+        st.session_state["drawn"] = np.random.default_rng().choice(pool, n, replace=False).tolist()
+        _shared.test_images_note(t)
 if st.session_state.get("drawn") and st.button("Clear test images", key="clear_drawn"):
     st.session_state["drawn"] = []
 
@@ -49,10 +52,11 @@ items = []
 for f in files or []:
     data = f.getvalue()
     items.append(_decode(f.name, hashlib.sha256(data).hexdigest(), data))
-x_test, y_test, _ = _shared.test_set()
-for i in st.session_state.get("drawn", []):
-    if x_test is not None and i < len(x_test):
-        items.append((f"test image {i}", x_test[i], None, int(y_test[i])))
+drawn = st.session_state.get("drawn", [])
+t = _shared.test_set() if drawn else None
+for i in drawn:
+    if t.x is not None and i < len(t.x) and t.available[i]:
+        items.append((f"test image {i}", t.x[i], None, int(t.y[i])))
 items = [(it.name, it.model_input, it.preview, None) if isinstance(it, images.Decoded) else it for it in items]
 good = [it for it in items if not isinstance(it, images.ImageError)]
 for it in items:

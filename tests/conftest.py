@@ -50,7 +50,6 @@ def train_and_publish(key, out_dir, **kwargs):
 @pytest.fixture(scope="session")
 def trained_root(tmp_path_factory, cifar_npz):
     """Fixture checkpoints made in the test session: mlp, deep_mlp and cnn trained briefly on synthetic data."""
-    from cifar_dash import train
 
     root = tmp_path_factory.mktemp("checkpoints")
     old = os.environ.get("CIFAR_DASH_CACHE")

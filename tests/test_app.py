@@ -165,13 +165,15 @@ def test_predict_draws_test_images_one_prediction_per_stage(app_env):
 
 
 def test_training_page_and_sidebar_render(app_env):
-    from cifar_dash import artifacts
+    from cifar_dash import runs
     from tests.test_train import _fake_live_run
 
     at = _app()
     assert at.button(key="train_start").label == "Start training"
     assert at.selectbox(key="train_stage").value == "mlp"
-    proc = _fake_live_run(artifacts.work_dir("cnn", artifacts.stage_dir("cnn")))  # a run started in a terminal
+    assert any("never replaces the published model" in c.value for c in at.caption)
+    folder = runs.runs_root("cnn") / "20260101-000000-abcd"
+    proc = _fake_live_run(folder)  # a run started in a terminal
     try:
         at.switch_page("pages/training.py").run()
         assert not at.exception
@@ -194,6 +196,7 @@ def test_training_page_and_sidebar_render(app_env):
     finally:
         proc.kill()
         proc.wait()
+        shutil.rmtree(folder.parent)
 
 
 def test_journey_states_each_seed_claim_with_a_verdict(app_env):
@@ -299,7 +302,7 @@ def test_sidebar_offers_to_continue_the_published_run(app_env, monkeypatch):
     at.button(key="train_start").click().run()
     assert not at.exception
     key, kw = calls[-1]
-    assert key == "mlp" and kw["epochs"] == 5 and kw["continue_from"] == app_env / "mlp"
+    assert key == "mlp" and kw["epochs"] == 5 and kw["continue_from"] == "published"
     # a one-cycle recipe cannot be extended, so no offer (vgg_aug is untrained here anyway)
     at.selectbox(key="train_stage").set_value("vgg_aug").run()
     assert not [c for c in at.checkbox if c.key == "train_continue"]
@@ -333,23 +336,21 @@ def test_a_cancelled_job_card_offers_resume(app_env, monkeypatch):
         {"pid": 123, "started": 0, "cmd": []},
         {"updated": 0},
         [],
-        "cancelled on request; the epoch so far is saved (resume with --resume)",
+        "cancelled on request; the run keeps its last backup and can be resumed",
     )
     monkeypatch.setattr(jobs, "all_status", lambda: {"cnn": cancelled})
-    saved = {
-        "epochs_done": 3,
-        "epochs": 15,
-        "partial": {"epoch": 3, "step": 120, "seconds": 40.0},
-        "train_seconds": 200.0,
-        "pid": 123,
-    }
+    saved = {"run_id": "20260101-000000-abcd", "epochs_done": 3, "epochs": 15, "note": None}
     monkeypatch.setattr(jobs, "resumable", lambda stage: saved if stage == "cnn" else None)
     calls = []
     monkeypatch.setattr(jobs, "resume", lambda stage: calls.append(stage) or {})
     at = _app()
-    assert any(
-        "Saved: 3 of 15 epochs done, epoch 4 saved at step 120 (4.0 min of training)" in c.value for c in at.caption
-    ), [c.value for c in at.caption]
+    assert any("Run 20260101-000000-abcd: 3 of 15 epochs logged." in c.value for c in at.caption), [
+        c.value for c in at.caption
+    ]
+    notice = [i.value for i in at.info if "Cancelled on request" in i.value]
+    assert [_plain(n) for n in notice] == [
+        "Cancelled on request; the run keeps its last backup and can be resumed; the published model is untouched."
+    ]
     at.button(key="resume_cnn").click().run()
     assert not at.exception and calls == ["cnn"]
 
@@ -524,7 +525,7 @@ def test_a_missing_model_and_a_stale_stage_are_said_plainly(trained_root, cifar_
     assert [w for w in at.warning if "retrained but not evaluated" in _plain(w.value)]
 
 
-def test_every_page_renders_offline_without_a_data_path(trained_root, tmp_path, monkeypatch):
+def _offline(monkeypatch):
     import keras
 
     def no_network():
@@ -532,14 +533,60 @@ def test_every_page_renders_offline_without_a_data_path(trained_root, tmp_path, 
 
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", no_network)
     monkeypatch.delenv("CIFAR10_PATH", raising=False)
-    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(trained_root))
+
+
+def test_every_page_shows_test_images_offline_from_a_fresh_clone(tmp_path, monkeypatch):
+    """README's command on a machine without internet: no CIFAR10_PATH, the download fails. The shipped checkpoints
+    and the shipped test-image sample fill every gallery."""
+    _offline(monkeypatch)
+    monkeypatch.delenv("CIFAR_DASH_CHECKPOINTS", raising=False)
+    at = _app()
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        assert not [w for w in at.warning if "unavailable" in w.value], page
+    at.switch_page("pages/explorer.py").run()
+    images = at.get("image")
+    assert len(images) >= 24, len(images)  # the cell's gallery and the most confident mistakes
+    assert any("sample shipped with the app" in c.value for c in at.caption)
+    at.switch_page("pages/compare.py").run()
+    assert len(at.get("image")) >= 16
+
+
+def test_a_damaged_test_image_sample_is_refused(tmp_path, monkeypatch):
+    from cifar_dash import testimages
+
+    _offline(monkeypatch)
+    folder = tmp_path / "assets"
+    shutil.copytree(testimages.assets_dir(), folder)
+    raw = bytearray((folder / testimages.SAMPLE).read_bytes())
+    raw[-100] ^= 0xFF
+    (folder / testimages.SAMPLE).write_bytes(bytes(raw))
+    t = testimages.load_sample(folder)
+    assert t.x is None and "does not match the sha256" in t.error
+    good = testimages.load_sample()
+    assert (
+        good.source == "sample"
+        and good.n_available == json.loads((testimages.assets_dir() / testimages.SAMPLE_INFO).read_text())["n_images"]
+    )
+    monkeypatch.setenv("CIFAR_DASH_ASSETS", str(folder))
+    monkeypatch.delenv("CIFAR_DASH_CHECKPOINTS", raising=False)
+    at = _app()
+    at.switch_page("pages/explorer.py").run()
+    assert not at.exception
+    assert [w for w in at.warning if "Test images unavailable" in _plain(w.value) and "sha256" in _plain(w.value)]
+
+
+def test_the_sample_is_not_shown_for_checkpoints_of_other_data(trained_root, monkeypatch):
+    _offline(monkeypatch)
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(trained_root))  # evaluated on synthetic test images
     at = _app()
     for page in PAGES:
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)
     at.switch_page("pages/explorer.py").run()
-    assert [w for w in at.warning if "Test images unavailable" in _plain(w.value) and "CIFAR10_PATH" in _plain(w.value)]
-    assert at.get("plotly_chart")  # the charts come from stored artifacts
+    assert [w for w in at.warning if "evaluated on other data" in _plain(w.value)]
+    assert not at.get("image") and at.get("plotly_chart")  # the charts come from stored artifacts
 
 
 def test_journey_train_now_starts_the_missing_stage(app_env, monkeypatch):
@@ -630,3 +677,84 @@ def test_the_sidebar_form_survives_a_reload(app_env):
     assert not fresh.exception
     assert fresh.selectbox(key="train_stage").value == "cnn"
     assert fresh.number_input(key="train_epochs").value == 3 and fresh.number_input(key="train_limit").value == 500
+
+
+@pytest.fixture
+def runs_env(trained_root, cifar_npz, tmp_path, monkeypatch):
+    """A copy of the fixture checkpoints where mlp has a second finished run beside the published one."""
+    from cifar_dash import train
+
+    root = tmp_path / "ck"
+    shutil.copytree(trained_root, root)
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    new = train.train("mlp", epochs=1, limit=400, data_path=cifar_npz, out_dir=root / "mlp")
+    return root, new.name
+
+
+def _training_page():
+    at = _app()
+    at.switch_page("pages/training.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_training_page_lists_and_compares_runs(runs_env):
+    root, new = runs_env
+    published = json.loads((root / "mlp" / "train_info.json").read_text())["run_id"]
+    at = _training_page()
+    table = at.dataframe[1].value
+    assert list(table["run"]) == [published, new] and list(table["published"]) == ["yes", ""]
+    assert list(table["state"]) == ["finished", "finished"] and list(table["epochs"]) == ["3", "1"]
+    assert at.selectbox(key="cmp_run_a_mlp").value == published and at.selectbox(key="cmp_run_b_mlp").value == new
+    metrics = {m.label: m for m in at.metric}
+    new_acc = json.loads((root / "mlp" / "runs" / new / "metrics.json").read_text())["test_accuracy"]
+    old_acc = json.loads((root / "mlp" / "metrics.json").read_text())["test_accuracy"]
+    assert metrics["Run B test accuracy"].value == f"{100 * new_acc:.2f}%"
+    assert metrics["Run B test accuracy"].delta == f"{100 * (new_acc - old_acc):+.2f} points"
+    assert metrics["Epochs (A / B)"].value == "3 / 1"
+    charts = _charts(at)
+    assert [d["name"] for d in charts[-1]["data"]] == [f"A {published} (validation)", f"B {new} (validation)"]
+    assert len(_arr(charts[-2]["data"][0]["y"])) == 10  # the per-class change
+
+
+def test_promote_asks_for_confirmation_and_can_be_undone(runs_env):
+    root, new = runs_env
+    before = (root / "mlp" / "model.keras").read_bytes()
+    published = json.loads((root / "mlp" / "train_info.json").read_text())["run_id"]
+    at = _training_page()
+    at.button(key="promote_ask").click().run()
+    assert (root / "mlp" / "model.keras").read_bytes() == before  # nothing happens before the confirmation
+    labels = [m.label for m in at.metric]
+    assert f"Published now: {published}" in labels and f"Would become: {new}" in labels
+    at.button(key="promote_cancel").click().run()
+    assert not [b for b in at.button if b.key == "promote_confirm"]
+    at.button(key="promote_ask").click().run()
+    at.button(key="promote_confirm").click().run()
+    assert not at.exception
+    assert (root / "mlp" / "model.keras").read_bytes() == (root / "mlp" / "runs" / new / "model.keras").read_bytes()
+    assert any(f"{published} is kept as a run" in s.value for s in at.success)
+    at.selectbox(key="promote_pick_mlp").set_value(published).run()  # undo: promote the old one back
+    at.button(key="promote_ask").click().run()
+    at.button(key="promote_confirm").click().run()
+    assert (root / "mlp" / "model.keras").read_bytes() == before
+
+
+def test_a_run_can_be_deleted_but_never_the_published_one(runs_env):
+    root, new = runs_env
+    at = _training_page()
+    assert at.selectbox(key="delete_pick_mlp").options == [new]  # the published run is not offered
+    at.button(key="delete_ask").click().run()
+    assert (root / "mlp" / "runs" / new).exists() and any("cannot be undone" in w.value for w in at.warning)
+    at.button(key="delete_confirm").click().run()
+    assert not at.exception and not (root / "mlp" / "runs" / new).exists()
+
+
+def test_the_explorer_lists_the_stages_runs(runs_env):
+    root, new = runs_env
+    at = _app()
+    at.switch_page("pages/explorer.py").run()
+    at.selectbox(key="explorer_stage").set_value("mlp").run()
+    assert not at.exception
+    assert any(e.label == "Runs of this stage: 2 (1 besides the published one)" for e in at.expander)
+    assert any(list(df.value.get("run", []))[-1:] == [new] for df in at.dataframe)

@@ -191,8 +191,17 @@ def test_sidebar_retrain_runs_to_the_end(page, server):
     side.get_by_role("spinbutton", name="Limit images (0 = all 50,000)").press("Enter")
     page.wait_for_timeout(500)
     side.get_by_role("button", name="Start training").click()
-    side.get_by_text("Finished").wait_for(timeout=180_000)
-    assert "measured" in side.get_by_text("Finished").inner_text()
+    done = side.get_by_test_id("stAlertContentSuccess").filter(has_text=re.compile(r"^Run \d{8}-\d{6}-\w{4} finished"))
+    done.wait_for(timeout=180_000)
+    assert "the published model is unchanged" in done.inner_text() and "(published: " in done.inner_text()
+    run_id = done.inner_text().split()[1]
+    # the run is kept beside the published model: compare it, then promote it after the confirmation
+    side.get_by_role("link", name="Compare or promote it").click()
+    page.get_by_role("heading", name="Training jobs and runs").wait_for()
+    page.get_by_role("button", name="Promote…").click()
+    page.get_by_text(f"Would become: {run_id}").wait_for()
+    page.get_by_role("button", name="Confirm promotion").click()
+    page.get_by_text(re.compile(f"^Published run {run_id}")).wait_for()
     _no_exception(page)
     _ = io
 

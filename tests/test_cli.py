@@ -180,7 +180,7 @@ def test_bad_numbers_are_refused_by_the_parser(tmp_path, capsys):
         (("train", "mlp", "--limit", "-5"), "must be 1 or more"),
         (("train", "mlp", "--limit", "0"), "must be 1 or more"),
         (("train", "mlp", "--epochs", "0"), "epochs must be positive"),
-        (("train", "mlp", "--save-every", "-1"), "must be 0 (epoch ends only) or more"),
+        (("train", "mlp", "--save-every", "-1"), "must be 1 or more"),
         (("train", "mlp", "--seed", "x"), "is not a whole number"),
         (("evaluate", "mlp", "--limit", "-1"), "must be 1 or more"),
         (("robustness", "mlp", "--limit", "-1"), "must be 0 or more"),

@@ -1,0 +1,86 @@
+"""The training batches: shuffled, optionally augmented in NumPy and MixUp-blended, the same for a resumed run as
+for an uninterrupted one."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from .data import NUM_CLASSES
+
+
+class Batches(keras.utils.PyDataset):
+    """Shuffled mini-batches of raw images and one-hot (optionally MixUp-blended) labels, optionally augmented here
+    in NumPy (``augment``: "flip_alternate", "crop:N"; see stages.Recipe.loader_augmentation). Every random choice
+    comes from (seed, epoch, batch), so a resumed run sees the same batches as an uninterrupted one."""
+
+    def __init__(self, x, y, batch_size, mixup_alpha=0.0, seed=0, augment=()):
+        super().__init__()
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.mixup_alpha = mixup_alpha
+        self.seed = seed
+        self.flip = self.pad = None
+        for spec in augment:
+            kind, _, arg = spec.partition(":")
+            if kind == "flip_alternate":
+                self.flip = np.random.default_rng((seed, 7)).random(len(x)) < 0.5  # the first epoch's flips
+            elif kind == "crop":
+                self.pad = int(arg)
+            else:
+                raise ValueError(f"unknown loader augmentation {spec!r}")
+        if self.pad:  # padded once, cropped per batch
+            p = self.pad
+            self.x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+        self.set_epoch(0)
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self._order = np.random.default_rng((self.seed, epoch)).permutation(len(self.x))
+
+    def on_epoch_end(self):
+        pass  # Keras also calls this before the first epoch; EpochOrder sets the epoch from fit's own count
+
+    def _augmented(self, idx, i):
+        if self.pad:
+            p, n = self.pad, len(idx)
+            rng = np.random.default_rng((self.seed, self.epoch, i, 2))
+            dy, dx = rng.integers(0, 2 * p + 1, size=(2, n))
+            rows = dy[:, None] + np.arange(self.x.shape[1] - 2 * p)
+            cols = dx[:, None] + np.arange(self.x.shape[2] - 2 * p)
+            xb = self.x[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+        else:
+            xb = self.x[idx]
+        if self.flip is not None:
+            flip = self.flip[idx] ^ bool(self.epoch % 2)
+            xb = np.where(flip[:, None, None, None], xb[:, :, ::-1], xb)
+        return xb
+
+    def __getitem__(self, i):
+        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
+        xb = self._augmented(idx, i).astype("float32")
+        yb = np.eye(NUM_CLASSES, dtype="float32")[self.y[idx]]
+        if self.mixup_alpha > 0:
+            rng = np.random.default_rng((self.seed, self.epoch, i, 1))
+            lam = rng.beta(self.mixup_alpha, self.mixup_alpha, size=(len(idx), 1)).astype("float32")
+            perm = rng.permutation(len(idx))
+            xb = lam[:, :, None, None] * xb + (1 - lam[:, :, None, None]) * xb[perm]
+            yb = lam * yb + (1 - lam) * yb[perm]
+        return xb, yb
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Each epoch's batches come from fit's epoch number (Batches.set_epoch), so a run resumed at epoch or step k
+    sees the batches an uninterrupted run saw. fit must not shuffle the batches itself (shuffle=False)."""
+
+    def __init__(self, batches: Batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
