@@ -49,6 +49,7 @@ def _train(args):
         continue_from=args.continue_from,
         save_every=args.save_every,
         run_id=args.run_id,
+        devices=args.devices,
     )
     print(f"run folder {out}")
     return 0
@@ -268,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STEPS",
         help="BackupAndRestore every STEPS steps as well as at epoch ends (default: epoch ends; every 100 steps "
         "when an epoch has over 200)",
+    )
+    t.add_argument(
+        "--devices",
+        metavar="all|N|I,J",
+        help="train on several devices (Keras DataParallel under JAX, MirroredStrategy under TensorFlow): 'all', "
+        "the first N, or device numbers; default: every GPU when there are several, else one device",
     )
     t.add_argument("--run-id", help=argparse.SUPPRESS)  # the dashboard names its job's run before it starts
     t.add_argument("--no-evaluate", action="store_true", help="train without evaluating (resume evaluates later)")

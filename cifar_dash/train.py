@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import artifacts, models, runs, runtime, stages
+from . import artifacts, distribute, models, runs, runtime, stages
 from . import data as data_mod
 from . import evaluate as evaluate_mod
 from .artifacts import write_json
@@ -295,6 +295,7 @@ def train(
     continue_from=None,
     save_every: int | str | None = None,
     run_id: str | None = None,
+    devices: str | None = None,
     stream=sys.stderr,
 ) -> Path:
     """Train ``stage_key`` into a new run folder ``OUT/runs/RUN_ID/`` (OUT: ``out_dir``, default checkpoints/STAGE)
@@ -305,7 +306,9 @@ def train(
     own (ablations); ``epochs``, ``backbone`` and ``seed`` still apply on top. ``continue_from``: "published", a
     run id or a folder holding a finished run of the same recipe with fewer epochs; the new run starts from its
     weights and history and adds the missing epochs with a fresh optimizer at the rate its history reached.
-    ``save_every``: BackupAndRestore's frequency, "epoch" or a number of steps (default: default_save_every)."""
+    ``save_every``: BackupAndRestore's frequency, "epoch" or a number of steps (default: default_save_every).
+    ``devices``: distribute.parse's setting ("all", a count, "0,1"; default: every accelerator when there are
+    several); the batch is split across them by Keras (DataParallel under JAX, MirroredStrategy under TensorFlow)."""
     stage = stages.get(stage_key)
     out = Path(out_dir) if out_dir else artifacts.stage_dir(stage.key)
     root = runs.runs_root(stage.key, where=out)
@@ -319,16 +322,19 @@ def train(
         backbone_weights = request.get("backbone_weights_path")
         data_path = data_path or request.get("data_path")
         continue_from = request.get("continue_from")
+        devices = devices or request.get("devices")
         print(f"resuming {stage.key} run {folder.name}", file=stream)
     else:
         recipe = stages.recipe_for(dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed)
         if mixed_precision and not recipe.mixed_precision:
             recipe = dataclasses.replace(recipe, mixed_precision=True)
+        distribute.plan(devices, recipe.batch_size)  # a bad device setting fails before the run has a folder
         folder = root / (run_id or runs.new_run_id())
         if folder.exists():
             raise ValueError(f"run {folder.name} already exists in {root}")
         folder.mkdir(parents=True)
         info = None
+    placement = distribute.plan(devices, recipe.batch_size)
     progress_payload = {"stage": stage.key, "run_id": folder.name, "pid": os.getpid()}
 
     def say(state, **extra):
@@ -376,7 +382,9 @@ def train(
                 "started": time.time(),
                 "finished": None,
                 "train_runtime": runtime.info(),
+                "devices": placement.describe(),
                 "request": {
+                    "devices": devices,
                     "limit": limit,
                     "evaluate": evaluate,
                     "data_path": str(data_path) if data_path else None,
@@ -389,7 +397,10 @@ def train(
             write_json(folder / artifacts.TRAIN_INFO, info)
         if info.get("finished") is None:
             canceller = CancelOnSignal()
-            model = _fit(stage, recipe, info, folder, prior, (x_tr, y_tr), (x_val, y_val), save_every, canceller, stream)
+            if placement.devices:
+                print(f"training on {len(placement.devices)} devices: {', '.join(placement.devices)}", file=stream)
+            with placement.scope():
+                model = _fit(stage, recipe, info, folder, prior, (x_tr, y_tr), (x_val, y_val), save_every, canceller, stream)
             _finish(stage, recipe, info, folder, model, prior, x_tr)
         if evaluate:
             say("evaluating", epoch=recipe.epochs, epochs=recipe.epochs)

@@ -742,7 +742,18 @@ def test_promote_asks_for_confirmation_and_can_be_undone(runs_env):
 
 def test_a_run_can_be_deleted_but_never_the_published_one(runs_env):
     root, new = runs_env
+    damaged = root / "mlp" / "runs" / "20260101-000000-beef"
+    shutil.copytree(root / "mlp" / "runs" / new, damaged)
+    (damaged / "train_info.json").write_text('{"run_id": "20260101-000000-beef", "finished": 1, "started": 0}')
+    (damaged / "model.keras").write_bytes(b"edited by hand")
     at = _training_page()
+    table = at.dataframe[1].value
+    row = table[table["run"] == damaged.name].iloc[0]
+    assert row["state"] == "damaged" and row["note"]  # listed with its reason, the page intact
+    at.selectbox(key="delete_pick_mlp").set_value(damaged.name).run()
+    at.button(key="delete_ask").click().run()
+    at.button(key="delete_confirm").click().run()
+    assert not damaged.exists()
     assert at.selectbox(key="delete_pick_mlp").options == [new]  # the published run is not offered
     at.button(key="delete_ask").click().run()
     assert (root / "mlp" / "runs" / new).exists() and any("cannot be undone" in w.value for w in at.warning)

@@ -133,13 +133,13 @@ def test_resume_after_kill_minus_9_through_backup_and_restore(cifar_npz, tmp_pat
     epoch once and the finished run's history has every epoch."""
     out = tmp_path / "mlp"
     env = {**ENV, "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.Popen(_cli(out, cifar_npz, 40), env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli(out, cifar_npz, 20), env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     assert _wait_for(lambda: (out / "runs").exists() and len(runs.read_log(_only_run(out))) >= 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     folder = _only_run(out)
     run = runs.read_run("mlp", folder)
-    assert run.state == "interrupted" and run.resumable and 2 <= run.epochs_done < 40
+    assert run.state == "interrupted" and run.resumable and 2 <= run.epochs_done < 20
     assert (folder / "backup" / "phase-0").is_dir() and not (out / "model.keras").exists()
     r = subprocess.run(
         [sys.executable, "-m", "cifar_dash", "train", "mlp", "--out", str(out), "--resume"],
@@ -148,7 +148,7 @@ def test_resume_after_kill_minus_9_through_backup_and_restore(cifar_npz, tmp_pat
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resuming mlp run {folder.name}" in r.stderr  # the settings come from the run's own record
     hist = json.loads((folder / "history.json").read_text())["epochs"]
-    assert [h["epoch"] for h in hist] == list(range(1, 41))
+    assert [h["epoch"] for h in hist] == list(range(1, 21))
     assert runs.read_run("mlp", folder).state == "finished" and not (folder / "backup").exists()
 
 
@@ -269,6 +269,7 @@ def test_resuming_a_live_run_is_refused_and_two_runs_of_a_stage_may_train_at_onc
     assert runs.read_run("mlp", folder).state == "damaged"  # its process is gone and it never wrote a record
 
 
+@pytest.mark.slow  # tests/test_distribute.py trains under JAX in the default run
 def test_one_step_under_jax(cifar_npz, tmp_path):
     pytest.importorskip("jax")
     out = tmp_path / "cnn"

@@ -1,0 +1,154 @@
+"""Training throughput of every stage on the current device and backend, against its plain reference architecture
+and through the whole input pipeline: prints figures, asserts nothing.
+
+    python benchmarks/bench_accelerator.py [--stages ...] [--precision float32|mixed_bfloat16] [--steps 5]
+                                           [--devices all|N] [--json]
+
+Per stage, each in a fresh process (the Keras dtype policy is global), at the recipe's batch size after two
+warm-up steps, on random images (ResNet stages with the ResNet50 backbone, which needs no download):
+- model step: the stage's model (random weights, recipe's optimizer and loss), ``train_on_batch`` on one batch;
+- reference: the plain architecture with the same backbone, input size, batch and policy: for transfer stages
+  ``Resizing`` + ``keras.applications.<backbone>(weights=None)`` + ``Dense(10)``; for the others the stage's own
+  network without its in-model augmentation;
+- pipeline: ``fit`` for ``--steps`` batches (at least about 3 s of them) through the training loader (``batches.Batches``: shuffling, the
+  recipe's loader augmentation and MixUp), the way ``train`` feeds the model.
+With --json the rows go to benchmarks/results/accelerator-<device>-<backend>.json with the machine and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _timed_steps(fn, steps: int) -> float:
+    for _ in range(2):
+        fn()
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return time.perf_counter() - t
+
+
+def reference_model(stage, recipe):
+    import dataclasses
+
+    import keras
+
+    from cifar_dash import stages
+
+    if not recipe.backbone:
+        return stages.build(stage, dataclasses.replace(recipe, augmentation=()), backbone_weights=None)
+    side = recipe.backbone_input
+    app = {
+        "mobilenetv2": keras.applications.MobileNetV2,
+        "resnet50": keras.applications.ResNet50,
+        "resnet50v2": keras.applications.ResNet50V2,
+    }[recipe.backbone]
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Resizing(side, side)(inp)
+    x = app(include_top=False, weights=None, input_shape=(side, side, 3), pooling="avg")(x)
+    out = keras.layers.Dense(10, activation="softmax", dtype="float32")(x)
+    return keras.Model(inp, out, name=f"{recipe.backbone}_reference")
+
+
+def one(stage_key: str, policy: str, steps: int, devices: str | None) -> dict:
+    import keras
+    import numpy as np
+
+    from cifar_dash import batches, distribute, runtime, stages, train
+
+    keras.mixed_precision.set_global_policy(policy)
+    stage = stages.get(stage_key)
+    recipe = stages.recipe_for(stage, backbone="resnet50" if "resnet50" in stage.backbone_options else None)
+    placement = distribute.plan(devices, recipe.batch_size)
+    b = recipe.batch_size
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(b, 32, 32, 3)).astype("float32")
+    y = np.eye(10, dtype="float32")[rng.integers(0, 10, b)]
+    with placement.scope():
+        model = stages.build(stage, recipe, backbone_weights=None)
+        train.compile_for_phase(model, recipe, recipe.phases[-1], steps_per_epoch=100)
+        model_ips = steps * b / _timed_steps(lambda: model.train_on_batch(x, y), steps)
+
+        ref = reference_model(stage, recipe)
+        ref.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy", jit_compile="auto")
+        reference_ips = steps * b / _timed_steps(lambda: ref.train_on_batch(x, y), steps)
+
+        # at least about 3 s of model steps, so fit's per-epoch set-up does not dominate fast stages
+        fed = max(steps, int(3 * model_ips / b))
+        n = b * (fed + 2)
+        xs = rng.integers(0, 256, size=(n, 32, 32, 3)).astype("uint8")
+        ys = rng.integers(0, 10, size=n).astype("uint8")
+        feed = batches.Batches(xs, ys, b, recipe.mixup_alpha, 0, recipe.loader_augmentation)
+        model.fit(feed, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)  # warm-up: compiled already
+        t = time.perf_counter()
+        model.fit(feed, epochs=1, steps_per_epoch=fed, verbose=0, shuffle=False)
+        pipeline_ips = fed * b / (time.perf_counter() - t)
+    info = runtime.info()
+    return {
+        "stage": stage_key,
+        "device": info["gpu"] or info["machine"],
+        "backend": info["backend"],
+        "precision": policy,
+        "batch_size": b,
+        "devices": len(placement.devices or [None]),
+        "model_ips": round(model_ips, 1),
+        "reference_ips": round(reference_ips, 1),
+        "pipeline_ips": round(pipeline_ips, 1),
+    }
+
+
+def main(argv=None):
+    from cifar_dash import stages
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stages", nargs="+", default=list(stages.KEYS))
+    ap.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--devices")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(one(args.child[0], args.precision, args.steps, args.devices)))
+        return
+    from cifar_dash import runtime
+
+    info = runtime.info()
+    print(f"{info['machine']}, Keras {info['versions']['keras']} ({info['backend']}), {args.precision}", flush=True)
+    rows = []
+    for key in args.stages:
+        cmd = [sys.executable, __file__, "--steps", str(args.steps), "--precision", args.precision, "--child", key]
+        if args.devices:
+            cmd += ["--devices", args.devices]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(
+            f"{key:20s} batch {row['batch_size']:5d}: model step {row['model_ips']:9.1f} images/s, reference "
+            f"{row['reference_ips']:9.1f} (ratio {row['model_ips'] / row['reference_ips']:.2f}), pipeline "
+            f"{row['pipeline_ips']:9.1f} ({row['pipeline_ips'] / row['model_ips']:.2f} of the model step)",
+            flush=True,
+        )
+    if args.json:
+        device = (info["gpu"] or info["cpu"] or "cpu").lower().replace(" ", "-")
+        out = ROOT / "benchmarks" / "results" / f"accelerator-{device}-{info['backend']}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        machine = {k: info[k] for k in ("machine", "cpu", "cpu_isa", "cpu_count", "gpu", "platform")}
+        doc = {"machine": machine, "versions": info["versions"], "date": time.strftime("%Y-%m-%d"), "rows": rows}
+        out.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
