@@ -10,8 +10,8 @@ warm-up steps, on random images (ResNet stages with the ResNet50 backbone, which
 - reference: the plain architecture with the same backbone, input size, batch and policy: for transfer stages
   ``Resizing`` + ``keras.applications.<backbone>(weights=None)`` + ``Dense(10)``; for the others the stage's own
   network without its in-model augmentation;
-- pipeline: ``fit`` for ``--steps`` batches (at least about 3 s of them) through the training loader (``batches.Batches``: shuffling, the
-  recipe's loader augmentation and MixUp), the way ``train`` feeds the model.
+- pipeline: ``fit`` for ``--steps`` batches (at least about 3 s of them) through the training loader
+  (``batches.Batches``: shuffling, the recipe's loader augmentation and MixUp), the way ``train`` feeds the model.
 With --json the rows go to benchmarks/results/accelerator-<device>-<backend>.json with the machine and versions.
 """
 
@@ -40,11 +40,13 @@ def _timed_steps(fn, steps: int) -> float:
 
 
 def reference_model(stage, recipe):
+    """The plain architecture: Keras' application (random weights) behind Resizing, trained where the recipe's
+    last phase trains (a frozen backbone stays frozen), or the stage's network without in-model augmentation."""
     import dataclasses
 
     import keras
 
-    from cifar_dash import stages
+    from cifar_dash import models, stages
 
     if not recipe.backbone:
         return stages.build(stage, dataclasses.replace(recipe, augmentation=()), backbone_weights=None)
@@ -56,9 +58,12 @@ def reference_model(stage, recipe):
     }[recipe.backbone]
     inp = keras.Input((32, 32, 3))
     x = keras.layers.Resizing(side, side)(inp)
-    x = app(include_top=False, weights=None, input_shape=(side, side, 3), pooling="avg")(x)
-    out = keras.layers.Dense(10, activation="softmax", dtype="float32")(x)
-    return keras.Model(inp, out, name=f"{recipe.backbone}_reference")
+    base = app(include_top=False, weights=None, input_shape=(side, side, 3), pooling="avg")
+    base.name = "backbone"
+    out = keras.layers.Dense(10, activation="softmax", dtype="float32")(base(x))
+    ref = keras.Model(inp, out, name=f"{recipe.backbone}_reference")
+    models.set_trainable(ref, recipe.phases[-1].trainable, bn_trainable=recipe.backbone_bn_training)
+    return ref
 
 
 def one(stage_key: str, policy: str, steps: int, devices: str | None) -> dict:
@@ -117,6 +122,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--devices")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", type=Path, help="with --json: write here instead of benchmarks/results/")
     ap.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -142,7 +148,7 @@ def main(argv=None):
         )
     if args.json:
         device = (info["gpu"] or info["cpu"] or "cpu").lower().replace(" ", "-")
-        out = ROOT / "benchmarks" / "results" / f"accelerator-{device}-{info['backend']}.json"
+        out = args.out or ROOT / "benchmarks" / "results" / f"accelerator-{device}-{info['backend']}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         machine = {k: info[k] for k in ("machine", "cpu", "cpu_isa", "cpu_count", "gpu", "platform")}
         doc = {"machine": machine, "versions": info["versions"], "date": time.strftime("%Y-%m-%d"), "rows": rows}

@@ -185,6 +185,35 @@ def training_benchmarks(_res) -> str:
     return _table(head, out)
 
 
+def accelerator_benchmarks(_res) -> str:
+    """benchmarks/bench_accelerator.py's stored runs: per stage, model step against the plain reference and the
+    whole pipeline against the model step."""
+    out = []
+    for path in sorted((artifacts.project_root() / "benchmarks" / "results").glob("accelerator-*.json")):
+        doc = json.loads(path.read_text())
+        machine = (doc.get("machine") or {}).get("machine", "-")
+        for row in doc.get("rows", []):
+            out.append(
+                [
+                    f"`{path.name}`",
+                    doc.get("date", "-"),
+                    machine,
+                    row["backend"],
+                    f"`{row['stage']}`",
+                    row["precision"],
+                    row["batch_size"],
+                    f"{row['model_ips']:,.1f}",
+                    f"{row['reference_ips']:,.1f}",
+                    f"{row['model_ips'] / row['reference_ips']:.2f}",
+                    f"{row['pipeline_ips']:,.1f}",
+                    f"{row['pipeline_ips'] / row['model_ips']:.2f}",
+                ]
+            )
+    head = ["file", "date", "machine", "backend", "stage", "precision", "batch", "model step img/s",
+            "reference img/s", "model / reference", "pipeline img/s", "pipeline / model"]  # fmt: skip
+    return _table(head, out) if out else "No stored runs yet."
+
+
 BLOCKS: dict[str, Callable] = {
     "results": results_compact,
     "results-detail": lambda res: report.results_markdown_for(res),
@@ -195,6 +224,7 @@ BLOCKS: dict[str, Callable] = {
     "speedrun-runs": speedrun_runs,
     "speedrun-ablations": speedrun_ablations,
     "training-benchmarks": training_benchmarks,
+    "accelerator-benchmarks": accelerator_benchmarks,
 }
 
 

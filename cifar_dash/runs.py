@@ -232,7 +232,10 @@ def read_run(stage: str, folder: Path, published_id: str | None = None) -> Run:
 
 def list_runs(stage: str, root: Path | None = None, where: Path | None = None) -> list[Run]:
     """Every run of ``stage``, oldest first, and the published one (also when it has no run folder)."""
-    finish_promotion(stage, root, where)
+    try:
+        finish_promotion(stage, root, where)
+    except OSError:
+        pass  # a read-only checkpoints folder: list what is there; the next writer completes the promotion
     published_id = _published_run_id(stage, root, where)
     folder = runs_root(stage, root, where)
     out = []

@@ -328,13 +328,14 @@ def train(
         recipe = stages.recipe_for(dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed)
         if mixed_precision and not recipe.mixed_precision:
             recipe = dataclasses.replace(recipe, mixed_precision=True)
-        distribute.plan(devices, recipe.batch_size)  # a bad device setting fails before the run has a folder
+        placement = distribute.plan(devices, recipe.batch_size)  # a bad setting fails before the run has a folder
         folder = root / (run_id or runs.new_run_id())
         if folder.exists():
             raise ValueError(f"run {folder.name} already exists in {root}")
         folder.mkdir(parents=True)
         info = None
-    placement = distribute.plan(devices, recipe.batch_size)
+    if resume:
+        placement = distribute.plan(devices, recipe.batch_size)
     progress_payload = {"stage": stage.key, "run_id": folder.name, "pid": os.getpid()}
 
     def say(state, **extra):

@@ -34,6 +34,19 @@ def test_bench_training_prints_and_writes_throughput(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_accelerator_prints_and_writes_the_three_rates(tmp_path):
+    out = tmp_path / "acc.json"
+    text = _run(["benchmarks/bench_accelerator.py", "--stages", "mlp", "--steps", "2", "--json", "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert set(doc) >= {"machine", "versions", "rows"} and len(doc["rows"]) == 1
+    row = doc["rows"][0]
+    fields = {"stage", "device", "backend", "precision", "batch_size", "model_ips", "reference_ips", "pipeline_ips"}
+    assert set(row) >= fields
+    assert row["stage"] == "mlp" and min(row["model_ips"], row["reference_ips"], row["pipeline_ips"]) > 0
+    assert re.search(r"mlp .*model step .*reference .*\(ratio \d\.\d\d\), pipeline .*of the model step", text)
+
+
+@pytest.mark.slow
 def test_bench_app_times_every_page(trained_root, cifar_npz, tmp_path):
     text = _run(
         ["benchmarks/bench_app.py", "--reps", "1"],
