@@ -65,13 +65,14 @@ def warm_pages(reps: int) -> dict:
 
 def predictions(reps: int) -> dict:
 
-    from cifar_dash import data, predict, results
+    from cifar_dash import data, predict, results, testimages
 
     keys = [r.stage.key for r in results.load_all() if r.status in ("trained", "stale")]
     t = time.perf_counter()
     loaded = [predict.load_stage(k) for k in keys]
     load_s = time.perf_counter() - t
-    x = data.load().x_test
+    images = testimages.load(os.environ.get(data.ENV_VAR))  # CIFAR10_PATH's, else the shipped sample (offline)
+    x = images.x[images.available]
     out = {"stages": keys, "load_all_models_s": load_s}
     for n in (1, 16):
         batch = x[:n]
