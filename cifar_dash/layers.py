@@ -67,22 +67,39 @@ class ScaledBias(keras.layers.Layer):
         return {**super().get_config(), "scale": self.scale}
 
 
+class _Untracked:
+    """A plain holder: Keras tracks variables (and lists of them) assigned to an optimizer as its own state, and the
+    model's weights must not become optimizer state (JAX would then be handed the same buffer twice)."""
+
+    def __init__(self, items):
+        self.items = list(items)
+
+
 @keras.saving.register_keras_serializable(package="cifar_dash")
 class LookaheadSGD(keras.optimizers.SGD):
     """SGD whose weights are pulled back towards a slow average every ``every`` steps (Lookahead with an EMA, as in
     airbench94): before ``start_step`` the average just follows the weights; from then on, at every ``every``-th
     step, ``avg = rho * avg + (1 - rho) * w`` and ``w = avg``, with ``rho = base ** every * (step / total) ** power``
-    rising to ``base ** every`` at the end, so training moves fast early and averages strongly late.
+    rising to ``base ** every`` at the end, so training moves fast early and averages strongly late. When training
+    ends the weights take the average's value.
 
-    It is built on Keras's own EMA hooks (``use_ema`` / ``ema_overwrite_frequency``), inside the optimizer step, so
-    it behaves the same under TensorFlow, JAX and PyTorch."""
+    Built on the public optimizer API only (``build``, ``apply``, ``finalize_variable_values``): the averages
+    are optimizer variables (saved with its state, so BackupAndRestore resumes them), updated inside the compiled
+    step, the same under TensorFlow, JAX and PyTorch."""
 
     def __init__(self, learning_rate=0.01, start_step=0, total_steps=1, every=5, base=0.95, power=3.0, **kwargs):
-        kwargs.pop("use_ema", None)
-        kwargs.pop("ema_overwrite_frequency", None)
-        super().__init__(learning_rate=learning_rate, use_ema=True, ema_overwrite_frequency=int(every), **kwargs)
+        for k in ("use_ema", "ema_overwrite_frequency", "ema_momentum"):
+            kwargs.pop(k, None)
+        super().__init__(learning_rate=learning_rate, **kwargs)
         self.start_step, self.total_steps, self.every = int(start_step), max(int(total_steps), 1), int(every)
         self.base, self.power = float(base), float(power)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.lookahead_targets = _Untracked(variables)  # the model's weights: referred to, not owned (see _Untracked)
+        self.lookahead_averages = [self.add_variable_from_reference(v, "lookahead_average") for v in variables]
 
     def lookahead_rho(self, step):
         """The weight of the old average after optimizer step number ``step`` (1-based): 0 on the first step and
@@ -93,12 +110,22 @@ class LookaheadSGD(keras.optimizers.SGD):
         follow = ops.logical_or(step < self.start_step, ops.equal(step, 1.0))  # the average starts as the weights
         return ops.where(follow, 0.0, ops.where(due, scheduled, 1.0))
 
-    def _update_model_variables_moving_average(self, trainable_variables):
-        rho = self.lookahead_rho(self.iterations + 1)
-        for var, average in zip(trainable_variables, self._model_variables_moving_average):
-            if average is not None:
-                r = ops.cast(rho, var.dtype)
-                average.assign(r * average + (1.0 - r) * var)
+    def apply(self, grads, trainable_variables=None):
+        super().apply(grads, trainable_variables)  # the SGD step; it ends by counting the step
+        step = self.iterations
+        rho = self.lookahead_rho(step)
+        due = ops.equal(ops.mod(step, self.every), 0)
+        for variable, average in zip(self.lookahead_targets.items, self.lookahead_averages):
+            r = ops.cast(rho, variable.dtype)
+            weights = ops.convert_to_tensor(variable)
+            new_average = r * ops.convert_to_tensor(average) + (1.0 - r) * weights
+            average.assign(new_average)
+            variable.assign(ops.where(due, new_average, weights))
+
+    def finalize_variable_values(self, var_list):
+        super().finalize_variable_values(var_list)
+        for variable, average in zip(self.lookahead_targets.items, self.lookahead_averages):
+            variable.assign(ops.convert_to_tensor(average))
 
     def get_config(self):
         config = super().get_config()

@@ -390,6 +390,28 @@ def test_speedrun_resume_state_keeps_its_lookahead_optimizer(tmp_path):
     assert int(keras.ops.convert_to_numpy(again.optimizer.iterations)) == 4
 
 
+def test_lookahead_follows_its_rule_through_the_public_optimizer_api():
+    """LookaheadSGD against the rule written out in NumPy: loss w**2 on one weight, plain SGD (no momentum), so each
+    step is w -= lr * 2w; then the average and, every 3rd step, the pull back; fit ends on the average."""
+    import keras
+
+    from cifar_dash.layers import LookaheadSGD
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")])
+    opt = LookaheadSGD(0.1, momentum=0.0, start_step=2, total_steps=10, every=3, base=0.9, power=1.0)
+    model.compile(optimizer=opt, loss="mse")
+    model.fit(np.ones((10, 1), "float32"), np.zeros((10, 1), "float32"), batch_size=1, epochs=1, verbose=0, shuffle=False)
+    w, avg = 1.0, 0.0
+    for n in range(1, 11):
+        w -= 0.1 * 2 * w
+        rho = 0.0 if (n < 2 or n == 1) else (0.9**3 * (n / 10) if n % 3 == 0 else 1.0)
+        avg = rho * avg + (1 - rho) * w
+        if n % 3 == 0:
+            w = avg
+    assert float(model.get_weights()[0][0, 0]) == pytest.approx(avg, rel=1e-5)  # fit ends on the average
+    assert not any(v is model.weights[0] for v in opt.variables)  # the model's weight is not optimizer state
+
+
 class _RecordingModel:
     """Stands in for a Keras model: 'probabilities' read from the top-left pixel, every call recorded."""
 
