@@ -201,16 +201,11 @@ def status(stage: str) -> JobStatus:
                 p["state"],
                 None,
                 p,
-                _history(run.folder),
+                runs.read_log(run.folder),
                 f"run {run.run_id}, started outside the dashboard (pid {p['pid']})",
                 external=True,
             )
     return st
-
-
-def _history(folder: Path) -> list:
-    """The run's finished epochs so far, as history rows (1-based epochs)."""
-    return [{**r, "epoch": int(r["epoch"]) + 1} for r in runs.read_log(folder)]
 
 
 def _job_status(stage: str) -> JobStatus:
@@ -223,7 +218,7 @@ def _job_status(stage: str) -> JobStatus:
     progress = runs.read_progress(folder)
     if progress.get("pid") != job["pid"]:
         progress = {}  # written by an earlier process of the same run (before a resume)
-    history = _history(folder) if progress else []
+    history = runs.read_log(folder) if progress else []
     alive = _alive(job["pid"])
     state = progress.get("state", "starting")
     message = progress.get("message")

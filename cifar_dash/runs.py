@@ -154,7 +154,7 @@ class Run:
             rows = hist.get("epochs", []) if isinstance(hist, dict) else hist
             return rows if isinstance(rows, list) else []
         except (OSError, ValueError):
-            return [{**r, "epoch": int(r["epoch"]) + 1} for r in read_log(folder)]
+            return read_log(folder)
 
     @property
     def label(self) -> str:
@@ -288,8 +288,9 @@ def latest_interrupted(stage: str, root: Path | None = None, where: Path | None 
 
 
 def read_log(folder: Path | None) -> list[dict]:
-    """The epochs Keras' CSVLogger wrote (one row per finished epoch; a row written twice, by a run killed between
-    logging and backing up an epoch and then resumed, counts once: the later one)."""
+    """The epochs Keras' CSVLogger wrote, as history rows with 1-based ``epoch`` (CSVLogger counts from 0): one row
+    per finished epoch; a row written twice, by a run killed between logging and backing up an epoch and then
+    resumed, counts once: the later one."""
     import csv
 
     if folder is None:
@@ -309,7 +310,8 @@ def read_log(folder: Path | None) -> list[dict]:
                 except ValueError:
                     row[k] = v
             if "epoch" in row:
-                rows[int(row["epoch"])] = row
+                row["epoch"] = int(row["epoch"]) + 1
+                rows[row["epoch"]] = row
     return [rows[k] for k in sorted(rows)]
 
 

@@ -251,11 +251,7 @@ def default_save_every(steps_per_epoch: int) -> int | str:
 
 def _log_rows(folder: Path, start_epoch: int, end_epoch: int, prior: list) -> list:
     """History rows (1-based ``epoch``) of epochs start..end-1: from a continued run's history, then this run's log."""
-    rows = [dict(r) for r in prior]
-    for r in runs.read_log(folder):
-        row = {k: v for k, v in r.items() if k != "epoch"}
-        row["epoch"] = int(r["epoch"]) + 1
-        rows.append(row)
+    rows = [dict(r) for r in prior] + runs.read_log(folder)
     by_epoch = {r["epoch"]: r for r in rows}
     return [by_epoch[e] for e in sorted(by_epoch) if start_epoch < e <= end_epoch]
 

@@ -65,6 +65,18 @@ def trained_root(tmp_path_factory, cifar_npz):
     return root
 
 
+@pytest.fixture
+def checkpoints_copy(trained_root, tmp_path, monkeypatch, cifar_npz):
+    """A writable copy of the fixture checkpoints, made the app's (CIFAR_DASH_CHECKPOINTS), with the synthetic data."""
+    import shutil
+
+    root = tmp_path / "ck"
+    shutil.copytree(trained_root, root)
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    return root
+
+
 def _tiny_backbone(shape, weights):
     """A few layers in place of an ImageNet backbone: the transfer stages' whole pipeline (upsampling, preprocessing,
     a nested backbone with BatchNorm, "from:LAYER" fine-tuning) at a fraction of the tracing time."""

@@ -680,14 +680,11 @@ def test_the_sidebar_form_survives_a_reload(app_env):
 
 
 @pytest.fixture
-def runs_env(trained_root, cifar_npz, tmp_path, monkeypatch):
+def runs_env(checkpoints_copy, cifar_npz):
     """A copy of the fixture checkpoints where mlp has a second finished run beside the published one."""
     from cifar_dash import train
 
-    root = tmp_path / "ck"
-    shutil.copytree(trained_root, root)
-    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(root))
-    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    root = checkpoints_copy
     new = train.train("mlp", epochs=1, limit=400, data_path=cifar_npz, out_dir=root / "mlp")
     return root, new.name
 

@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import pytest
 
@@ -7,12 +6,8 @@ from cifar_dash import artifacts, jobs, results, runs
 
 
 @pytest.fixture
-def root(trained_root, tmp_path, monkeypatch, cifar_npz):
-    r = tmp_path / "ck"
-    shutil.copytree(trained_root, r)
-    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(r))
-    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
-    return r
+def root(checkpoints_copy):
+    return checkpoints_copy
 
 
 def _published(root):
