@@ -126,6 +126,7 @@ def one(stage_key: str, policy: str, steps: int, devices: str | None) -> dict:
         "precision": policy,
         "batch_size": b,
         "devices": len(placement.devices or [None]),
+        "compiled": bool(model.jit_compile),  # the train step as one compiled (XLA) function
         "model_ips": round(model_ips, 1),
         "reference_ips": round(reference_ips, 1),
         "pipeline_ips": round(pipeline_ips, 1),

@@ -138,9 +138,13 @@ def load_model(path: Path):
     if not path.exists():
         raise ArtifactError(f"{path} is missing: train the stage first")
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as e:
         raise ArtifactError(f"{path} could not be loaded ({type(e).__name__}: {str(e)[:300]})") from e
+    from .models import allow_jit
+
+    allow_jit(model)  # predict compiles under JAX despite the augmentation layers (inactive at inference)
+    return model
 
 
 def load_model_compiled(path: Path):
