@@ -10,9 +10,11 @@ warm-up steps, on random images (ResNet stages with the ResNet50 backbone, which
 - reference: the plain architecture with the same backbone, input size, batch and policy: for transfer stages
   ``Resizing`` + ``keras.applications.<backbone>(weights=None)`` + ``Dense(10)``; for the others the stage's own
   network without its in-model augmentation;
-- pipeline: ``fit`` through the training loader (``batches.Batches``: shuffling, the recipe's loader augmentation
-  and MixUp), the way ``train`` feeds the model: two epochs of ``--steps`` batches (at least about 3 s of them),
-  the second one timed, so fit's one-off set-up is left out as it is in a real epoch of hundreds of steps.
+- pipeline: ``train.train`` itself (the command's whole loop: the loader with shuffling, the recipe's loader
+  augmentation and MixUp, and every callback: progress, CSV and TensorBoard logs, backups) on random images, the
+  recipe's last phase for two epochs of ``--steps`` batches (at least about 3 s of them), no validation split; the
+  second epoch's seconds from the run's own log, so the one-off set-up is left out as it is in a real epoch of
+  hundreds of steps.
 With --json the rows go to benchmarks/results/accelerator-<device>-<backend>.json with the machine and versions.
 """
 
@@ -84,11 +86,49 @@ def reference_model(stage, recipe):
     return ref
 
 
+def _pipeline_ips(stage_key, recipe, fed: int, devices: str | None) -> float:
+    """Images/s of the second of two epochs of ``fed`` batches through ``train.train`` on random images."""
+    import dataclasses
+    import tempfile
+
+    import numpy as np
+
+    from cifar_dash import runs, train
+
+    b = recipe.batch_size
+    phase = dataclasses.replace(recipe.phases[-1], epochs=2)
+    timed = dataclasses.replace(recipe, phases=(phase,), validation_size=0)
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "random.npz"
+        n = b * fed  # one pass of the loader per epoch
+        np.savez(
+            data,
+            x_train=rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8),
+            y_train=rng.integers(0, 10, size=n),
+            x_test=rng.integers(0, 256, size=(b, 32, 32, 3), dtype=np.uint8),
+            y_test=rng.integers(0, 10, size=b),
+        )
+        folder = train.train(
+            stage_key,
+            data_path=data,
+            out_dir=Path(tmp) / stage_key,
+            recipe=timed,
+            backbone=recipe.backbone if recipe.backbone else None,
+            backbone_weights="none" if recipe.backbone else None,
+            evaluate=False,
+            devices=devices,
+            stream=open(os.devnull, "w"),
+        )
+        rows = runs.read_log(folder)
+    return fed * b / rows[-1]["seconds"]
+
+
 def one(stage_key: str, policy: str, steps: int, devices: str | None) -> dict:
     import keras
     import numpy as np
 
-    from cifar_dash import batches, distribute, runtime, stages, train
+    from cifar_dash import distribute, runtime, stages, train
 
     keras.mixed_precision.set_global_policy(policy)
     stage = stages.get(stage_key)
@@ -107,17 +147,7 @@ def one(stage_key: str, policy: str, steps: int, devices: str | None) -> dict:
         ref.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy", jit_compile="auto")
         reference_ips = steps * b / _timed_steps(lambda: ref.train_on_batch(x, y), steps)
 
-        # at least about 3 s of model steps, so fit's per-epoch set-up does not dominate fast stages
-        fed = max(steps, int(3 * model_ips / b))
-        n = b * fed  # one pass of the loader per epoch
-        xs = rng.integers(0, 256, size=(n, 32, 32, 3)).astype("uint8")
-        ys = rng.integers(0, 10, size=n).astype("uint8")
-        feed = batches.Batches(xs, ys, b, recipe.mixup_alpha, 0, recipe.loader_augmentation)
-        clock = _epoch_clock()
-        # two epochs in one fit; the second is timed: fit's one-off set-up (data adapter, iterator) is left out,
-        # as it is spread over hundreds of steps in a real epoch
-        model.fit(feed, epochs=2, verbose=0, shuffle=False, callbacks=[clock])
-        pipeline_ips = fed * b / clock.seconds[-1]
+    pipeline_ips = _pipeline_ips(stage_key, recipe, max(steps, int(3 * model_ips / b)), devices)
     info = runtime.info()
     return {
         "stage": stage_key,

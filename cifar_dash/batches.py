@@ -1,5 +1,10 @@
-"""The training batches: shuffled, optionally augmented in NumPy and MixUp-blended, the same for a resumed run as
-for an uninterrupted one."""
+"""The training batches: shuffled, optionally augmented (alternating flips, reflect-padded shifts) and MixUp-blended,
+the same for a resumed run as for an uninterrupted one.
+
+Every random decision (order, shifts, flips, MixUp pairs and weights) is drawn here in NumPy: a few numbers per
+image. The pixels are moved either in NumPy (TensorFlow, the CPU path) or, under JAX, as tensor ops on the device
+that holds the whole training set: one gather per batch, so an accelerator is not left waiting on per-image Python
+work. Both give the same batches, bit for bit."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ class Batches(keras.utils.PyDataset):
     in NumPy (``augment``: "flip_alternate", "crop:N"; see stages.Recipe.loader_augmentation). Every random choice
     comes from (seed, epoch, batch), so a resumed run sees the same batches as an uninterrupted one."""
 
-    def __init__(self, x, y, batch_size, mixup_alpha=0.0, seed=0, augment=()):
+    def __init__(self, x, y, batch_size, mixup_alpha=0.0, seed=0, augment=(), on_device=None):
         super().__init__()
         self.x, self.y = x, y
         self.batch_size = batch_size
@@ -34,6 +39,9 @@ class Batches(keras.utils.PyDataset):
         if self.pad:  # padded once, cropped per batch
             p = self.pad
             self.x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+        self.on_device = keras.backend.backend() == "jax" if on_device is None else on_device
+        if self.on_device:  # every pixel once, as one flat (images x rows x columns, channels) uint8 tensor
+            self.x_device = keras.ops.convert_to_tensor(self.x.reshape(-1, self.x.shape[-1]))
         self.set_epoch(0)
 
     def __len__(self):
@@ -46,30 +54,51 @@ class Batches(keras.utils.PyDataset):
     def on_epoch_end(self):
         pass  # Keras also calls this before the first epoch; EpochOrder sets the epoch from fit's own count
 
-    def _augmented(self, idx, i):
-        if self.pad:
-            p, n = self.pad, len(idx)
+    def _pixels(self, idx, i):
+        """Each image's rows and columns in the (padded) training set: the batch's shifts and flips."""
+        p, n = self.pad or 0, len(idx)
+        dy = dx = np.zeros(n, dtype=np.int64)
+        if p:
             rng = np.random.default_rng((self.seed, self.epoch, i, 2))
             dy, dx = rng.integers(0, 2 * p + 1, size=(2, n))
-            rows = dy[:, None] + np.arange(self.x.shape[1] - 2 * p)
-            cols = dx[:, None] + np.arange(self.x.shape[2] - 2 * p)
-            xb = self.x[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
-        else:
-            xb = self.x[idx]
+        rows = dy[:, None] + np.arange(self.x.shape[1] - 2 * p)
+        cols = dx[:, None] + np.arange(self.x.shape[2] - 2 * p)
         if self.flip is not None:
             flip = self.flip[idx] ^ bool(self.epoch % 2)
-            xb = np.where(flip[:, None, None, None], xb[:, :, ::-1], xb)
-        return xb
+            cols = np.where(flip[:, None], cols[:, ::-1], cols)
+        return rows, cols
+
+    def _augmented(self, idx, i):
+        if not self.pad and self.flip is None:
+            return self.x[idx]
+        rows, cols = self._pixels(idx, i)
+        return self.x[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+    def _augmented_on_device(self, idx, i):
+        """The same pixels gathered on the device: one take from the flat training set."""
+        ops = keras.ops
+        rows, cols = self._pixels(idx, i)
+        height, width = self.x.shape[1:3]
+        idx, rows, cols = (ops.convert_to_tensor(a.astype("int32")) for a in (idx, rows, cols))
+        flat = (idx[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
+        return ops.cast(ops.take(self.x_device, flat, axis=0), "float32")
 
     def __getitem__(self, i):
         idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
-        xb = self._augmented(idx, i).astype("float32")
+        if self.on_device:
+            xb = self._augmented_on_device(idx, i)
+        else:
+            xb = self._augmented(idx, i).astype("float32")
         yb = np.eye(NUM_CLASSES, dtype="float32")[self.y[idx]]
         if self.mixup_alpha > 0:
             rng = np.random.default_rng((self.seed, self.epoch, i, 1))
             lam = rng.beta(self.mixup_alpha, self.mixup_alpha, size=(len(idx), 1)).astype("float32")
             perm = rng.permutation(len(idx))
-            xb = lam[:, :, None, None] * xb + (1 - lam[:, :, None, None]) * xb[perm]
+            if self.on_device:
+                w = keras.ops.convert_to_tensor(lam[:, :, None, None])
+                xb = w * xb + (1 - w) * keras.ops.take(xb, keras.ops.convert_to_tensor(perm.astype("int32")), axis=0)
+            else:
+                xb = lam[:, :, None, None] * xb + (1 - lam[:, :, None, None]) * xb[perm]
             yb = lam * yb + (1 - lam) * yb[perm]
         return xb, yb
 

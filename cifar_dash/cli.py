@@ -45,6 +45,8 @@ def _train(args):
         resume=args.resume,
         evaluate=not args.no_evaluate,
         mixed_precision=args.mixed_precision,
+        xla={"on": True, "off": False, None: None}[args.xla],
+        speed=args.speed,
         seed=args.seed,
         continue_from=args.continue_from,
         save_every=args.save_every,
@@ -52,6 +54,39 @@ def _train(args):
         devices=args.devices,
     )
     print(f"run folder {out}")
+    return 0
+
+
+def _tune(args):
+    from . import runtime, speed, stages
+
+    machine = runtime.info()
+    stage = stages.get(args.stage)
+    print(f"{args.stage} on {machine['machine']}, Keras {machine['versions']['keras']} ({machine['backend']}):")
+    record = speed.measure(args.stage, steps=args.steps)
+    for row in record["rows"]:
+        print(
+            f"  {row['precision']:15s} XLA {'on ' if row['xla'] else 'off'}: {row['step_seconds']:.3f} s a step of "
+            f"{record['batch_size']}, {row['images_per_second']:.1f} images/s (median of {row['steps']})"
+        )
+    best, chosen = record["fastest"], record["chosen"]
+    print(f"fastest: {best['precision']}, XLA {'on' if best['xla'] else 'off'}")
+    print(
+        f"chosen: {chosen['precision']}, XLA {'on' if chosen['xla'] else 'off'} (the recipe's own unless another is "
+        f"over {round(100 * (record['margin'] - 1))}% faster)"
+    )
+    rule = speed.rule(stage.recipe, machine)
+    print(f"(without a measurement: {rule.precision}, XLA {'on' if rule.xla else 'off'}: {rule.source})")
+    if not args.dry_run:
+        print(f"kept in {speed.write_record(machine, args.stage, record)}; train --speed auto uses it")
+    if args.json:
+        from .artifacts import project_root, write_json
+
+        device = (machine["gpu"] or machine["cpu"] or "cpu").lower().replace(" ", "-")
+        path = project_root() / "benchmarks" / "results" / f"tune-{args.stage}-{device}-{machine['backend']}.json"
+        keep = ("machine", "cpu", "cpu_isa", "cpu_count", "gpu", "platform")
+        write_json(path, {"machine": {k: machine[k] for k in keep}, "versions": machine["versions"], **record})
+        print(f"wrote {path}")
     return 0
 
 
@@ -280,7 +315,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-evaluate", action="store_true", help="train without evaluating (resume evaluates later)")
     t.add_argument("--seed", type=_non_negative_int, help="random seed (default: the recipe's); for run-to-run spread")
     t.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPUs); weights stay float32")
+    t.add_argument("--xla", choices=["on", "off"], help="XLA-compile the train step (TensorFlow; JAX always compiles)")
+    t.add_argument(
+        "--speed",
+        choices=["auto", "recipe"],
+        default="auto",
+        help="precision and XLA when neither --mixed-precision nor --xla is given: 'auto' (default) takes what "
+        "'tune' measured fastest on this machine, else a rule (bfloat16 without XLA on CPUs with AMX or "
+        "AVX-512 BF16, the recipe's own elsewhere); 'recipe' the recipe's own",
+    )
     t.set_defaults(fn=_train)
+
+    tu = sub.add_parser(
+        "tune",
+        help="measure which precision and XLA setting trains STAGE fastest on this machine; train --speed auto then uses it",
+    )
+    tu.add_argument("stage", choices=KEYS)
+    tu.add_argument("--steps", type=_positive_int, default=3, help="timed steps per setting (after one warm-up)")
+    tu.add_argument("--dry-run", action="store_true", help="print the figures without keeping them")
+    tu.add_argument("--json", action="store_true", help="also write benchmarks/results/tune-STAGE-<device>-<backend>.json")
+    tu.set_defaults(fn=_tune)
 
     e = sub.add_parser("evaluate", help="evaluate checkpoints/STAGE/model.keras on the test set")
     e.add_argument("stage", choices=KEYS)

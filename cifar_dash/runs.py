@@ -346,8 +346,9 @@ class ContinueError(ValueError):
 
 
 def _comparable(recipe: dict) -> dict:
-    """A stored recipe without what a continuation may change: epochs and the compute precision."""
-    out = {k: v for k, v in stages.stored_recipe(json.loads(json.dumps(recipe))).items() if k != "mixed_precision"}
+    """A stored recipe without what a continuation may change: epochs, the compute precision and XLA."""
+    speed = ("mixed_precision", "jit_compile")
+    out = {k: v for k, v in stages.stored_recipe(json.loads(json.dumps(recipe))).items() if k not in speed}
     out["phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in out["phases"]]
     return out
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -88,7 +89,10 @@ def _fmt_seconds(s):
 class Progress(keras.callbacks.Callback):
     """The one progress callback: writes the run's progress.json (for the dashboard and any other process), draws a
     progress bar on stderr, and adds what the epoch's log row should say (its phase, seconds and learning rate) to
-    the logs, ahead of CSVLogger."""
+    the logs, ahead of CSVLogger.
+
+    ``async_safe``: Keras may call the per-batch hook from a worker thread (JAX, torch), so reading a step's loss
+    does not make the next step wait for it; a lock keeps the calls one at a time."""
 
     TRACE = 400  # points of the live per-step curve kept (every other one dropped when full)
 
@@ -104,6 +108,8 @@ class Progress(keras.callbacks.Callback):
         self.last_write = 0.0
         self.last_line_fraction = -1
         self.trace = []  # [epochs done as a fraction, loss, accuracy]
+        self.async_safe = True
+        self.lock = threading.Lock()
 
     def write(self, state, **extra):
         payload = {
@@ -124,6 +130,10 @@ class Progress(keras.callbacks.Callback):
         self.epoch_start = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
+        with self.lock:
+            self._batch_end(batch, logs)
+
+    def _batch_end(self, batch, logs):
         now = time.time()
         self.step_times = [*self.step_times[-49:], now]
         span = self.step_times[-1] - self.step_times[0]
@@ -179,6 +189,7 @@ class CancelOnSignal(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.requested = False
+        self.async_safe = True  # reads a flag; Keras re-raises the Cancelled of a worker thread in fit's own
         self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
 
     def _handler(self, signum, frame):
@@ -287,6 +298,8 @@ def train(
     resume: bool | str = False,
     evaluate: bool = True,
     mixed_precision: bool = False,
+    xla: bool | None = None,
+    speed: str = "recipe",
     seed: int | None = None,
     recipe: stages.Recipe | None = None,
     continue_from=None,
@@ -321,10 +334,12 @@ def train(
         continue_from = request.get("continue_from")
         devices = devices or request.get("devices")
         print(f"resuming {stage.key} run {folder.name}", file=stream)
+        choice = None  # the run keeps the precision and XLA setting it started with (in its recipe)
     else:
         recipe = stages.recipe_for(dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed)
-        if mixed_precision and not recipe.mixed_precision:
-            recipe = dataclasses.replace(recipe, mixed_precision=True)
+        recipe, choice = _speed_setting(stage.key, recipe, speed, mixed_precision, xla)
+        xla_text = "XLA on" if choice.xla else "XLA off"
+        print(f"{stage.key}: {choice.precision}, {xla_text} ({choice.source})", file=stream)
         placement = distribute.plan(devices, recipe.batch_size)  # a bad setting fails before the run has a folder
         folder = root / (run_id or runs.new_run_id())
         if folder.exists():
@@ -377,6 +392,7 @@ def train(
                 "test_data_fingerprint": prints["test"],
                 "data_source": cifar.source,
                 "mixed_precision": recipe.mixed_precision,
+                "speed": choice.as_dict() if choice else None,
                 "started": time.time(),
                 "finished": None,
                 "train_runtime": runtime.info(),
@@ -423,6 +439,24 @@ def train(
         keras.mixed_precision.set_global_policy(policy)
         if canceller is not None:
             canceller.restore()
+
+
+def _speed_setting(stage_key, recipe, speed, mixed_precision, xla):
+    """The recipe with the precision and XLA setting to train with, and why: asked for (``mixed_precision``,
+    ``xla``), this machine's measured or ruled fastest (``speed="auto"``, see speed.py), or the recipe's own."""
+    from . import speed as speed_mod
+
+    if mixed_precision or xla is not None:
+        precision = "mixed_bfloat16" if mixed_precision or recipe.mixed_precision else "float32"
+        choice = speed_mod.Choice(precision, recipe.jit_compile if xla is None else bool(xla), "asked for")
+    elif speed == "auto":
+        choice = speed_mod.choose(stage_key, recipe)
+    elif speed == "recipe":
+        choice = speed_mod.of_recipe(recipe)
+    else:
+        raise ValueError(f"speed must be 'auto' or 'recipe', not {speed!r}")
+    recipe = dataclasses.replace(recipe, mixed_precision=choice.precision == "mixed_bfloat16", jit_compile=choice.xla)
+    return recipe, choice
 
 
 def _resume_folder(stage_key: str, out: Path, resume) -> Path:
@@ -492,7 +526,9 @@ def _fit(stage, recipe, info, folder, prior, train_data, val_data, save_every, c
             canceller,
         ]
         if _tensorboard_available():  # Keras' TensorBoard writes through tf.summary; before Progress adds text
-            callbacks.append(keras.callbacks.TensorBoard(str(folder / runs.TENSORBOARD), write_graph=False))
+            board = keras.callbacks.TensorBoard(str(folder / runs.TENSORBOARD), write_graph=False)
+            board.async_safe = True  # epoch summaries only: its per-batch hook records nothing
+            callbacks.append(board)
         callbacks += [
             progress,
             keras.callbacks.CSVLogger(str(folder / runs.LOG), append=True),
@@ -512,14 +548,17 @@ def _fit(stage, recipe, info, folder, prior, train_data, val_data, save_every, c
             )
         # last: an epoch is backed up after its log row is written and the plateau rule has set the next rate (a
         # kill in between repeats the epoch and its row, which read_log counts once)
-        callbacks.append(
-            keras.callbacks.BackupAndRestore(
-                str(folder / runs.BACKUP / f"phase-{i}"),
-                save_freq=save_freq,
-                double_checkpoint=True,
-                delete_checkpoint=False,
-            )
+        backup = keras.callbacks.BackupAndRestore(
+            str(folder / runs.BACKUP / f"phase-{i}"),
+            save_freq=save_freq,
+            double_checkpoint=True,
+            delete_checkpoint=False,
         )
+        # With every callback's per-batch hook safe off the main thread, Keras dispatches them asynchronously where
+        # the backend allows (JAX): the step's loss is read while the next step runs, instead of the device waiting
+        # on Python between steps. A backup every N steps reads the weights, so it stays on the main thread.
+        backup.async_safe = save_freq == "epoch"
+        callbacks.append(backup)
         progress.phase = phase.name
         model.fit(
             train_batches,
