@@ -39,7 +39,11 @@ class Batches(keras.utils.PyDataset):
         if self.pad:  # padded once, cropped per batch
             p = self.pad
             self.x = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-        self.on_device = keras.backend.backend() == "jax" if on_device is None else on_device
+        if on_device is None:  # under JAX, where there are pixels to move: one gather beats NumPy's per-batch copy
+            # (speedrun batch of 1024 on a CPU: 3.9 ms against 17.9 ms); a plain or MixUp-only batch stays in NumPy,
+            # which is faster for it than a few eager device ops (0.1-0.3 ms against 1.3-2.2 ms)
+            on_device = keras.backend.backend() == "jax" and (bool(self.pad) or self.flip is not None)
+        self.on_device = on_device
         if self.on_device:  # every pixel once, as one flat (images x rows x columns, channels) uint8 tensor
             self.x_device = keras.ops.convert_to_tensor(self.x.reshape(-1, self.x.shape[-1]))
         self.set_epoch(0)

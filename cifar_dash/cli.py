@@ -84,7 +84,7 @@ def _tune(args):
 
         device = (machine["gpu"] or machine["cpu"] or "cpu").lower().replace(" ", "-")
         path = project_root() / "benchmarks" / "results" / f"tune-{args.stage}-{device}-{machine['backend']}.json"
-        keep = ("machine", "cpu", "cpu_isa", "cpu_count", "gpu", "platform")
+        keep = ("machine", "cpu", "cpu_isa", "cpu_count", "gpu", "backend", "platform")
         write_json(path, {"machine": {k: machine[k] for k in keep}, "versions": machine["versions"], **record})
         print(f"wrote {path}")
     return 0

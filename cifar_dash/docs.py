@@ -202,6 +202,7 @@ def accelerator_benchmarks(_res) -> str:
                     f"`{row['stage']}`",
                     row["precision"],
                     row["batch_size"],
+                    {True: "yes", False: "no"}.get(row.get("compiled"), "-"),
                     f"{row['model_ips']:,.1f}",
                     f"{row['reference_ips']:,.1f}",
                     f"{row['model_ips'] / row['reference_ips']:.2f}",
@@ -209,9 +210,42 @@ def accelerator_benchmarks(_res) -> str:
                     f"{row['pipeline_ips'] / row['model_ips']:.2f}",
                 ]
             )
-    head = ["file", "date", "machine", "backend", "stage", "precision", "batch", "model step img/s",
+    head = ["file", "date", "machine", "backend", "stage", "precision", "batch", "compiled step", "model step img/s",
             "reference img/s", "model / reference", "pipeline img/s", "pipeline / model"]  # fmt: skip
     return _table(head, out) if out else "No stored runs yet."
+
+
+def speed_choices(_res) -> str:
+    """``python -m cifar_dash tune STAGE --json``'s stored measurements: each precision and XLA setting's step time,
+    and what ``train --speed auto`` takes from them."""
+    out = []
+    for path in sorted((artifacts.project_root() / "benchmarks" / "results").glob("tune-*.json")):
+        doc = json.loads(path.read_text())
+        machine = (doc.get("machine") or {}).get("machine", "-")
+        fastest, chosen = doc.get("fastest") or {}, doc.get("chosen") or {}
+        for row in doc.get("rows", []):
+            setting = {"precision": row["precision"], "xla": row["xla"]}
+            marks = [m for m, d in (("fastest", fastest), ("chosen", chosen)) if d == setting]
+            out.append(
+                [
+                    f"`{path.name}`",
+                    doc.get("date", "-"),
+                    machine,
+                    (doc.get("machine") or {}).get("backend")
+                    or next((b for b in ("tensorflow", "jax", "torch") if b in (doc.get("versions") or {})), "-"),
+                    f"`{doc['stage']}`",
+                    doc["batch_size"],
+                    row["precision"],
+                    "on" if row["xla"] else "off",
+                    f"{row['step_seconds']:.2f}",
+                    f"{row['images_per_second']:,.1f}",
+                    row.get("steps", doc.get("steps")),
+                    ", ".join(marks) or "",
+                ]
+            )
+    head = ["file", "date", "machine", "backend", "stage", "batch", "precision", "XLA", "s a step (median)",
+            "images/s", "steps timed", ""]  # fmt: skip
+    return _table(head, out) if out else "No stored measurements yet."
 
 
 BLOCKS: dict[str, Callable] = {
@@ -225,6 +259,7 @@ BLOCKS: dict[str, Callable] = {
     "speedrun-ablations": speedrun_ablations,
     "training-benchmarks": training_benchmarks,
     "accelerator-benchmarks": accelerator_benchmarks,
+    "speed-choices": speed_choices,
 }
 
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from cifar_dash import analysis, artifacts, data, figures, jobs, predict, results, runs, runtime, stages, testimages
+from cifar_dash import analysis, artifacts, data, figures, jobs, predict, results, runs, runtime, speed, stages, testimages
 
 
 def _stamp(key: str) -> tuple:
@@ -445,6 +445,12 @@ def training_sidebar():
         )
         if bf16 and (note := runtime.bfloat16_warning()):
             st.caption(f"On this machine: {note}.")
+        elif not bf16:
+            chosen = speed.choose(key, recipe)
+            st.caption(
+                f"Precision on this machine: {chosen.precision}, XLA {'on' if chosen.xla else 'off'} "
+                f"({chosen.source}; `python -m cifar_dash tune {key}` measures it)."
+            )
         st.caption(
             "A new run never replaces the published model: it is kept as a run you can compare and promote on the "
             "Training page."
