@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -319,10 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--speed",
         choices=["auto", "recipe"],
-        default="auto",
+        default=os.environ.get("CIFAR_DASH_SPEED", "auto"),
         help="precision and XLA when neither --mixed-precision nor --xla is given: 'auto' (default) takes what "
         "'tune' measured fastest on this machine, else a rule (bfloat16 without XLA on CPUs with AMX or "
-        "AVX-512 BF16, the recipe's own elsewhere); 'recipe' the recipe's own",
+        "AVX-512 BF16, the recipe's own elsewhere); 'recipe' the recipe's own (default: $CIFAR_DASH_SPEED, else auto)",
     )
     t.set_defaults(fn=_train)
 

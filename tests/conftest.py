@@ -9,6 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# trainings the tests start through the CLI use the recipe's precision and XLA on every kind of machine
+# (tests/test_speed.py checks --speed auto itself)
+os.environ.setdefault("CIFAR_DASH_SPEED", "recipe")
 
 
 def make_cifar(n_train=600, n_test=200, seed=0):
