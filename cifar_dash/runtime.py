@@ -6,6 +6,7 @@ import os
 import platform
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -72,6 +73,40 @@ def accelerator() -> str | None:
     except Exception:
         return None
     return None
+
+
+def host_info() -> dict:
+    """The part of ``info()`` that needs no Keras or backend import (for pages that only read files): the CPU, the
+    backend Keras will pick and the installed versions, with ``gpu`` "GPU" where an NVIDIA driver lists one."""
+    from importlib import metadata
+
+    backend = os.environ.get("KERAS_BACKEND") or _keras_config_backend() or "tensorflow"
+    versions = {"python": sys.version.split()[0]}
+    for name in ("keras", backend):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return {
+        "cpu": cpu_name(),
+        "cpu_isa": cpu_isa(),
+        "cpu_count": os.cpu_count(),
+        "gpu": "GPU" if gpus.is_dir() and any(gpus.iterdir()) else None,
+        "backend": backend,
+        "versions": versions,
+    }
+
+
+def _keras_config_backend() -> str | None:
+    import json
+
+    try:
+        return json.loads((Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "keras.json").read_text()).get(
+            "backend"
+        )
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 @lru_cache(maxsize=1)

@@ -445,8 +445,8 @@ def training_sidebar():
         )
         if bf16 and (note := runtime.bfloat16_warning()):
             st.caption(f"On this machine: {note}.")
-        elif not bf16:
-            chosen = speed.choose(key, recipe)
+        elif not bf16 and not (host := runtime.host_info())["gpu"]:
+            chosen = speed.choose(key, recipe, host)
             st.caption(
                 f"Precision on this machine: {chosen.precision}, XLA {'on' if chosen.xla else 'off'} "
                 f"({chosen.source}; `python -m cifar_dash tune {key}` measures it)."

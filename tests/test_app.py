@@ -372,15 +372,19 @@ def test_sidebar_says_when_bfloat16_would_be_emulated_here(app_env, monkeypatch)
 def test_sidebar_says_which_precision_and_xla_training_will_use(app_env, monkeypatch):
     from cifar_dash import runtime
 
-    monkeypatch.setattr(runtime, "info", lambda: {"gpu": None, "cpu": "Xeon", "cpu_isa": "AMX"})
+    monkeypatch.setattr(runtime, "host_info", lambda: {"gpu": None, "cpu": "Xeon", "cpu_isa": "AMX"})
     at = _app()
     said = [c.value for c in at.caption if c.value.startswith("Precision on this machine")]
     assert said and "mixed_bfloat16, XLA off (rule: a CPU with AMX" in said[0] and "cifar_dash tune" in said[0]
-    monkeypatch.setattr(runtime, "info", lambda: {"gpu": None, "cpu": "EPYC", "cpu_isa": "AVX2"})
+    monkeypatch.setattr(runtime, "host_info", lambda: {"gpu": None, "cpu": "EPYC", "cpu_isa": "AVX2"})
     at.run()
     said = [c.value for c in at.caption if c.value.startswith("Precision on this machine")]
     assert said and "float32" in said[0] and "(recipe;" in said[0]
     at.checkbox(key="train_bf16").check().run()  # asked for: the choice is the box's
+    assert not [c for c in at.caption if c.value.startswith("Precision on this machine")]
+    at.checkbox(key="train_bf16").uncheck().run()
+    monkeypatch.setattr(runtime, "host_info", lambda: {"gpu": "GPU", "cpu": "EPYC", "cpu_isa": "AMX"})
+    at.run()  # a GPU machine: the CPU rule does not apply, and the caption does not guess
     assert not [c for c in at.caption if c.value.startswith("Precision on this machine")]
 
 
