@@ -94,7 +94,7 @@ def choose(stage: str, recipe, machine: dict | None = None) -> Choice:
     measured = read_records(machine).get(stage)
     if measured and measured.get("chosen"):
         best = measured["chosen"]
-        return Choice(best["precision"], bool(best["xla"]), f"measured on {measured.get('date', '?')} (tune {stage})")
+        return Choice(best["precision"], bool(best["xla"]), f"measured on {measured.get('date', '?')} by tune {stage}")
     return rule(recipe, machine)
 
 
