@@ -33,23 +33,6 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def _epoch_clock():
-    import keras
-
-    class EpochClock(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.t)
-
-    return EpochClock()
-
-
 def _timed_steps(fn, steps: int) -> float:
     for _ in range(2):
         fn()
