@@ -155,7 +155,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--devices")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--out", type=Path, help="with --json: write here instead of benchmarks/results/")
+    ap.add_argument("--out", type=Path, help="with --json: this file, or this folder, instead of benchmarks/results/")
     ap.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -165,12 +165,16 @@ def main(argv=None):
 
     info = runtime.info()
     print(f"{info['machine']}, Keras {info['versions']['keras']} ({info['backend']}), {args.precision}", flush=True)
-    rows = []
+    rows, failed = [], []
     for key in args.stages:
         cmd = [sys.executable, __file__, "--steps", str(args.steps), "--precision", args.precision, "--child", key]
         if args.devices:
             cmd += ["--devices", args.devices]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if out.returncode:  # one stage's failure (out of memory, say) keeps the rows already measured
+            failed.append(key)
+            print(f"{key:20s} failed (exit {out.returncode}):\n{out.stderr[-3000:]}", flush=True)
+            continue
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(
@@ -179,14 +183,26 @@ def main(argv=None):
             f"{row['pipeline_ips']:9.1f} ({row['pipeline_ips'] / row['model_ips']:.2f} of the model step)",
             flush=True,
         )
-    if args.json:
-        device = (info["gpu"] or info["cpu"] or "cpu").lower().replace(" ", "-")
-        out = args.out or ROOT / "benchmarks" / "results" / f"accelerator-{device}-{info['backend']}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        machine = {k: info[k] for k in ("machine", "cpu", "cpu_isa", "cpu_count", "gpu", "platform")}
-        doc = {"machine": machine, "versions": info["versions"], "date": time.strftime("%Y-%m-%d"), "rows": rows}
-        out.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"wrote {out}")
+        if args.json:  # after every stage, so that a run stopped part-way keeps what it measured
+            path = _write(args.out, info, rows)
+    if args.json and rows:
+        print(f"wrote {path}")
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
+
+
+def _write(out: Path | None, info: dict, rows: list) -> Path:
+    """The rows as benchmarks/results/accelerator-<device>-<backend>.json, or that name in the folder ``out``, or the
+    file ``out``."""
+    from cifar_dash import runtime
+
+    name = runtime.results_name("accelerator", info)
+    path = out / name if out and out.is_dir() else out or ROOT / "benchmarks" / "results" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": runtime.record_machine(info), "versions": info["versions"], "date": time.strftime("%Y-%m-%d"),
+           "rows": rows}  # fmt: skip
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
 
 
 if __name__ == "__main__":

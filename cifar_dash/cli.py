@@ -83,10 +83,8 @@ def _tune(args):
     if args.json:
         from .artifacts import project_root, write_json
 
-        device = (machine["gpu"] or machine["cpu"] or "cpu").lower().replace(" ", "-")
-        path = project_root() / "benchmarks" / "results" / f"tune-{args.stage}-{device}-{machine['backend']}.json"
-        keep = ("machine", "cpu", "cpu_isa", "cpu_count", "gpu", "backend", "platform")
-        write_json(path, {"machine": {k: machine[k] for k in keep}, "versions": machine["versions"], **record})
+        path = project_root() / "benchmarks" / "results" / runtime.results_name(f"tune-{args.stage}", machine)
+        write_json(path, {"machine": runtime.record_machine(machine), "versions": machine["versions"], **record})
         print(f"wrote {path}")
     return 0
 

@@ -133,3 +133,18 @@ def info() -> dict:
         "versions": versions,
         "platform": platform.platform(),
     }
+
+
+RECORD_FIELDS = ("machine", "cpu", "cpu_isa", "cpu_count", "gpu", "backend", "platform")
+
+
+def record_machine(machine: dict) -> dict:
+    """The fields of an ``info()`` dict kept beside a stored measurement (benchmarks/results/*.json)."""
+    return {k: machine.get(k) for k in RECORD_FIELDS}
+
+
+def results_name(kind: str, machine: dict) -> str:
+    """The file name of a stored measurement: ``KIND-<gpu or cpu>-<backend>.json``, e.g.
+    ``accelerator-amd-epyc-tensorflow.json``."""
+    device = (machine.get("gpu") or machine.get("cpu") or "cpu").lower().replace(" ", "-")
+    return f"{kind}-{device}-{machine['backend']}.json"

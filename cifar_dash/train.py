@@ -338,7 +338,10 @@ def train(
     else:
         recipe = stages.recipe_for(dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed)
         recipe, choice = _speed_setting(stage.key, recipe, speed, mixed_precision, xla)
-        xla_text = "XLA on" if choice.xla else "XLA off"
+        if keras.backend.backend() == "jax":  # jit_compile "auto" compiles there too (models.allow_jit)
+            xla_text = "compiled step (JAX compiles with or without --xla)"
+        else:
+            xla_text = "XLA on" if choice.xla else "XLA off"
         print(f"{stage.key}: {choice.precision}, {xla_text} ({choice.source})", file=stream)
         placement = distribute.plan(devices, recipe.batch_size)  # a bad setting fails before the run has a folder
         folder = root / (run_id or runs.new_run_id())

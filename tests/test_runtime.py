@@ -24,3 +24,13 @@ def test_train_cli_notes_emulated_bfloat16_only_when_asked_for(monkeypatch, caps
     assert "note: --mixed-precision: this CPU has AVX-512" in capsys.readouterr().err
     assert cli.main(["train", "mlp"]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_stored_measurements_are_named_by_device_and_backend_and_keep_the_machine():
+    cpu = {"machine": "CPU: AMD EPYC (2 cores, AVX2)", "cpu": "AMD EPYC", "cpu_isa": "AVX2", "cpu_count": 2,
+           "gpu": None, "backend": "tensorflow", "platform": "Linux", "versions": {"keras": "3"}}  # fmt: skip
+    assert runtime.results_name("accelerator", cpu) == "accelerator-amd-epyc-tensorflow.json"
+    gpu = {**cpu, "gpu": "NVIDIA H200", "backend": "jax"}
+    assert runtime.results_name("tune-speedrun", gpu) == "tune-speedrun-nvidia-h200-jax.json"
+    kept = runtime.record_machine(gpu)
+    assert set(kept) == set(runtime.RECORD_FIELDS) and kept["gpu"] == "NVIDIA H200" and "versions" not in kept
