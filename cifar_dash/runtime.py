@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 
+@lru_cache(maxsize=1)  # the processor does not change under a running program; pages ask on every render
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -20,6 +21,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@lru_cache(maxsize=1)
 def cpu_isa() -> str | None:
     """The widest vector instructions the CPU offers, which decide CPU training speed (and whether bfloat16 pays):
     "AMX", "AVX-512 BF16", "AVX-512", "AVX2" or None when unknown."""

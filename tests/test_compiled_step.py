@@ -21,6 +21,11 @@ import keras
 from cifar_dash import artifacts, models, stages, train
 
 out = {"backend": keras.backend.backend(), "stages": {}}
+events = []  # JAX's own compile and trace events: a step that retraces or recompiles shows up here
+if out["backend"] == "jax":
+    import jax
+
+    jax.monitoring.register_event_duration_secs_listener(lambda name, secs, **kw: events.append(name))
 for key in ("vgg_aug", "resnet50v2", "resnet50v2_sota"):
     stage = stages.get(key)
     recipe = stages.recipe_for(stage, backbone="resnet50" if "resnet50" in stage.backbone_options else None)
@@ -37,6 +42,10 @@ for key in ("vgg_aug", "resnet50v2", "resnet50v2_sota"):
         y = np.eye(10, dtype="float32")[[0, 1, 2, 3]]
         loss = float(np.asarray(model.train_on_batch(x, y, return_dict=True)["loss"]))
         out["vgg_step"] = {"loss": loss, "seed_moved": bool((np.array(gen.state.value) != before).any())}
+        first = len(events)
+        for _ in range(3):  # more steps on new images of the same shape: no new trace, no new compile
+            model.train_on_batch(rng.integers(0, 256, size=(4, 32, 32, 3)).astype("float32"), y)
+        out["vgg_step"]["compiles"] = [first, [e for e in events[first:] if "/compile/" in e]]
 shipped = artifacts.load_model(artifacts.stage_dir("vgg_aug") / "model.keras")
 out["shipped_vgg_jit"] = bool(shipped.jit_compile)
 print("RESULT " + json.dumps(out))
@@ -60,6 +69,8 @@ def test_under_jax_the_augmented_stages_train_in_one_compiled_step():
     assert set(out["stages"]["vgg_aug"]["blocked_before"]) == {"aug_rotation", "aug_zoom"}
     assert out["stages"]["resnet50v2"]["blocked_before"] == ["aug_translation"]
     assert out["vgg_step"]["seed_moved"] and math.isfinite(out["vgg_step"]["loss"])
+    first_step, later = out["vgg_step"]["compiles"]
+    assert first_step > 0 and later == []  # compiled once, then every step reuses it (jax.monitoring events)
     assert out["shipped_vgg_jit"]  # a shipped model predicts through a compiled function too
 
 
