@@ -108,3 +108,14 @@ def plan(spec: str | None, batch_size: int) -> Plan:
 
         return Plan(backend, devices, tf.distribute.MirroredStrategy(devices))
     raise DeviceError(f"several devices are supported under JAX and TensorFlow, not {backend}; use --devices 1")
+
+
+def uneven(n_devices: int, sizes: dict[str, tuple[int, int]]) -> str | None:
+    """Which last batch would not split evenly across ``n_devices`` (``sizes``: what -> (images, batch size)), or
+    None. Keras splits every batch across the devices, and an uneven last batch fails part-way through a run (under
+    TensorFlow, in the first validation); only a --limit gives such sizes."""
+    for what, (images, batch) in sizes.items():
+        last = images % batch
+        if last % n_devices:
+            return f"the last {what} batch holds {last} images ({images} % {batch}), which {n_devices} devices cannot share"
+    return None

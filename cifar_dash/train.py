@@ -338,12 +338,17 @@ def train(
     else:
         recipe = stages.recipe_for(dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed)
         recipe, choice = _speed_setting(stage.key, recipe, speed, mixed_precision, xla)
+        placement = distribute.plan(devices, recipe.batch_size)  # a bad setting fails before the run has a folder
+        if placement.devices and keras.backend.backend() == "tensorflow" and recipe.jit_compile:
+            # XLA cannot reach a MirroredStrategy's per-device variables (TensorFlow's XLA known issue
+            # "tf.Variable on a different device"): the step runs as a graph there
+            recipe = dataclasses.replace(recipe, jit_compile=False)
+            choice = choice._replace(xla=False, source=f"{choice.source}; XLA off: several TensorFlow devices")
         if keras.backend.backend() == "jax":  # jit_compile "auto" compiles there too (models.allow_jit)
             xla_text = "compiled step (JAX compiles with or without --xla)"
         else:
             xla_text = "XLA on" if choice.xla else "XLA off"
         print(f"{stage.key}: {choice.precision}, {xla_text} ({choice.source})", file=stream)
-        placement = distribute.plan(devices, recipe.batch_size)  # a bad setting fails before the run has a folder
         folder = root / (run_id or runs.new_run_id())
         if folder.exists():
             raise ValueError(f"run {folder.name} already exists in {root}")
@@ -363,6 +368,11 @@ def train(
         cifar = data_mod.load(data_path)
         prints = cifar.fingerprints()
         (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data_mod.split(cifar, limit, recipe.validation_size)
+        if placement.devices and info is None:  # a new run: refused before it writes anything but its progress
+            problem = _uneven_batches(placement, recipe, len(x_tr), len(x_val))
+            if problem:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise distribute.DeviceError(f"{problem}; {_even_limits(placement, recipe, cifar, limit)}")
         if info and info["train_data_fingerprint"] != prints["train"]:
             raise ValueError(
                 f"run {folder.name} was trained on other data (fingerprint {info['train_data_fingerprint'][:12]}, "
@@ -436,12 +446,33 @@ def train(
         say("cancelled", message="cancelled on request; the run keeps its last backup and can be resumed")
         raise
     except BaseException as e:
-        say("failed", message=f"{type(e).__name__}: {e}")
+        if folder.exists():
+            say("failed", message=f"{type(e).__name__}: {e}")
         raise
     finally:
         keras.mixed_precision.set_global_policy(policy)
         if canceller is not None:
             canceller.restore()
+
+
+VALIDATION_BATCH = 256
+
+
+def _uneven_batches(placement, recipe, n_train: int, n_val: int) -> str | None:
+    sizes = {"training": (n_train, recipe.batch_size), "validation": (n_val, VALIDATION_BATCH)}
+    return distribute.uneven(len(placement.devices), sizes)
+
+
+def _even_limits(placement, recipe, cifar, limit) -> str:
+    """What to change: the nearest --limit values whose batches all split, or --devices 1."""
+    total = len(cifar.x_train)
+    fits = []
+    for lim in range(max(2, (limit or total) - 2000), min(total, (limit or total) + 2000) + 1):
+        (x, _), (v, _), _ = data_mod.split(cifar, lim, recipe.validation_size)
+        if not _uneven_batches(placement, recipe, len(x), len(v)):
+            fits.append(lim)
+    near = sorted(fits, key=lambda lim: (abs(lim - (limit or total)), lim))[:2]
+    return f"choose --limit {' or '.join(map(str, sorted(near)))}, or --devices 1" if near else "choose --devices 1"
 
 
 def _speed_setting(stage_key, recipe, speed, mixed_precision, xla):
@@ -493,6 +524,9 @@ def _fit(stage, recipe, info, folder, prior, train_data, val_data, save_every, c
     train_batches = Batches(x_tr, y_tr, recipe.batch_size, recipe.mixup_alpha, recipe.seed, recipe.loader_augmentation)
     validation = (x_val, np.eye(NUM_CLASSES, dtype="float32")[y_val]) if len(x_val) else None
     steps = len(train_batches)
+    # TensorFlow: the same batches as a tf.data pipeline (no Python per batch); JAX: Keras iterates the PyDataset and
+    # the pixels move on the device (Batches.on_device)
+    feed = train_batches.tf_dataset() if keras.backend.backend() == "tensorflow" else train_batches
     save_freq = save_every or default_save_every(steps)
     prior_rows = list(prior["history"]) if prior else []
     progress = Progress(folder, stage.key, recipe.epochs, steps, stream)
@@ -564,9 +598,9 @@ def _fit(stage, recipe, info, folder, prior, train_data, val_data, save_every, c
         callbacks.append(backup)
         progress.phase = phase.name
         model.fit(
-            train_batches,
+            feed,
             validation_data=validation,
-            validation_batch_size=256,
+            validation_batch_size=VALIDATION_BATCH,
             epochs=end,
             initial_epoch=first,
             callbacks=callbacks,

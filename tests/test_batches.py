@@ -43,6 +43,25 @@ def test_the_batches_are_those_that_trained_the_shipped_runs(on_device):
     assert digest(on_device=on_device) == GOLDEN
 
 
+def test_under_tensorflow_the_tf_data_pipeline_gives_the_same_batches():
+    """train feeds fit this pipeline under TensorFlow: the epoch's decisions drawn in one NumPy call when its
+    iterator starts, the pixels moved by TensorFlow ops."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(300, 32, 32, 3)).astype("uint8")
+    y = np.arange(300) % 10
+    h = hashlib.sha256()
+    for setting in SETTINGS:
+        b = Batches(x, y, 128, seed=5, **setting)
+        ds = b.tf_dataset()
+        assert int(ds.cardinality()) == len(b) == 3
+        for epoch in (0, 1, 2):
+            b.set_epoch(epoch)  # as EpochOrder does at each epoch's start, before fit makes the epoch's iterator
+            for xb, yb in ds:
+                h.update(np.asarray(xb, dtype="float32").tobytes())
+                h.update(np.asarray(yb).tobytes())
+    assert h.hexdigest() == GOLDEN
+
+
 def test_under_jax_the_pixels_move_on_the_device_and_give_the_same_batches():
     pytest.importorskip("jax")
     code = (

@@ -117,4 +117,44 @@ def test_a_run_trained_on_two_devices_saves_and_loads_like_any_other(cifar_npz, 
     assert model.predict_on_batch(__import__("numpy").zeros((2, 32, 32, 3), "float32")).shape == (2, 10)
     bad = subprocess.run(cmd[:-1] + ["3"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--devices 3: this machine has 2 device(s)" in bad.stderr
-    assert len(runs.list_runs("mlp", where=out)) == 1  # refused before it made a run folder
+    odd = cmd.copy()
+    odd[odd.index("200")] = "256"  # 231 training images: a last batch of 103
+    bad = subprocess.run(odd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "which 2 devices cannot share; choose --limit 260 or 262" in bad.stderr
+    assert len(runs.list_runs("mlp", where=out)) == 1  # each refused before it left a run folder
+
+
+TF_TRAIN = r"""
+import sys
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from cifar_dash import cli
+
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_under_tensorflow_a_run_on_two_devices_feeds_tf_data_and_refuses_uneven_batches(cifar_npz, tmp_path):
+    """MirroredStrategy gets the tf.data pipeline; XLA, which cannot reach its per-device variables, is turned off
+    with a note; a --limit whose last batch two devices cannot share is refused with the limits that would do,
+    before anything is written."""
+    out = tmp_path / "mlp"
+    env = {**ENV, "KERAS_BACKEND": "tensorflow", "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
+    base = [sys.executable, "-c", TF_TRAIN, "train", "mlp", "--epochs", "1", "--data", str(cifar_npz)]
+    base += ["--out", str(out), "--devices", "all"]
+    bad = subprocess.run(base + ["--limit", "256"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "the last training batch holds 103 images (231 % 128), which 2 devices cannot share" in bad.stderr
+    assert "choose --limit 260 or 262, or --devices 1" in bad.stderr
+    from cifar_dash import runs
+
+    assert runs.list_runs("mlp", where=out) == []
+    r = subprocess.run(base + ["--limit", "260", "--xla", "on"], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "float32, XLA off (asked for; XLA off: several TensorFlow devices)" in r.stderr
+    (run,) = runs.list_runs("mlp", where=out)
+    assert run.state == "finished" and run.info["devices"]["strategy"] == "MirroredStrategy"
+    assert run.info["devices"]["n"] == 2 and run.info["n_train"] == 234 and run.info["recipe"]["jit_compile"] is False

@@ -184,21 +184,21 @@ def test_a_cancel_loses_at_most_the_steps_since_the_last_backup(cifar_npz, tmp_p
     backed up at its last step (Keras restores epochs, not steps) and finishes with every epoch logged once."""
     kwargs = dict(epochs=3, limit=600, data_path=cifar_npz, evaluate=False)  # 540 training images: 5 steps an epoch
     out = tmp_path / "mlp"
-    original = train.Batches.__getitem__
+    original = train.Progress.on_train_batch_end
     fired = []
 
-    def getitem(self, i):
-        if self.epoch == 1 and i == 2 and not fired:
-            fired.append(i)
+    def on_train_batch_end(self, batch, logs=None):
+        original(self, batch, logs)
+        if self.epoch == 1 and batch == 1 and not fired:
+            fired.append(batch)
             signal.raise_signal(signal.SIGTERM)  # what the dashboard's Cancel sends
-        return original(self, i)
 
-    monkeypatch.setattr(train.Batches, "__getitem__", getitem)
+    monkeypatch.setattr(train.Progress, "on_train_batch_end", on_train_batch_end)
     handlers = {s: signal.getsignal(s) for s in train.CancelOnSignal.SIGNALS}
     with pytest.raises(train.Cancelled):
         train.train("mlp", out_dir=out, save_every=1, **kwargs)
     assert {s: signal.getsignal(s) for s in handlers} == handlers  # the caller's handlers are back
-    monkeypatch.setattr(train.Batches, "__getitem__", original)
+    monkeypatch.setattr(train.Progress, "on_train_batch_end", original)
     folder = _only_run(out)
     meta = json.loads((folder / "backup" / "phase-0" / "training_metadata.json").read_text())
     assert meta["epoch"] == 1  # resume restarts epoch 2 (from the weights of its last backed-up step)
