@@ -2,9 +2,10 @@
 the same for a resumed run as for an uninterrupted one.
 
 Every random decision (order, shifts, flips, MixUp pairs and weights) is drawn here in NumPy: a few numbers per
-image. The pixels are moved either in NumPy (TensorFlow, the CPU path) or, under JAX, as tensor ops on the device
-that holds the whole training set: one gather per batch, so an accelerator is not left waiting on per-image Python
-work. Both give the same batches, bit for bit."""
+image. The pixels are moved under TensorFlow by a tf.data pipeline (``tf_dataset``: the epoch's decisions drawn in
+one call, no Python per batch), under JAX as tensor ops on the device that holds the whole training set (one
+gather per batch), or in NumPy (``__getitem__``, the PyDataset other backends iterate). All give the same batches,
+bit for bit."""
 
 from __future__ import annotations
 
