@@ -136,6 +136,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # two TensorFlow training runs in subprocesses (about 40 s)
 def test_under_tensorflow_a_run_on_two_devices_feeds_tf_data_and_refuses_uneven_batches(cifar_npz, tmp_path):
     """MirroredStrategy gets the tf.data pipeline; XLA, which cannot reach its per-device variables, is turned off
     with a note; a --limit whose last batch two devices cannot share is refused with the limits that would do,
