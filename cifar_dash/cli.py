@@ -53,6 +53,7 @@ def _train(args):
         save_every=args.save_every,
         run_id=args.run_id,
         devices=args.devices,
+        batch_size=args.batch_size,
     )
     print(f"run folder {out}")
     return 0
@@ -310,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on several devices (Keras DataParallel under JAX, MirroredStrategy under TensorFlow): 'all', "
         "the first N, or device numbers; default: every GPU when there are several, else one device",
     )
+    t.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        metavar="N",
+        help="images per step in place of the recipe's (less device memory; the learning rate stays the recipe's)",
+    )
     t.add_argument("--run-id", help=argparse.SUPPRESS)  # the dashboard names its job's run before it starts
     t.add_argument("--no-evaluate", action="store_true", help="train without evaluating (resume evaluates later)")
     t.add_argument("--seed", type=_non_negative_int, help="random seed (default: the recipe's); for run-to-run spread")
@@ -413,7 +420,7 @@ def main(argv=None) -> int:
         print("interrupted; resume with --resume", file=sys.stderr)
         return 130
     except Exception as e:  # by name: commands that do not train never import Keras
-        if type(e).__name__ == "BackboneWeightsError":
+        if type(e).__name__ in ("BackboneWeightsError", "OutOfMemory"):
             print(f"error: {e}", file=sys.stderr)
             return 2
         if type(e).__name__ == "Cancelled":

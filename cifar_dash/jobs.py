@@ -75,9 +75,11 @@ def start(
     backbone: str | None = None,
     mixed_precision: bool = False,
     continue_from: str | Path | None = None,
+    batch_size: int | None = None,
 ) -> dict:
     """Start training ``stage`` in the background. Raises JobRunning when one is already live."""
-    stages.recipe_for(stages.get(stage), epochs, backbone)  # an unknown stage, epochs or backbone fails here
+    # an unknown stage, bad epochs, backbone or batch size fails here
+    stages.recipe_for(stages.get(stage), epochs, backbone, batch_size=batch_size)
     out = artifacts.stage_dir(stage)
     run_id = runs.new_run_id()
     cmd = [sys.executable, "-m", "cifar_dash", "train", stage, "--out", str(out), "--run-id", run_id]
@@ -93,6 +95,8 @@ def start(
         cmd += ["--mixed-precision"]
     if continue_from:
         cmd += ["--continue-from", str(continue_from)]
+    if batch_size:
+        cmd += ["--batch-size", str(int(batch_size))]
     return _launch(stage, cmd, out, {"epochs": epochs, "limit": limit, "run_id": run_id}, extra_env)
 
 

@@ -333,11 +333,21 @@ def extension_problem(done: Sequence[int], wanted: Sequence[int]) -> str | None:
 
 
 def recipe_for(
-    stage: Stage, epochs: int | Sequence[int] | None = None, backbone: str | None = None, seed: int | None = None
+    stage: Stage,
+    epochs: int | Sequence[int] | None = None,
+    backbone: str | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
 ) -> Recipe:
+    """The stage's recipe with the given epochs, backbone, seed and batch size in place of its own (the learning rate
+    stays the recipe's)."""
     recipe = stage.recipe
     if seed is not None:
         recipe = dataclasses.replace(recipe, seed=int(seed))
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch size must be at least 1, not {batch_size}")
+        recipe = dataclasses.replace(recipe, batch_size=int(batch_size))
     if epochs:
         recipe = recipe.with_epochs(epochs)
     if backbone and backbone != recipe.backbone:

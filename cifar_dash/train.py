@@ -306,6 +306,7 @@ def train(
     save_every: int | str | None = None,
     run_id: str | None = None,
     devices: str | None = None,
+    batch_size: int | None = None,
     stream=sys.stderr,
 ) -> Path:
     """Train ``stage_key`` into a new run folder ``OUT/runs/RUN_ID/`` (OUT: ``out_dir``, default checkpoints/STAGE)
@@ -318,7 +319,9 @@ def train(
     weights and history and adds the missing epochs with a fresh optimizer at the rate its history reached.
     ``save_every``: BackupAndRestore's frequency, "epoch" or a number of steps (default: default_save_every).
     ``devices``: distribute.parse's setting ("all", a count, "0,1"; default: every accelerator when there are
-    several); the batch is split across them by Keras (DataParallel under JAX, MirroredStrategy under TensorFlow)."""
+    several); the batch is split across them by Keras (DataParallel under JAX, MirroredStrategy under TensorFlow).
+    ``batch_size`` replaces the recipe's (for a device with less memory; the learning rate stays the recipe's).
+    Running out of memory raises OutOfMemory, whose message names the settings that need less."""
     stage = stages.get(stage_key)
     out = Path(out_dir) if out_dir else artifacts.stage_dir(stage.key)
     root = runs.runs_root(stage.key, where=out)
@@ -328,6 +331,11 @@ def train(
         info = json.loads((folder / artifacts.TRAIN_INFO).read_text())
         request = info["request"]
         recipe = stages.recipe_from_dict(info["recipe"])
+        if batch_size is not None and batch_size != recipe.batch_size:
+            raise ValueError(
+                f"run {folder.name} trains with batch size {recipe.batch_size} and a resumed run keeps it; "
+                f"start a new run for --batch-size {batch_size}"
+            )
         limit, evaluate = request["limit"], request.get("evaluate", True)
         backbone_weights = request.get("backbone_weights_path")
         data_path = data_path or request.get("data_path")
@@ -336,7 +344,9 @@ def train(
         print(f"resuming {stage.key} run {folder.name}", file=stream)
         choice = None  # the run keeps the precision and XLA setting it started with (in its recipe)
     else:
-        recipe = stages.recipe_for(dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed)
+        recipe = stages.recipe_for(
+            dataclasses.replace(stage, recipe=recipe) if recipe else stage, epochs, backbone, seed, batch_size
+        )
         recipe, choice = _speed_setting(stage.key, recipe, speed, mixed_precision, xla)
         placement = distribute.plan(devices, recipe.batch_size)  # a bad setting fails before the run has a folder
         if placement.devices and keras.backend.backend() == "tensorflow" and recipe.jit_compile:
@@ -446,8 +456,14 @@ def train(
         say("cancelled", message="cancelled on request; the run keeps its last backup and can be resumed")
         raise
     except BaseException as e:
+        error = e
+        if not isinstance(e, OutOfMemory) and is_out_of_memory(e):
+            state = runs.read_progress(folder).get("state", "running")
+            error = OutOfMemory(out_of_memory_advice(stage.key, recipe, placement, state, e, resumed=bool(resume)))
         if folder.exists():
-            say("failed", message=f"{type(e).__name__}: {e}")
+            say("failed", message=f"{type(error).__name__}: {error}")
+        if error is not e:
+            raise error from e
         raise
     finally:
         keras.mixed_precision.set_global_policy(policy)
@@ -456,6 +472,68 @@ def train(
 
 
 VALIDATION_BATCH = 256
+
+
+class OutOfMemory(RuntimeError):
+    """Training or evaluation ran out of device (or host) memory; str(e) names the settings that need less."""
+
+
+_OOM_TYPES = {"ResourceExhaustedError", "OutOfMemoryError"}  # TensorFlow; torch (and torch.cuda)
+_OOM_TEXT = ("resource_exhausted", "out of memory", "oom when allocating")  # XLA / JAX runtime errors, CUDA
+
+
+def is_out_of_memory(error: BaseException | None) -> bool:
+    """Whether ``error`` (or an exception it was raised from) is an out-of-memory: Python's MemoryError, TensorFlow's
+    ResourceExhaustedError, torch's OutOfMemoryError, or a runtime error of XLA/JAX or CUDA that says so."""
+    return any(
+        isinstance(e, MemoryError)
+        or type(e).__name__ in _OOM_TYPES
+        or (isinstance(e, RuntimeError) and any(t in str(e).lower() for t in _OOM_TEXT))
+        for e in _chain(error)
+    )
+
+
+def out_of_memory_advice(stage_key, recipe, placement, state, error, resumed=False) -> str:
+    """One message: what ran out, at which batch size and precision, on what, and the settings that need less."""
+    backend = keras.backend.backend()
+    n = len(placement.devices or ()) or 1
+    where = ", ".join(placement.devices) if placement.devices else (distribute.available(backend) or ["this machine"])[0]
+    host = any(isinstance(x, MemoryError) for x in _chain(error))
+    what = "the machine's memory" if host else f"memory on {where}"
+    per = f", {recipe.batch_size // n} per device" if n > 1 else ""
+    half = max(1, recipe.batch_size // 2)
+    options = [f"--batch-size {half} (the sidebar's Batch size)"]
+    if not recipe.mixed_precision:
+        options.append("--mixed-precision (bfloat16 activations take half the memory)")
+    more = len(distribute.accelerators(backend))
+    if more > n:
+        options.append(f"--devices {more} (the batch is split across them)")
+    if state == "loading" or host:
+        options.append("--limit N (fewer training images)")
+    how = "start a new run with " + ", or ".join(options)
+    if resumed:
+        how = f"this run keeps the batch size it started with; {how}"
+    return (
+        f"{stage_key} ran out of {what} while {_DOING.get(state, state)} (batch size {recipe.batch_size}{per}, "
+        f"{'mixed_bfloat16' if recipe.mixed_precision else 'float32'}, {backend}): {how}. The published model is "
+        f"unchanged. ({type(error).__name__}: {_first_line(error)})"
+    )
+
+
+_DOING = {"loading": "loading the data", "running": "training", "evaluating": "evaluating"}
+
+
+def _chain(error):
+    seen = []
+    while error is not None and all(error is not s for s in seen):
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+def _first_line(error) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else ""
 
 
 def _uneven_batches(placement, recipe, n_train: int, n_val: int) -> str | None:

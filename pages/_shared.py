@@ -314,7 +314,14 @@ def page_setup(title: str):
 
 
 # the sidebar form's values travel in the page URL, so a reload (a new session) keeps them
-_FORM = {"train_stage": str, "train_epochs": int, "train_limit": int, "train_bf16": lambda v: v == "1"}
+_FORM = {
+    "train_stage": str,
+    "train_epochs": int,
+    "train_limit": int,
+    "train_batch": int,
+    "train_bf16": lambda v: v == "1",
+}
+_FORM_RANGE = {"train_epochs": 500, "train_limit": 50000, "train_batch": 4096}
 
 
 def _form_default(k: str, fallback):
@@ -328,7 +335,7 @@ def _form_default(k: str, fallback):
         return fallback
     if k == "train_stage" and value not in stages.KEYS:
         return fallback
-    if k in ("train_epochs", "train_limit") and not 0 <= value <= (500 if k == "train_epochs" else 50000):
+    if k in _FORM_RANGE and not 0 <= value <= _FORM_RANGE[k]:
         return fallback
     return value
 
@@ -396,6 +403,16 @@ def training_sidebar():
             step=100,
             key="train_limit",
             help="Train on the first N training images and test on the first N test images: a quick smoke run.",
+        )
+        batch_size = st.number_input(
+            f"Batch size (0 = recipe's {recipe.batch_size})",
+            min_value=0,
+            max_value=_FORM_RANGE["train_batch"],
+            value=_form_default("train_batch", 0),
+            step=1,
+            key="train_batch",
+            help="Images per training step. A smaller batch needs less memory (the fix when a run runs out of it); "
+            "the learning rate stays the recipe's.",
         )
         backbone = None
         options = list(stages.get(key).backbone_options)
@@ -465,6 +482,7 @@ def training_sidebar():
                     backbone=backbone,
                     mixed_precision=bf16,
                     continue_from="published" if extend else None,
+                    batch_size=int(batch_size) or None,
                 )
                 st.toast(f"Started training {key}")
             except jobs.JobRunning as e:

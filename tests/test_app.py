@@ -683,12 +683,15 @@ def test_the_sidebar_form_survives_a_reload(app_env):
     at.selectbox(key="train_stage").set_value("cnn").run()
     at.number_input(key="train_epochs").set_value(3).run()
     at.number_input(key="train_limit").set_value(500).run()
+    at.number_input(key="train_batch").set_value(32).run()
     assert not at.exception
+    assert at.number_input(key="train_batch").label == "Batch size (0 = recipe's 128)"
     saved = dict(at.query_params)  # what the page wrote into its URL
-    assert {k: saved[k] for k in ("train_stage", "train_epochs", "train_limit")} == {
+    assert {k: saved[k] for k in ("train_stage", "train_epochs", "train_limit", "train_batch")} == {
         "train_stage": "cnn",
         "train_epochs": "3",
         "train_limit": "500",
+        "train_batch": "32",
     }
     fresh = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)  # a reload: a new session, same URL
     fresh.query_params.update(saved)
@@ -696,6 +699,7 @@ def test_the_sidebar_form_survives_a_reload(app_env):
     assert not fresh.exception
     assert fresh.selectbox(key="train_stage").value == "cnn"
     assert fresh.number_input(key="train_epochs").value == 3 and fresh.number_input(key="train_limit").value == 500
+    assert fresh.number_input(key="train_batch").value == 32
 
 
 @pytest.fixture

@@ -181,6 +181,7 @@ def test_bad_numbers_are_refused_by_the_parser(tmp_path, capsys):
         (("train", "mlp", "--limit", "0"), "must be 1 or more"),
         (("train", "mlp", "--epochs", "0"), "epochs must be positive"),
         (("train", "mlp", "--save-every", "-1"), "must be 1 or more"),
+        (("train", "mlp", "--batch-size", "0"), "must be 1 or more"),
         (("train", "mlp", "--seed", "x"), "is not a whole number"),
         (("evaluate", "mlp", "--limit", "-1"), "must be 1 or more"),
         (("robustness", "mlp", "--limit", "-1"), "must be 0 or more"),
@@ -190,6 +191,18 @@ def test_bad_numbers_are_refused_by_the_parser(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and says in err and "Traceback" not in err, (args, err)
     assert not (tmp_path / "never").exists()
+
+
+def test_out_of_memory_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):
+    from cifar_dash import cli, train
+
+    def out_of_memory(*args, **kwargs):
+        raise train.OutOfMemory("mlp ran out of memory on cpu:0 while training (batch size 128): --batch-size 64")
+
+    monkeypatch.setattr(train, "train", out_of_memory)
+    assert cli.main(["train", "mlp", "--out", str(tmp_path / "mlp")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: mlp ran out of memory on cpu:0 while training (batch size 128): --batch-size 64\n"
 
 
 def test_an_unwritable_out_is_refused_before_training(cifar_npz, tmp_path):

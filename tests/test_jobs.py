@@ -62,14 +62,17 @@ def test_idle_stage():
 
 
 def test_sidebar_options_reach_the_training_command(root, cifar_npz):
-    rec = jobs.start("mlp", epochs=1, limit=120, data_path=str(cifar_npz), mixed_precision=True)
-    assert "--mixed-precision" in rec["cmd"]
+    rec = jobs.start("mlp", epochs=1, limit=120, data_path=str(cifar_npz), mixed_precision=True, batch_size=32)
+    assert "--mixed-precision" in rec["cmd"] and rec["cmd"][-2:] == ["--batch-size", "32"]
     st = jobs.wait("mlp", timeout=240)
     assert st.state == "done", (st.message, jobs.tail_log("mlp"))
     r = results.load_folder("mlp", jobs.run_folder(rec))
     assert r.train_info["mixed_precision"] is True and r.metrics["recipe"]["mixed_precision"] is True
+    assert r.train_info["recipe"]["batch_size"] == 32 and r.metrics["recipe"]["batch_size"] == 32
     with pytest.raises(ValueError, match="takes backbone"):
         jobs.start("resnet50v2", backbone="vgg16")
+    with pytest.raises(ValueError, match="batch size must be at least 1"):
+        jobs.start("mlp", batch_size=-4)
 
 
 def test_a_job_can_continue_the_published_run(root, cifar_npz):

@@ -740,3 +740,80 @@ def test_progress_keeps_a_bounded_per_step_trace(tmp_path, monkeypatch):
     assert xs == sorted(xs) and xs[0] < 0.05  # the whole run's shape, from its first steps
     fig = figures.step_curve(trace)
     assert [d.name for d in fig.data] == ["loss", "accuracy"] and len(fig.data[0].x) == len(trace)
+
+
+def _published_files(out: Path) -> dict:
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def test_out_of_memory_names_the_settings_to_change_and_a_smaller_batch_trains(cifar_npz, tmp_path, monkeypatch):
+    """A step that runs out of device memory (TensorFlow's own ResourceExhaustedError, raised inside fit): one
+    message with the batch size and precision it ran at and the settings that need less; the run is marked failed;
+    the published model is untouched; the advised --batch-size then trains, recorded in the run's recipe."""
+    import tensorflow as tf
+
+    from tests.conftest import train_and_publish
+
+    out = tmp_path / "mlp"
+    train_and_publish("mlp", out, epochs=1, limit=300, data_path=cifar_npz)
+    before = _published_files(out)
+    original = train.Progress.on_train_batch_end
+
+    def on_train_batch_end(self, batch, logs=None):
+        original(self, batch, logs)
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[128,3072]")
+
+    monkeypatch.setattr(train.Progress, "on_train_batch_end", on_train_batch_end)
+    with pytest.raises(train.OutOfMemory) as caught:
+        train.train("mlp", out_dir=out, epochs=1, limit=300, data_path=cifar_npz)
+    message = str(caught.value)
+    assert "ran out of memory on " in message and "while training (batch size 128, float32, tensorflow)" in message
+    assert "--batch-size 64" in message and "--mixed-precision" in message
+    assert "The published model is unchanged" in message and "ResourceExhaustedError: OOM when allocating" in message
+    assert isinstance(caught.value.__cause__, tf.errors.ResourceExhaustedError)
+    failed = next(r for r in runs.list_runs("mlp", where=out) if r.progress.get("state") == "failed")
+    assert failed.progress["message"] == f"OutOfMemory: {message}"
+    assert _published_files(out) == before
+
+    with pytest.raises(ValueError, match="keeps it; start a new run for --batch-size 64"):
+        train.train("mlp", out_dir=out, resume=failed.run_id, batch_size=64)
+
+    monkeypatch.setattr(train.Progress, "on_train_batch_end", original)
+    import io
+
+    said = io.StringIO()
+    folder = train.train("mlp", out_dir=out, epochs=1, limit=300, data_path=cifar_npz, batch_size=64, stream=said)
+    info = json.loads((folder / "train_info.json").read_text())
+    assert info["recipe"]["batch_size"] == 64
+    steps = -(-info["n_train"] // 64)
+    assert f"step {steps}/{steps} " in said.getvalue() and steps != -(-info["n_train"] // 128)
+    assert _published_files(out) == before
+
+
+def test_out_of_memory_is_recognised_from_every_backend():
+    import jax
+    import tensorflow as tf
+
+    jax_oom = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12884901888 bytes.")
+    chained = ValueError("step failed")
+    chained.__cause__ = jax_oom
+    for e in (
+        MemoryError(),
+        tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"),
+        jax_oom,
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        chained,
+    ):
+        assert train.is_out_of_memory(e), repr(e)
+    for e in (ValueError("shapes (3,) and (4,) do not match"), RuntimeError("INTERNAL: failed"), KeyboardInterrupt()):
+        assert not train.is_out_of_memory(e), repr(e)
+
+
+def test_out_of_memory_advice_on_several_devices_and_in_bfloat16():
+    from cifar_dash import distribute
+
+    recipe = dataclasses.replace(stages.get("resnet50v2").recipe, mixed_precision=True)
+    plan = distribute.Plan("tensorflow", ["/device:CPU:0", "/device:CPU:1"])
+    text = train.out_of_memory_advice("resnet50v2", recipe, plan, "evaluating", MemoryError("host"))
+    assert text.startswith("resnet50v2 ran out of the machine's memory while evaluating (batch size 64, 32 per device")
+    assert "--batch-size 32" in text and "--mixed-precision" not in text and "--limit N" in text
