@@ -4,7 +4,7 @@ the same for a resumed run as for an uninterrupted one.
 Every random decision (order, shifts, flips, MixUp pairs and weights) is drawn here in NumPy: a few numbers per
 image. The pixels are moved under TensorFlow by a tf.data pipeline (``tf_dataset``: the epoch's decisions drawn in
 one call, no Python per batch), under JAX as tensor ops on the device that holds the whole training set (one
-gather per batch), or in NumPy (``__getitem__``, the PyDataset other backends iterate). All give the same batches,
+compiled gather per batch), or in NumPy (``__getitem__``, the PyDataset other backends iterate). All give the same batches,
 bit for bit."""
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class Batches(keras.utils.PyDataset):
         self.on_device = on_device
         if self.on_device:  # every pixel once, as one flat (images x rows x columns, channels) uint8 tensor
             self.x_device = keras.ops.convert_to_tensor(self.x.reshape(-1, self.x.shape[-1]))
+            self._gather = _device_gather(*self.x.shape[1:3])
         self.set_epoch(0)
 
     def __len__(self):
@@ -81,12 +82,8 @@ class Batches(keras.utils.PyDataset):
 
     def _augmented_on_device(self, idx, i):
         """The same pixels gathered on the device: one take from the flat training set."""
-        ops = keras.ops
         rows, cols = self._pixels(idx, i)
-        height, width = self.x.shape[1:3]
-        idx, rows, cols = (ops.convert_to_tensor(a.astype("int32")) for a in (idx, rows, cols))
-        flat = (idx[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
-        return ops.cast(ops.take(self.x_device, flat, axis=0), "float32")
+        return self._gather(self.x_device, *(keras.ops.convert_to_tensor(a.astype("int32")) for a in (idx, rows, cols)))
 
     def __getitem__(self, i):
         idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
@@ -172,6 +169,23 @@ class Batches(keras.utils.PyDataset):
 
         ds = tf.data.Dataset.range(1).map(plan).flat_map(epoch)
         return ds.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(tf.data.AUTOTUNE)
+
+
+def _device_gather(height: int, width: int):
+    """(flat uint8 training set, image indices, rows, columns) -> the float32 batch, one take of per-pixel indices.
+    Under JAX one compiled function (a speedrun batch of 1024 on a 2-core CPU: 2.1-3.1 ms against 4.6-5.1 ms as
+    eager ops); elsewhere the same ops run eagerly. Pure indexing and an exact cast: compiled or not, the same bits."""
+    ops = keras.ops
+
+    def gather(x_device, idx, rows, cols):
+        flat = (idx[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
+        return ops.cast(ops.take(x_device, flat, axis=0), "float32")
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.jit(gather)
+    return gather
 
 
 class EpochOrder(keras.callbacks.Callback):

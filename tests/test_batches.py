@@ -70,6 +70,7 @@ def test_under_jax_the_pixels_move_on_the_device_and_give_the_same_batches():
         "from cifar_dash.batches import Batches\n"
         "b = Batches(np.zeros((8, 32, 32, 3), np.uint8), np.arange(8), 4, augment=('crop:2',))\n"
         "assert b.on_device and isinstance(b[0][0], jax.Array)\n"
+        "assert hasattr(b._gather, 'lower')  # one jax.jit function, not eager ops\n"
         "print('DIGEST', digest())\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KERAS_BACKEND": "jax"}
