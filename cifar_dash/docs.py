@@ -231,8 +231,7 @@ def speed_choices(_res) -> str:
                     f"`{path.name}`",
                     doc.get("date", "-"),
                     machine,
-                    (doc.get("machine") or {}).get("backend")
-                    or next((b for b in ("tensorflow", "jax", "torch") if b in (doc.get("versions") or {})), "-"),
+                    (doc.get("machine") or {}).get("backend", "-"),
                     f"`{doc['stage']}`",
                     doc["batch_size"],
                     row["precision"],
