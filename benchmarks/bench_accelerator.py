@@ -14,7 +14,9 @@ warm-up steps, on random images (ResNet stages with the ResNet50 backbone, which
   augmentation and MixUp, and every callback: progress, CSV and TensorBoard logs, backups) on random images, the
   recipe's last phase for two epochs of ``--steps`` batches (at least about 3 s of them), no validation split; the
   second epoch's seconds from the run's own log, so the one-off set-up is left out as it is in a real epoch of
-  hundreds of steps.
+  hundreds of steps;
+- memory: the peak after the model's steps (the accelerator's own peak on a GPU, the process's resident set on a
+  CPU), what the recipe's batch size needs: the figure to hold against a device's memory before an out-of-memory.
 With --json the rows go to benchmarks/results/accelerator-<device>-<backend>.json with the machine and versions.
 """
 
@@ -40,6 +42,30 @@ def _timed_steps(fn, steps: int) -> float:
     for _ in range(steps):
         fn()
     return time.perf_counter() - t
+
+
+def peak_memory() -> tuple[float, str]:
+    """The most memory the process has held so far, in MB, and where: the first accelerator's peak (JAX's
+    memory_stats, TensorFlow's get_memory_info) when there is one, else the process's peak resident set."""
+    import resource
+
+    import keras
+
+    try:
+        if keras.backend.backend() == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats() or {}
+            if "peak_bytes_in_use" in stats:
+                return stats["peak_bytes_in_use"] / 2**20, "device"
+        elif keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            if tf.config.list_logical_devices("GPU"):
+                return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, "device"
+    except (RuntimeError, ValueError, KeyError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host RSS"
 
 
 def reference_model(stage, recipe):
@@ -125,6 +151,7 @@ def one(stage_key: str, policy: str, steps: int, devices: str | None) -> dict:
         model = stages.build(stage, recipe, backbone_weights=None)
         train.compile_for_phase(model, recipe, recipe.phases[-1], steps_per_epoch=100)
         model_ips = steps * b / _timed_steps(lambda: model.train_on_batch(x, y), steps)
+        memory_mb, memory_kind = peak_memory()  # before the reference model adds its own
 
         ref = reference_model(stage, recipe)
         ref.compile(optimizer=keras.optimizers.Adam(1e-4), loss="categorical_crossentropy", jit_compile="auto")
@@ -143,6 +170,8 @@ def one(stage_key: str, policy: str, steps: int, devices: str | None) -> dict:
         "model_ips": round(model_ips, 1),
         "reference_ips": round(reference_ips, 1),
         "pipeline_ips": round(pipeline_ips, 1),
+        "model_step_peak_mb": round(memory_mb, 1),  # the model's step at this batch size: how far from out-of-memory
+        "memory": memory_kind,
     }
 
 
@@ -180,7 +209,8 @@ def main(argv=None):
         print(
             f"{key:20s} batch {row['batch_size']:5d}: model step {row['model_ips']:9.1f} images/s, reference "
             f"{row['reference_ips']:9.1f} (ratio {row['model_ips'] / row['reference_ips']:.2f}), pipeline "
-            f"{row['pipeline_ips']:9.1f} ({row['pipeline_ips'] / row['model_ips']:.2f} of the model step)",
+            f"{row['pipeline_ips']:9.1f} ({row['pipeline_ips'] / row['model_ips']:.2f} of the model step), peak "
+            f"{row['model_step_peak_mb']:,.0f} MB ({row['memory']})",
             flush=True,
         )
         if args.json:  # after every stage, so that a run stopped part-way keeps what it measured

@@ -459,7 +459,9 @@ def train(
         error = e
         if not isinstance(e, OutOfMemory) and is_out_of_memory(e):
             state = runs.read_progress(folder).get("state", "running")
-            error = OutOfMemory(out_of_memory_advice(stage.key, recipe, placement, state, e, resumed=bool(resume)))
+            error = OutOfMemory(
+                out_of_memory_advice(stage.key, recipe, placement, state, e, resumed=bool(resume), run_id=folder.name)
+            )
         if folder.exists():
             say("failed", message=f"{type(error).__name__}: {error}")
         if error is not e:
@@ -474,7 +476,7 @@ def train(
 VALIDATION_BATCH = 256
 
 
-class OutOfMemory(RuntimeError):
+class OutOfMemory(MemoryError):
     """Training or evaluation ran out of device (or host) memory; str(e) names the settings that need less."""
 
 
@@ -493,7 +495,7 @@ def is_out_of_memory(error: BaseException | None) -> bool:
     )
 
 
-def out_of_memory_advice(stage_key, recipe, placement, state, error, resumed=False) -> str:
+def out_of_memory_advice(stage_key, recipe, placement, state, error, resumed=False, run_id=None) -> str:
     """One message: what ran out, at which batch size and precision, on what, and the settings that need less."""
     backend = keras.backend.backend()
     n = len(placement.devices or ()) or 1
@@ -511,7 +513,12 @@ def out_of_memory_advice(stage_key, recipe, placement, state, error, resumed=Fal
     if state == "loading" or host:
         options.append("--limit N (fewer training images)")
     how = "start a new run with " + ", or ".join(options)
-    if resumed:
+    if state == "evaluating":  # the training is done and saved: only the evaluation is missing
+        how = (
+            f"the trained model is kept in run {run_id}; once memory is free (other jobs or programs closed) "
+            f"`python -m cifar_dash train {stage_key} --resume {run_id}` evaluates it"
+        )
+    elif resumed:
         how = f"this run keeps the batch size it started with; {how}"
     return (
         f"{stage_key} ran out of {what} while {_DOING.get(state, state)} (batch size {recipe.batch_size}{per}, "

@@ -51,7 +51,11 @@ def test_bench_accelerator_prints_and_writes_the_three_rates(tmp_path):
     fields = {"stage", "device", "backend", "precision", "batch_size", "model_ips", "reference_ips", "pipeline_ips"}
     assert set(row) >= fields
     assert row["stage"] == "mlp" and min(row["model_ips"], row["reference_ips"], row["pipeline_ips"]) > 0
-    assert re.search(r"mlp .*model step .*reference .*\(ratio \d\.\d\d\), pipeline .*of the model step", text)
+    assert row["memory"] == "host RSS" and 100 < row["model_step_peak_mb"] < 20000  # a CPU: the process's peak
+    assert re.search(
+        r"mlp .*model step .*reference .*\(ratio \d\.\d\d\), pipeline .*of the model step\), peak [\d,]+ MB \(host RSS\)",
+        text,
+    )
 
 
 @pytest.mark.slow

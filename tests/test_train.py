@@ -247,10 +247,13 @@ def test_a_run_killed_during_evaluation_is_evaluated_on_resume(cifar_npz, tmp_pa
 
     real = evaluate.evaluate_into
     monkeypatch.setattr(train.evaluate_mod, "evaluate_into", crash)
-    with pytest.raises(MemoryError):
+    with pytest.raises(MemoryError) as caught:
         train.train("mlp", epochs=2, limit=200, data_path=cifar_npz, out_dir=out)
     monkeypatch.setattr(train.evaluate_mod, "evaluate_into", real)
     folder = _only_run(out)
+    assert isinstance(caught.value, train.OutOfMemory)  # out of memory: what to do, not only what happened
+    assert "out of the machine's memory while evaluating" in str(caught.value)
+    assert f"`python -m cifar_dash train mlp --resume {folder.name}` evaluates it" in str(caught.value)
     run = runs.read_run("mlp", folder)
     assert run.state == "interrupted" and "not evaluated" in run.problem
     with pytest.raises(runs.RunError, match="only a finished run can be promoted"):
@@ -814,6 +817,6 @@ def test_out_of_memory_advice_on_several_devices_and_in_bfloat16():
 
     recipe = dataclasses.replace(stages.get("resnet50v2").recipe, mixed_precision=True)
     plan = distribute.Plan("tensorflow", ["/device:CPU:0", "/device:CPU:1"])
-    text = train.out_of_memory_advice("resnet50v2", recipe, plan, "evaluating", MemoryError("host"))
-    assert text.startswith("resnet50v2 ran out of the machine's memory while evaluating (batch size 64, 32 per device")
+    text = train.out_of_memory_advice("resnet50v2", recipe, plan, "loading", MemoryError("host"))
+    assert text.startswith("resnet50v2 ran out of the machine's memory while loading the data (batch size 64, 32 per")
     assert "--batch-size 32" in text and "--mixed-precision" not in text and "--limit N" in text
