@@ -373,6 +373,7 @@ def train(
 
     policy = keras.mixed_precision.global_policy()
     canceller = None
+    doing = "loading"  # what an out-of-memory interrupted
     try:
         say("loading")
         cifar = data_mod.load(data_path)
@@ -432,6 +433,7 @@ def train(
             if prior:
                 info["continued_from"] = continued_from_record(prior)
             write_json(folder / artifacts.TRAIN_INFO, info)
+        doing = "running"
         if info.get("finished") is None:
             canceller = CancelOnSignal()
             if placement.devices:
@@ -440,6 +442,7 @@ def train(
                 model = _fit(stage, recipe, info, folder, prior, (x_tr, y_tr), (x_val, y_val), save_every, canceller, stream)
             _finish(stage, recipe, info, folder, model, prior, x_tr)
         if evaluate:
+            doing = "evaluating"
             say("evaluating", epoch=recipe.epochs, epochs=recipe.epochs)
             keras.mixed_precision.set_global_policy("float32")
             clean = artifacts.load_model(folder / artifacts.MODEL)
@@ -458,9 +461,8 @@ def train(
     except BaseException as e:
         error = e
         if not isinstance(e, OutOfMemory) and is_out_of_memory(e):
-            state = runs.read_progress(folder).get("state", "running")
             error = OutOfMemory(
-                out_of_memory_advice(stage.key, recipe, placement, state, e, resumed=bool(resume), run_id=folder.name)
+                out_of_memory_advice(stage.key, recipe, placement, doing, e, resumed=bool(resume), run_id=folder.name)
             )
         if folder.exists():
             say("failed", message=f"{type(error).__name__}: {error}")
@@ -539,6 +541,11 @@ def _chain(error):
 
 
 def _first_line(error) -> str:
+    """The line of the error (or of one it was raised from) that says what ran out, else its first line."""
+    for e in _chain(error):
+        for line in str(e).splitlines():
+            if any(t in line.lower() for t in _OOM_TEXT):
+                return line.strip()[:200]
     text = str(error).strip().splitlines()
     return text[0][:200] if text else ""
 
