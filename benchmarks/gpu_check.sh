@@ -12,6 +12,8 @@
 #   speedrun  the speedrun's recipe in full (10 epochs, all 50,000 images, flip+shift TTA), bfloat16
 #   resnet    the resnet50v2 recipe for $GPU_CHECK_RESNET_EPOCHS epochs (default 1) on its 45,000 training
 #             images, ResNet50 backbone from random weights (no ImageNet file travels), bfloat16
+#   oom       a batch that cannot fit (resnet50v2 at $GPU_CHECK_OOM_BATCH, default 16384, on 3,000 more random images):
+#             passes when train stops with exit 2 and its out-of-memory message (what ran out, what to change)
 #
 # For a dry run on a CPU: $GPU_CHECK_LIMIT (a number) shrinks the data of speedrun and resnet,
 # $GPU_CHECK_SPEEDRUN_EPOCHS its epochs (default: the recipe's 10); $GPU_CHECK_DATA and $GPU_CHECK_RUNS move the
@@ -107,11 +109,29 @@ step_resnet() {
     pack_run "$RUNS/resnet50v2" resnet50v2-run
 }
 
-[ $# -gt 0 ] || { sed -n '2,19p' "$0"; exit 2; }
+step_oom() {
+  local batch=${GPU_CHECK_OOM_BATCH:-16384} n=$((${GPU_CHECK_OOM_BATCH:-16384} + 3000)) log="$OUT/oom.log"
+  $PY - "$DATA/random.npz" "$n" <<'PY' || return 1
+import sys
+import numpy as np
+
+rng, n = np.random.default_rng(0), int(sys.argv[2])
+np.savez(sys.argv[1], x_train=rng.integers(0, 256, (n, 32, 32, 3), np.uint8), y_train=rng.integers(0, 10, n, np.uint8),
+         x_test=rng.integers(0, 256, (100, 32, 32, 3), np.uint8), y_test=rng.integers(0, 10, 100, np.uint8))
+PY
+  rm -rf "$RUNS/oom"
+  $PY -m cifar_dash train resnet50v2 --data "$DATA/random.npz" --out "$RUNS/oom" --epochs 1 --backbone resnet50 \
+    --backbone-weights none --mixed-precision --batch-size "$batch" --limit "$n" 2>"$log"
+  local rc=$?
+  tail -n 3 "$log"
+  [ "$rc" -eq 2 ] && grep -q "ran out of .*memory.*--batch-size $((batch / 2))" "$log"
+}
+
+[ $# -gt 0 ] || { sed -n '2,22p' "$0"; exit 2; }
 for step in "$@"; do
   case $step in
-    setup | stash | data | bench | speedrun | resnet) ;;
-    *) echo "unknown step '$step' (setup, stash, data, bench, speedrun, resnet)"; exit 2 ;;
+    setup | stash | data | bench | speedrun | resnet | oom) ;;
+    *) echo "unknown step '$step' (setup, stash, data, bench, speedrun, resnet, oom)"; exit 2 ;;
   esac
 done
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
