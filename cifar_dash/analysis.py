@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from .data import CLASS_NAMES
@@ -167,57 +165,31 @@ def most_disputed(preds_by_stage: dict, n: int = 24) -> list[dict]:
     ]
 
 
-def disagreement(probs_by_stage: dict) -> dict:
-    """For one image: top-1 per stage, consensus label (majority), and whether the stages disagree."""
-    top = {k: int(np.argmax(p)) for k, p in probs_by_stage.items()}
-    if not top:
-        return {"top": {}, "consensus": None, "agree": True, "share": 0.0}
-    counts = np.bincount(list(top.values()), minlength=10)
-    return {
-        "top": top,
-        "consensus": int(counts.argmax()),
-        "agree": len(set(top.values())) == 1,
-        "share": float(counts.max() / len(top)),
-    }
-
-
-OOD_CONFIDENCE = 0.6
-OOD_RULE = (
-    "the three most accurate trained stages do not all pick the same class, and their mean confidence in their own "
-    f"answers is under {OOD_CONFIDENCE:.0%}"
+VOTE_RULE = (
+    "each stage's calibrated probabilities, weighted by how far its measured test accuracy is above chance (10%), averaged"
 )
 
 
-def strongest_stages(results, n: int = 3) -> list[str]:
-    """The ``n`` trained stages with the highest measured test accuracy, best first."""
-    trained = [r for r in results if r.metrics and r.status in ("trained", "stale")]
-    return [r.stage.key for r in sorted(trained, key=lambda r: -r.accuracy)[:n]]
+def weighted_vote(probs_by_stage: dict, accuracy: dict) -> dict:
+    """For one image: the summary answer from every stage's (calibrated) probabilities weighted by its measured
+    accuracy above chance (VOTE_RULE), its probability, and the stages marked as differing from it.
 
-
-def probably_unknown(probs_by_stage: dict, strongest: list[str]) -> np.ndarray:
-    """Per image, whether OOD_RULE fires: a plain "probably none of these classes" flag. ``probs_by_stage`` maps a
-    stage to its (n, 10) probabilities; stages of ``strongest`` missing from it are left out of the rule."""
-    keys = [k for k in strongest if k in probs_by_stage]
-    if len(keys) < 2:
-        return np.zeros(len(next(iter(probs_by_stage.values()))) if probs_by_stage else 0, dtype=bool)
-    p = np.stack([np.asarray(probs_by_stage[k]) for k in keys])  # (stages, n, 10)
-    top = p.argmax(-1)
-    disagree = ~(top == top[0]).all(0)
-    return disagree & (p.max(-1).mean(0) < OOD_CONFIDENCE)
-
-
-def unknown_rate_on_test(preds_by_stage: dict, strongest: list[str]) -> tuple[float, int] | None:
-    """How often the flag fires on real CIFAR-10 test images (every image is one of the ten classes), from the
-    stored test predictions of the ``strongest`` stages: (rate, images), or None when they cannot be aligned."""
-    keys = [k for k in strongest if k in preds_by_stage]
-    if len(keys) < 2:
-        return None
-    common = functools.reduce(np.intersect1d, [preds_by_stage[k].indices for k in keys])
-    if not len(common):
-        return None
-    probs = {}  # each stage's rows for the shared test images, in one order (as `aligned` does for two stages)
-    for k in keys:
-        _, rows, _ = np.intersect1d(preds_by_stage[k].indices, common, return_indices=True)
-        probs[k] = preds_by_stage[k].probs[rows]
-    flags = probably_unknown(probs, keys)
-    return float(flags.mean()), int(len(common))
+    A stage is marked only when it differs from the answer *and* a stage at least as accurate gives the answer: the
+    strongest stage is never marked as the odd one out by weaker stages outvoting it."""
+    keys = list(probs_by_stage)
+    if not keys:
+        return {"answer": None, "probability": 0.0, "weights": {}, "differs": [], "top": {}}
+    weights = {k: max(float(accuracy.get(k) or 0.0) - 0.1, 0.01) for k in keys}
+    total = sum(weights.values())
+    mean = sum(weights[k] * np.asarray(probs_by_stage[k], np.float64) for k in keys) / total
+    answer = int(np.argmax(mean))
+    top = {k: int(np.argmax(probs_by_stage[k])) for k in keys}
+    best_agreeing = max((weights[k] for k in keys if top[k] == answer), default=0.0)
+    differs = [k for k in keys if top[k] != answer and weights[k] <= best_agreeing]
+    return {
+        "answer": answer,
+        "probability": float(mean[answer]),
+        "weights": {k: w / total for k, w in weights.items()},
+        "differs": differs,
+        "top": top,
+    }

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def _stages(args):
     from . import results, stages
@@ -141,29 +143,102 @@ def _evaluate(args):
 
 
 def _predict(args):
-    from . import images, predict, results
+    import json
 
-    loaded = [
-        predict.load_stage(r.stage.key, args.checkpoints)
-        for r in results.load_all(args.checkpoints)
-        if r.status in ("trained", "stale")
-    ]
-    if not loaded:
+    from . import images
+
+    decoded, problems = [], {}
+    for path in args.images:  # inputs first: a missing file is reported before any model loads
+        try:
+            decoded.append((path, images.to_model_input(Path(path).read_bytes(), name=path)))
+        except (images.ImageError, OSError) as e:
+            problems[path] = str(e) if isinstance(e, images.ImageError) else f"{path}: {e.strerror or e}"
+    for problem in problems.values():
+        print(f"error: {problem}", file=sys.stderr)
+    if not decoded:
+        return 1
+    out = _answers([p for p, _ in decoded], np.stack([a for _, a in decoded]), args.checkpoints)
+    if out is None:
         print("no trained stages: run `python -m cifar_dash train mlp` first", file=sys.stderr)
         return 1
-    status = 0
-    for path in args.images:
-        try:
-            arr = images.to_model_input(Path(path).read_bytes(), name=path)
-        except (images.ImageError, OSError) as e:
-            print(f"{path}: {e}", file=sys.stderr)
-            status = 1
+    rows, notes = out
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        rows += [{"file": p, "error": e} for p, e in problems.items()]
+        print(json.dumps(rows, indent=1))
+    else:
+        for row in rows:
+            _print_answer(row)
+    return 1 if problems else 0
+
+
+def _answers(files, batch, root):
+    """Every trained stage's calibrated answer per image, the summary and the detector's flag; None when no stage is
+    trained. A stage that cannot answer is reported in its place."""
+    from . import answers, artifacts, ood, predict, results
+
+    trained = [r for r in results.load_all(root) if r.status != "untrained"]
+    if not trained:
+        return None
+    per_stage, accuracy, notes, features = {}, {}, [], None
+    for r in trained:
+        key = r.stage.key
+        if r.status == "damaged":
+            per_stage[key] = f"damaged: {r.error}"
             continue
-        print(path)
-        for s in loaded:
-            top = predict.top_k(predict.predict(s, arr[None]))[0]
-            print(f"  {s.key:22s} " + "  ".join(f"{name} {p:.1%}" for name, p in top))
-    return status
+        try:
+            loaded = predict.load_stage(key, root)
+            per_stage[key], temperature = answers.calibrated(predict.predict(loaded, batch), r.metrics)
+            if key == ood.STAGE:
+                features = loaded.layer_features(ood.LAYER, batch)
+        except Exception as e:  # a model that does not load: that stage says so, the others answer
+            per_stage[key] = f"no answer: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            continue
+        accuracy[key] = r.accuracy
+        if temperature is None:
+            notes.append(f"{key} is not calibrated (raw probabilities): `python -m cifar_dash calibrate {key}`")
+    flags = scores = None
+    try:
+        detector = ood.load(root)
+        if features is not None:
+            scores = detector.scores(features)
+            flags = scores > detector.threshold
+        else:
+            notes.append(f"no none-of-these flag: it needs the trained stage {ood.STAGE}")
+    except artifacts.ArtifactError as e:
+        notes.append(str(e))
+    rows = []
+    for i, path in enumerate(files):
+        mine = {k: (v if isinstance(v, str) else v[i]) for k, v in per_stage.items()}
+        row = answers.answer(mine, accuracy, None if flags is None else flags[i], None if scores is None else scores[i])
+        rows.append({"file": path, **row, "ood_threshold": None if flags is None else detector.threshold})
+    return rows, notes
+
+
+def _print_answer(row) -> None:
+    print(row["file"])
+    summary = row["summary"]
+    if summary:
+        print(f"  summary: {summary['class']} {summary['probability']:.1%} (stages weighted by measured accuracy)")
+    if row["none_of_these"] is not None:
+        verdict = "probably none of the ten classes" if row["none_of_these"] else "looks like CIFAR-10"
+        print(f"  none-of-these detector: {verdict} (score {row['ood_score']:.3f}, threshold {row['ood_threshold']:.3f})")
+    for key, a in row["stages"].items():
+        if "error" in a:
+            print(f"  {key:22s} {a['error']}")
+            continue
+        top3 = sorted(a["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+        mark = "  (differs from the summary)" if a["differs_from_summary"] else ""
+        print(f"  {key:22s} " + "  ".join(f"{c} {p:.1%}" for c, p in top3) + mark)
+    print("  (calibrated probabilities: each stage's temperature, fit on held-out images)")
+
+
+def _calibrate(args):
+    from . import heldout
+
+    heldout.calibrate(args.stages, data_path=args.data, root=args.checkpoints, detector=not args.no_detector)
+    return 0
 
 
 def _robustness(args):
@@ -221,6 +296,15 @@ def _docs(args):
     return 0
 
 
+def _stage_key(text: str) -> str:
+    from .stages import STAGES
+
+    keys = [s.key for s in STAGES]
+    if text not in keys:
+        raise argparse.ArgumentTypeError(f"unknown stage {text!r} (choose from {', '.join(keys)})")
+    return text
+
+
 def _epochs_arg(text: str) -> int | tuple[int, ...]:
     try:
         counts = [int(part) for part in text.split(",")]
@@ -255,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m cifar_dash", description=__doc__)
     p.add_argument("--checkpoints", type=Path, default=None, help="checkpoints folder (default: ./checkpoints)")
+    p.add_argument("--verbose", action="store_true", help="keep TensorFlow's and absl's start-up logging")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("stages", help="list the stages with reported and measured accuracy").set_defaults(fn=_stages)
 
@@ -349,9 +434,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=_positive_int, help="first N test images")
     e.set_defaults(fn=_evaluate)
 
-    pr = sub.add_parser("predict", help="top-3 of every trained stage for each image")
+    pr = sub.add_parser(
+        "predict",
+        help="every trained stage's calibrated top-3 per image, the summary and the none-of-these-classes flag",
+    )
     pr.add_argument("images", nargs="+")
+    pr.add_argument("--json", action="store_true", help="print the answers as JSON")
     pr.set_defaults(fn=_predict)
+
+    ca = sub.add_parser(
+        "calibrate",
+        help="fit each stage's temperature on its validation images (metrics.json) and the none-of-these-classes "
+        "detector (checkpoints/ood.json)",
+    )
+    ca.add_argument("stages", nargs="*", type=_stage_key, help="stages to calibrate (default: every trained stage)")
+    ca.add_argument("--data")
+    ca.add_argument("--no-detector", action="store_true", help="fit the temperatures only")
+    ca.set_defaults(fn=_calibrate)
 
     rb = sub.add_parser(
         "robustness",
@@ -402,9 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:  # before TensorFlow loads: its C++ start-up lines would come before any one-line error
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("GLOG_minloglevel", "3")
     if args.checkpoints:
-        import os
-
         os.environ["CIFAR_DASH_CHECKPOINTS"] = str(args.checkpoints)
     from . import artifacts, data, images
 

@@ -6,7 +6,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,16 @@ class LoadedStage:
     key: str
     model: object
     tta: str  # test-time augmentation mode (evaluate.tta_mode)
+    _parts: dict = field(default_factory=dict, repr=False)  # layer name -> a model ending at that layer
+
+    def layer_features(self, layer: str, images: np.ndarray) -> np.ndarray:
+        """(n, d) float32 outputs of the named layer for raw uint8 images (the sub-model is built once)."""
+        if layer not in self._parts:
+            import keras
+
+            self._parts[layer] = keras.Model(self.model.inputs, self.model.get_layer(layer).output)
+        x = np.asarray(images, dtype=np.float32).reshape(-1, 32, 32, 3)
+        return np.asarray(self._parts[layer].predict_on_batch(x), np.float32).reshape(len(x), -1)
 
 
 def load_stage(key: str, root: Path | None = None) -> LoadedStage:
@@ -64,12 +74,19 @@ class PredictionCache:
     def probs(self, key: str, version, images: np.ndarray, load: Callable[[], LoadedStage]) -> np.ndarray:
         """(n, 10) probabilities of stage ``key`` (model ``version``) for ``images``; ``load`` is called only when
         some image has not been seen."""
+        return self._cached((key, version), images, lambda x: predict(load(), x), key)
+
+    def features(self, key: str, version, layer: str, images: np.ndarray, load: Callable[[], LoadedStage]):
+        """(n, d) outputs of stage ``key``'s ``layer`` for ``images``, cached like ``probs``."""
+        return self._cached((key, version, layer), images, lambda x: load().layer_features(layer, x), f"{key}/{layer}")
+
+    def _cached(self, what: tuple, images: np.ndarray, run: Callable[[np.ndarray], np.ndarray], key: str):
         images = np.asarray(images, dtype=np.uint8).reshape(-1, 32, 32, 3)
-        ids = [(key, version, image_digest(im)) for im in images]
+        ids = [(*what, image_digest(im)) for im in images]
         with self._lock:  # one model call at a time: sessions share the CPU anyway, and this keeps the cache exact
             missing = sorted({i for i, k in enumerate(ids) if k not in self._probs})
             if missing:
-                fresh = predict(load(), images[missing])
+                fresh = run(images[missing])
                 for i, p in zip(missing, fresh):
                     self._probs[ids[i]] = p
                 self.predicted[key] = self.predicted.get(key, 0) + len(missing)

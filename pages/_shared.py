@@ -5,11 +5,25 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
-from cifar_dash import analysis, artifacts, data, figures, jobs, predict, results, runs, runtime, speed, stages, testimages
+from cifar_dash import (
+    artifacts,
+    data,
+    figures,
+    jobs,
+    ood,
+    predict,
+    results,
+    runs,
+    runtime,
+    speed,
+    stages,
+    testimages,
+)
 
 
 def _stamp(key: str) -> tuple:
@@ -125,17 +139,24 @@ def _predictions(key: str, root: str, stamp: tuple):
     return results.predictions(key)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def _unknown_rate(keys: tuple, root: str, stamps: tuple):
-    return analysis.unknown_rate_on_test({k: results.predictions(k) for k in keys}, list(keys))
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _detector(root: str, stamp: tuple):
+    return ood.load(Path(root))
 
 
-def unknown_rate(keys: tuple):
-    """How often the "probably none of these classes" flag fires on the stored test predictions of ``keys``."""
+def detector():
+    """The fitted none-of-these-classes detector (ood.json and its bank), or the ArtifactError saying how to fit it."""
+    root = artifacts.checkpoints_root()
+    stamp = []
+    for name in (ood.OOD_JSON, ood.BANK_FILE):
+        try:
+            stamp.append(os.stat(root / name).st_mtime_ns)
+        except OSError:
+            stamp.append(None)
     try:
-        return _unknown_rate(keys, str(artifacts.checkpoints_root()), tuple(_stamp(k) for k in keys))
-    except artifacts.ArtifactError:
-        return None
+        return _detector(str(root), tuple(stamp))
+    except artifacts.ArtifactError as e:
+        return e
 
 
 def stage_predictions(key: str):

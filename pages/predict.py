@@ -3,7 +3,7 @@ import hashlib
 import numpy as np
 import streamlit as st
 
-from cifar_dash import analysis, figures, images, predict, stages
+from cifar_dash import analysis, answers, figures, images, ood, predict, stages
 from cifar_dash.data import CLASS_NAMES
 from pages import _shared
 
@@ -13,7 +13,9 @@ st.title("Upload & predict")
 st.caption(
     "Every trained stage looks at the same 32x32 image and picks one of CIFAR-10's ten classes: "
     + ", ".join(CLASS_NAMES)
-    + ". A picture of anything else still gets one of these ten. A stage that differs from the majority is marked."
+    + ". A picture of anything else still gets one of these ten, so a separate detector says when a picture is "
+    "probably none of them. Percentages are calibrated: each stage's probabilities are scaled by one temperature "
+    "fit on images it never trained on, so 70% means right about 70% of the time on CIFAR-10 test images."
 )
 trained = [r.stage.key for r in _shared.trained_results()]
 if not trained:
@@ -94,7 +96,11 @@ for it in items:
     name, arr, preview, label = it
     try:  # one image that cannot be shown never hides the rows after it
         top_row = st.columns([1, 1, 3])
-        top_row[0].image(preview if preview is not None else _shared.upscale(arr, 3), caption=name, width="stretch")
+        top_row[0].image(
+            preview if preview is not None else _shared.upscale(arr, 3),
+            caption=_shared.md_escape(name),
+            width="stretch",
+        )
         top_row[1].image(
             _shared.upscale(arr, 4),
             caption="the 32x32 the models see" + (f" · true: {CLASS_NAMES[label]}" if label is not None else ""),
@@ -116,18 +122,13 @@ for it in items:
     b += 1
 
 
-@st.cache_resource(show_spinner=False)
-def _cache() -> predict.PredictionCache:
-    return predict.PredictionCache()
-
-
-def _card(key: str, p: np.ndarray, label, consensus=None) -> str:
+def _card(key: str, p: np.ndarray, label, differs: bool = False) -> str:
     top = int(np.argmax(p))
     mark = ""  # colour and a word, not an emoji alone (no emoji font on many machines)
     if label is not None:
         mark = "  \n:green[right]" if top == label else "  \n:red[wrong]"
-    elif consensus is not None and top != consensus:
-        mark = "  \n:orange[differs from the majority]"
+    elif differs:
+        mark = "  \n:orange[differs from the summary]"
     text = f"**{labels[key]}**  \n{CLASS_NAMES[top]} · {p[top]:.0%}{mark}"
     if show_details:
         text += "  \n:gray[" + " · ".join(f"{c} {q:.0%}" for c, q in predict.top_k(p[None], 3)[0]) + "]"
@@ -153,28 +154,64 @@ if progress is not None:
 stage_keys = list(probs)
 if not stage_keys:
     st.stop()
-strongest = analysis.strongest_stages(_shared.trained_results())
-unknown = analysis.probably_unknown(probs, strongest)
-rate = _shared.unknown_rate(tuple(strongest))
-rule_box.caption(
-    f"An image is flagged *probably none of these classes* when {analysis.OOD_RULE} ({', '.join(strongest)})."
-    + (f" On {rate[1]:,} real CIFAR-10 test images the flag fires on {rate[0]:.1%} of them." if rate else "")
-)
+by_key = {r.stage.key: r for r in _shared.trained_results()}
+accuracy = {k: by_key[k].accuracy for k in stage_keys if k in by_key}
+uncalibrated = []
+for key in stage_keys:
+    probs[key], temperature = answers.calibrated(probs[key], by_key[key].metrics if key in by_key else None)
+    if temperature is None:
+        uncalibrated.append(key)
+found = _shared.detector()
+scores = None
+if not isinstance(found, Exception) and ood.STAGE in stage_keys:
+    try:
+        feats = _cache().features(
+            ood.STAGE, _shared._stamp(ood.STAGE), ood.LAYER, batch, lambda: _shared.stage_model(ood.STAGE)
+        )
+        scores = found.scores(feats)
+    except Exception as e:  # the detector's stage cannot give features: the answers stand, without the flag
+        found = e
+if scores is not None:
+    r = found.record
+    rule_box.caption(
+        f"A picture is flagged *probably none of these classes* when {found.rule()}. Measured: it fires on "
+        f"{r['false_alarm_rate']:.1%} of the {r['n_test']:,} real CIFAR-10 test images (false alarms) and on "
+        f"{r['detection_rate_evaluation']:.0%} of {r['n_evaluation']} held-out pictures of other things "
+        "(objects, people, text). The summary answer weighs the stages: " + analysis.VOTE_RULE + "."
+    )
+else:
+    why = str(found) if isinstance(found, Exception) else f"it needs the trained stage {ood.STAGE}"
+    rule_box.caption(_shared.md_escape(f"No none-of-these-classes flag: {why}."))
+if uncalibrated:
+    st.caption(
+        _shared.md_escape(
+            f"Not calibrated yet (raw probabilities shown): {', '.join(uncalibrated)}. "
+            f"Fit them with `python -m cifar_dash calibrate {' '.join(uncalibrated)}`."
+        )
+    )
 
 for r, name, arr, label, cards, verdict_box, extras in rows:
     try:
         per_stage = {k: probs[k][r] for k in stage_keys}
-        d = analysis.disagreement(per_stage)
-        for key in stage_keys:  # now that every stage has answered, mark the ones that differ from the majority
-            cards[key].markdown(_card(key, per_stage[key], label, d["consensus"] if not d["agree"] else None))
+        vote = analysis.weighted_vote(per_stage, accuracy)
+        for key in stage_keys:  # now that every stage has answered, mark the ones that differ from the summary
+            cards[key].markdown(_card(key, per_stage[key], label, key in vote["differs"]))
+        agree = len(set(vote["top"].values())) == 1
+        answer = CLASS_NAMES[vote["answer"]]
         verdict = (
-            f"All {len(stage_keys)} stages agree: **{CLASS_NAMES[d['consensus']]}**."
-            if d["agree"]
-            else f"Stages disagree; majority **{CLASS_NAMES[d['consensus']]}** ({d['share']:.0%} of stages)."
+            f"All {len(stage_keys)} stages agree: **{answer}** ({vote['probability']:.0%} weighted)."
+            if agree
+            else f"Stages disagree; weighted summary **{answer}** ({vote['probability']:.0%})."
         )
-        if label is None and unknown[r]:
-            verdict += " :orange[**Probably none of these ten classes**: the strongest stages disagree and are unsure.]"
-        verdict_box.caption(verdict)
+        if scores is not None:
+            if scores[r] > found.threshold:
+                verdict += (
+                    " :orange[**Probably none of these ten classes**: its features are far from every CIFAR-10 "
+                    f"training image (score {scores[r]:.3f} over the threshold {found.threshold:.3f}).]"
+                )
+            else:
+                verdict += f" :gray[Looks like CIFAR-10 to the detector (score {scores[r]:.3f}).]"
+        verdict_box.markdown(verdict)
         with extras:
             if show_saliency:
                 _shared.saliency_row(arr, stage_keys, method=method)

@@ -99,3 +99,32 @@ def tiny_backbones(monkeypatch):
     from cifar_dash import models
 
     monkeypatch.setattr(models, "_APPLICATIONS", {k: _tiny_backbone for k in models._APPLICATIONS})
+
+
+@pytest.fixture(scope="session")
+def detector_root(tmp_path_factory, trained_root, cifar_npz):
+    """The fixture checkpoints plus the detector's stage (mobilenetv2_frozen with a tiny random backbone, trained
+    briefly), every stage calibrated and the none-of-these detector fitted, as `python -m cifar_dash calibrate` does."""
+    import io
+    import shutil
+
+    from cifar_dash import heldout, models, ood
+
+    root = tmp_path_factory.mktemp("detector") / "checkpoints"
+    shutil.copytree(trained_root, root)
+    old_cache, old_apps = os.environ.get("CIFAR_DASH_CACHE"), dict(models._APPLICATIONS)
+    os.environ["CIFAR_DASH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    models._APPLICATIONS.update({k: _tiny_backbone for k in models._APPLICATIONS})
+    try:
+        train_and_publish(
+            ood.STAGE, epochs=1, limit=400, data_path=cifar_npz, out_dir=root / ood.STAGE, backbone_weights="none"
+        )
+        heldout.calibrate([], data_path=cifar_npz, root=root, stream=io.StringIO())
+    finally:
+        models._APPLICATIONS.clear()
+        models._APPLICATIONS.update(old_apps)
+        if old_cache is None:
+            os.environ.pop("CIFAR_DASH_CACHE", None)
+        else:
+            os.environ["CIFAR_DASH_CACHE"] = old_cache
+    return root

@@ -42,11 +42,55 @@ def test_predict_prints_top3_per_stage(trained_root, tmp_path):
     r = _run("predict", str(img), str(bad), root=trained_root)
     assert r.returncode == 1  # one file was bad
     assert "bad.png: " in r.stderr and "empty" in r.stderr
+    assert "not calibrated" not in r.stderr or "calibrate" in r.stderr  # an uncalibrated stage says how
     out = r.stdout.splitlines()
-    assert out[0].endswith("red.png")
-    rows = [line for line in out[1:] if line.startswith("  ")]
+    assert out[0].endswith("red.png") and out[1].startswith("  summary: ")
+    rows = [line for line in out[2:] if line.startswith("  ") and line.split()[0] in ("mlp", "deep_mlp", "cnn")]
     assert [row.split()[0] for row in rows] == ["mlp", "deep_mlp", "cnn"]
     assert all(row.count("%") == 3 for row in rows)
+
+
+def test_predict_checks_its_inputs_before_loading_any_model(tmp_path):
+    r = _run("predict", str(tmp_path / "nonexistent.png"), root=tmp_path / "no-checkpoints")
+    assert r.returncode == 1 and "nonexistent.png" in r.stderr and "No such file" in r.stderr
+    assert r.stderr.count("\n") == 1  # one line: no TensorFlow start-up logging before it
+
+
+def test_predict_json_with_an_unreadable_file_and_a_damaged_stage(detector_root, tmp_path):
+    """Each readable image gets every stage's calibrated probabilities, the weighted summary and the detector's flag
+    and score; a damaged stage is reported in its place while the others answer; an unreadable file is listed."""
+    import shutil
+
+    from cifar_dash import answers, calibration, images, ood, predict, results
+    from cifar_dash.data import CLASS_NAMES
+
+    root = tmp_path / "ck"
+    shutil.copytree(detector_root, root)
+    (root / "deep_mlp" / "model.keras").write_bytes(b"not a zip")
+    img = tmp_path / "green.png"
+    Image.new("RGB", (48, 40), (20, 200, 40)).save(img)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    r = _run("predict", "--json", str(img), str(tmp_path / "broken.jpg"), root=root)
+    assert r.returncode == 1, r.stderr  # one file could not be read
+    rows = json.loads(r.stdout)
+    good, broken = rows
+    assert broken["file"].endswith("broken.jpg") and broken["error"]
+    assert good["file"].endswith("green.png")
+    assert "damaged" in good["stages"]["deep_mlp"]["error"]
+    assert set(good["stages"]) == {"mlp", "deep_mlp", "cnn", ood.STAGE}
+    # cnn's numbers, recomputed here: the raw probabilities scaled by its stored temperature
+    arr = images.to_model_input(img.read_bytes())
+    cnn = results.load_result("cnn", root)
+    raw = predict.predict(predict.load_stage("cnn", root), arr[None])[0]
+    scaled = calibration.scale(raw[None], cnn.metrics["calibration"]["temperature"])[0]
+    got = good["stages"]["cnn"]["probabilities"]
+    assert [got[c] for c in CLASS_NAMES] == pytest.approx(scaled.tolist(), abs=1e-5)
+    assert good["stages"]["cnn"]["top"] == max(got, key=got.get)
+    assert good["summary"]["class"] in got and 0 < good["summary"]["probability"] <= 1
+    det = ood.load(root)
+    assert isinstance(good["none_of_these"], bool) and good["ood_threshold"] == pytest.approx(det.threshold)
+    assert good["none_of_these"] == (good["ood_score"] > det.threshold)
+    assert answers.answer({}, {})["summary"] is None
 
 
 def test_bad_data_path_is_a_clear_error(tmp_path):

@@ -856,6 +856,6 @@ except train.OutOfMemory as e:
     assert f"while training (batch size {batch}, float32, {backend})" in r.stdout
     assert f"--batch-size {batch // 2}" in r.stdout and "--mixed-precision" in r.stdout
     cause = r.stdout.split("\nCAUSE ", 1)[1].strip()
-    assert cause.startswith("True ") and f"({cause[len('True '):]})" in r.stdout  # the raised error's own line
+    assert cause.startswith("True ") and f"({cause[len('True ') :]})" in r.stdout  # the raised error's own line
     (run,) = runs.list_runs(stage, where=tmp_path / "run")
     assert run.progress["state"] == "failed" and run.progress["message"].startswith(f"OutOfMemory: {stage} ran out")
