@@ -6,6 +6,8 @@
   same for each other page opened first
 - warm render time of each page (AppTest, median of --reps runs after one warm-up)
 - upload-to-predictions latency for 1 and 16 images through every trained stage (models already loaded)
+- "Draw random test images" on the upload page: 4 new random test images through every trained stage, the
+  calibration, the weighted summary and the detector, models warm (AppTest, median of --reps draws)
 - peak RSS with every trained stage loaded
 """
 
@@ -63,6 +65,48 @@ def warm_pages(reps: int) -> dict:
     return times
 
 
+def uploads(reps: int, app_root: Path = ROOT) -> dict:
+    """Seconds from an upload of one new photo to the finished page (every stage's answer, the summary, the
+    flag), in AppTest: the first upload on a fresh server (models load: cold) and then new photos (warm)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(app_root / "app.py"), default_timeout=600)
+    at.run()
+    at.switch_page("pages/predict.py").run()
+    rng = np.random.default_rng(0)
+    times = []
+    for i in range(reps + 1):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
+        t = time.perf_counter()
+        at.file_uploader(key="uploads").set_value([(f"photo{i}.png", buf.getvalue(), "image/png")]).run()
+        assert not at.exception, at.exception
+        times.append(time.perf_counter() - t)
+    return {"cold_s": times[0], "warm_s": statistics.median(times[1:])}
+
+
+def random_draws(reps: int, n: int = 4) -> list[float]:
+    """Seconds per click on "Draw random test images" (``n`` new images each time) once the models are loaded."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.run()
+    at.switch_page("pages/predict.py").run()
+    at.number_input(key="n_random").set_value(n).run()
+    times = []
+    for i in range(reps + 1):  # the first draw loads the models
+        t = time.perf_counter()
+        at.button(key="draw").click().run()
+        assert not at.exception, at.exception
+        if i:
+            times.append(time.perf_counter() - t)
+    return times
+
+
 def predictions(reps: int) -> dict:
 
     from cifar_dash import data, predict, results, testimages
@@ -96,7 +140,13 @@ def predictions(reps: int) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--uploads-only", type=Path, metavar="APP_ROOT", help="only the upload latency, of this checkout")
     args = ap.parse_args()
+    if args.uploads_only:
+        sys.path.insert(0, str(args.uploads_only))
+        u = uploads(args.reps, args.uploads_only)
+        print(f"{args.uploads_only}: upload of one photo, cold {u['cold_s']:.2f} s, warm {u['warm_s']:.2f} s (median)")
+        return
     from cifar_dash import runtime
 
     print(f"machine: {runtime.info()['machine']}; keras {runtime.info()['versions']}")
@@ -114,6 +164,13 @@ def main():
         )
         for k, v in p[f"{n}_images_per_stage_s"].items():
             print(f"    {k:22s} {1000 * v:8.1f} ms")
+    u = uploads(args.reps)
+    print(f"upload of one photo to the finished page: cold {u['cold_s']:.2f} s, warm {u['warm_s']:.2f} s (median)")
+    draws = random_draws(args.reps)
+    print(
+        f"draw 4 random test images, warm (all stages, calibrated, summary, detector): median "
+        f"{statistics.median(draws):.2f} s, max {max(draws):.2f} s over {len(draws)} draws"
+    )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS with all stages loaded: {rss:.0f} MB")
 

@@ -77,9 +77,23 @@ def cross_fit(probs: np.ndarray, labels, folds: int = 2, seed: int = FOLDS_SEED)
     return out, temps
 
 
+def ece_floor(probs: np.ndarray, draws: int = 20, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model with these confidences would still show on this many images: the mean
+    ECE when the labels are drawn from the probabilities themselves (sampling noise of the 15-bin estimate)."""
+    rng = np.random.default_rng(seed)
+    p = np.asarray(probs, np.float64)
+    cum = p.cumsum(1)
+    out = []
+    for _ in range(draws):
+        y = (cum > rng.random((len(p), 1)) * cum[:, -1:]).argmax(1)
+        out.append(reliability(p, y)["ece"])
+    return float(np.mean(out))
+
+
 def calibrate(test_probs, test_labels, val_probs=None, val_labels=None) -> dict:
     """The ``calibration`` additions for metrics.json: ``temperature``, ``ece_scaled`` (test ECE after scaling, the
-    same 15 bins as ``ece``), the scaled reliability bins, what T was fit on, and the test NLL before and after."""
+    same 15 bins as ``ece``), the scaled reliability bins, what T was fit on, the test NLL before and after, and
+    ``ece_floor``: the ECE that sampling noise alone gives a perfectly calibrated model with the scaled confidences."""
     test_labels = np.asarray(test_labels).reshape(-1)
     if val_probs is not None and len(val_probs):
         t = fit_temperature(val_probs, val_labels)
@@ -100,6 +114,7 @@ def calibrate(test_probs, test_labels, val_probs=None, val_labels=None) -> dict:
         "temperature": t,
         **how,
         "ece_scaled": after["ece"],
+        "ece_floor": ece_floor(scaled),
         "bins_scaled": after["bins"],
         "mean_confidence_scaled": after["mean_confidence"],
         "nll": nll(test_probs, test_labels),

@@ -235,6 +235,15 @@ def label_smoothing_calibrates(results) -> Claim:
         conf = x.metrics["calibration"].get("mean_confidence")
         if conf is not None and conf < x.accuracy - 0.01:  # ECE then measures under-confidence, not over-confidence
             ev += f" {x.stage.key} is under-confident: mean confidence {conf:.3f} against accuracy {x.accuracy:.3f}."
+    ta, tb = ca.get("temperature"), cb.get("temperature")
+    if ta is not None and tb is not None:  # the fitted temperature measures over-confidence directly: T > 1
+        ev += (
+            f" Fitted temperatures (T > 1: over-confident, T < 1: under-confident) {ta:.2f} -> {tb:.2f}; ECE after "
+            f"scaling {ca['ece_scaled']:.4f} -> {cb['ece_scaled']:.4f}."
+        )
+        if tb < 1:
+            ev += " Label smoothing overshoots: resnet50v2_sota is under-confident."
+        return Claim(text, "supported" if tb < ta else "contradicted", ev)
     return Claim(text, "supported" if cb["mean_confidence_wrong"] < ca["mean_confidence_wrong"] else "contradicted", ev)
 
 

@@ -499,11 +499,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_native_logging() -> None:
+    """Keep TensorFlow's and XLA's C++ start-up lines (absl, CUDA probing) off the terminal: they write to file
+    descriptor 2 directly, so it goes to /dev/null while Python's own stderr (messages, warnings, tracebacks) keeps
+    the real one. ``--verbose`` leaves both alone."""
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. "triggered tf.function retracing" per new model
+    try:
+        real = os.dup(2)
+        sink = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    sys.stderr.flush()
+    os.dup2(sink, 2)
+    os.close(sink)
+    sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.verbose:  # before TensorFlow loads: its C++ start-up lines would come before any one-line error
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("GLOG_minloglevel", "3")
+    if not args.verbose:
+        _quiet_native_logging()
     if args.checkpoints:
         os.environ["CIFAR_DASH_CHECKPOINTS"] = str(args.checkpoints)
     from . import artifacts, data, images

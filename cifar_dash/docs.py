@@ -14,7 +14,14 @@ from pathlib import Path
 
 from . import artifacts, claims, report, results
 
-DOCUMENTS = ("README.md", "docs/results.md", "docs/speedrun.md", "docs/benchmarks.md", "docs/reproduce.md")
+DOCUMENTS = (
+    "README.md",
+    "docs/results.md",
+    "docs/speedrun.md",
+    "docs/benchmarks.md",
+    "docs/reproduce.md",
+    "docs/calibration.md",
+)
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
 
@@ -105,17 +112,49 @@ def calibration_table(res) -> str:
         if not r.metrics:
             continue
         c = r.metrics["calibration"]
+        t = c.get("temperature")
+        fit = {"validation": "validation"}.get(c.get("fit_on"), "test, 2-fold cross-fit") if t is not None else "-"
         rows.append(
             [
                 f"`{r.stage.key}`",
                 _pct(r.metrics["test_accuracy"]),
                 f"{c['ece']:.3f}",
+                f"{t:.3f}" if t is not None else "-",
+                fit,
+                f"{c['ece_scaled']:.3f}" if t is not None else "-",
+                f"{c['ece_floor']:.3f}" if c.get("ece_floor") is not None else "-",
                 f"{c['mean_confidence']:.3f}",
+                f"{c.get('mean_confidence_scaled'):.3f}" if t is not None else "-",
                 f"{c.get('mean_confidence_correct') or 0:.3f}",
                 f"{c.get('mean_confidence_wrong') or 0:.3f}",
             ]
         )
-    return _table(["stage", "accuracy", "ECE", "mean confidence", "on right answers", "on wrong answers"], rows)
+    head = ["stage", "accuracy", "ECE", "temperature", "fit on", "ECE scaled", "noise floor", "mean confidence", "scaled",
+            "on right answers", "on wrong answers"]  # fmt: skip
+    return _table(head, rows)
+
+
+def ood_table(res) -> str:
+    """The none-of-these-classes detector's measured rates, from checkpoints/ood.json."""
+    from . import ood
+
+    roots = {r.folder.parent for r in res if r.folder is not None}
+    try:
+        d = ood.load(next(iter(roots)) if len(roots) == 1 else None).record
+    except artifacts.ArtifactError as e:
+        return f"No detector is fitted ({e})."
+    rows = [["CIFAR-10 test images (false alarms)", f"{d['n_test']:,}", "-", f"{d['false_alarm_rate']:.1%}"]]
+    for name, v in d["sets"].items():
+        rows.append([f"non-CIFAR: {name}", f"{v['n']:,}", f"{v['n_evaluation']:,}", f"{v['detection_rate_evaluation']:.1%}"])
+    rows.append(["non-CIFAR: all held-out pictures", f"{d['n_all']:,}", f"{d['n_evaluation']:,}",
+                 f"**{d['detection_rate_evaluation']:.1%}**"])  # fmt: skip
+    head = ["images", "in the set", "held out (evaluation half)", "flagged"]
+    rule = (
+        f"Method `{d['method']}` on `{d['stage']}`'s `{d['layer']}` features, k = {d['k']}, bank of {d['bank_size']:,} "
+        f"training images; threshold {d['threshold']:.4f} (the score {d['quantile']:.0%} of the validation images "
+        "stay under)."
+    )
+    return rule + "\n\n" + _table(head, rows)
 
 
 def speedrun_runs(res) -> str:
@@ -254,6 +293,7 @@ BLOCKS: dict[str, Callable] = {
     "claims": claims_table,
     "robustness": robustness_table,
     "calibration": calibration_table,
+    "ood": ood_table,
     "speedrun-runs": speedrun_runs,
     "speedrun-ablations": speedrun_ablations,
     "training-benchmarks": training_benchmarks,

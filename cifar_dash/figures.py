@@ -12,10 +12,23 @@ REPORTED_COLOR = "#9aa5b1"
 MEASURED_COLOR = "#1f77b4"
 
 
-def _fmt_seconds(s):
+def _fmt_seconds(s, like=None):
+    """Seconds in s, min or h by size; ``like``: the value whose unit to use, so figures side by side compare."""
     if s is None:
         return "-"
-    return f"{s / 3600:.1f} h" if s >= 5400 else (f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s")
+    ref = s if like is None else like
+    return f"{s / 3600:.1f} h" if ref >= 5400 else (f"{s / 60:.1f} min" if ref >= 90 else f"{s:.0f} s")
+
+
+def fmt_seconds_pair(a, b) -> str:
+    """ "A / B" in one unit (the larger one's): never "63 s / 1.6 min"."""
+    known = [v for v in (a, b) if v is not None]
+    like = max(known) if known else None
+    return f"{_fmt_seconds(a, like)} / {_fmt_seconds(b, like)}"
+
+
+def plural(n, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def growth_curve(results) -> go.Figure:
@@ -28,7 +41,7 @@ def growth_curve(results) -> go.Figure:
         measured.append(100 * m["test_accuracy"] if m else None)
         evidence = (
             f"measured {100 * m['test_accuracy']:.2f}% on {m['n_test']:,} test images<br>"
-            f"{m.get('epochs')} epochs, {_fmt_seconds(m.get('train_seconds'))} on {m.get('train_machine')}"
+            f"{plural(m.get('epochs'), 'epoch')}, {_fmt_seconds(m.get('train_seconds'))} on {m.get('train_machine')}"
             + (f"<br>backbone: {backbone_label(r)}" if m.get("backbone") else "")
             if m
             else f"not measured ({r.status})"
@@ -200,27 +213,39 @@ def per_class_bars(per_class: list[dict]) -> go.Figure:
 
 
 def reliability_diagram(calibration: dict) -> go.Figure:
-    bins = [b for b in calibration["bins"] if b["count"]]
-    centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    """Accuracy against confidence per bin, before and (when a temperature is fitted) after temperature scaling."""
     fig = go.Figure()
-    fig.add_trace(
-        go.Bar(
-            x=centers,
-            y=[b["accuracy"] for b in bins],
-            width=1 / calibration["n_bins"],
-            name="accuracy",
-            customdata=[b["count"] for b in bins],
-            hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.3f}<br>%{customdata} images<extra></extra>",
+    curves = [("raw", calibration.get("bins") or [], "#d62728")]
+    if calibration.get("bins_scaled"):
+        curves.append((f"scaled (T = {calibration['temperature']:.2f})", calibration["bins_scaled"], MEASURED_COLOR))
+    for name, bins, colour in curves:
+        bins = [b for b in bins if b["count"]]
+        fig.add_trace(
+            go.Scatter(
+                x=[b["confidence"] for b in bins],
+                y=[b["accuracy"] for b in bins],
+                mode="lines+markers",
+                name=name,
+                line=dict(color=colour),
+                marker=dict(size=[4 + 10 * (b["count"] / max(c["count"] for c in bins)) ** 0.5 for b in bins]),
+                customdata=[b["count"] for b in bins],
+                hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.3f}<br>%{customdata} images<extra>" + name + "</extra>",
+            )
         )
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line=dict(dash="dash", color="gray"))
     )
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration", line=dict(dash="dash")))
+    title = f"ECE {calibration['ece']:.4f}"
+    if calibration.get("ece_scaled") is not None:
+        title += f" raw → {calibration['ece_scaled']:.4f} scaled"
     fig.update_layout(
-        title=f"ECE {calibration['ece']:.4f}",
-        xaxis_title="confidence",
+        title=title,
+        xaxis_title="confidence (mean of the bin)",
         yaxis_title="accuracy",
-        xaxis_range=[0, 1],
-        yaxis_range=[0, 1],
+        xaxis_range=[0, 1.02],
+        yaxis_range=[0, 1.02],
         margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),
     )
     return fig
 
@@ -296,6 +321,16 @@ def calibration_chart(results) -> go.Figure:
     fig.add_trace(go.Bar(x=keys, y=[c["mean_confidence_correct"] for c in cal], name="mean confidence, right answers"))
     fig.add_trace(go.Bar(x=keys, y=[c["mean_confidence_wrong"] for c in cal], name="mean confidence, wrong answers"))
     fig.add_trace(go.Scatter(x=keys, y=[c["ece"] for c in cal], name="ECE", mode="lines+markers", yaxis="y2"))
+    fig.add_trace(
+        go.Scatter(
+            x=keys,
+            y=[c.get("ece_scaled") for c in cal],
+            name="ECE after temperature scaling",
+            mode="lines+markers",
+            yaxis="y2",
+            line=dict(dash="dot"),
+        )
+    )
     fig.update_layout(
         barmode="group",
         yaxis=dict(title="confidence", range=[0, 1], automargin=True),

@@ -15,8 +15,6 @@ import numpy as np
 from . import artifacts, calibration, ood
 from . import data as data_mod
 
-VAL_PREDICTIONS = "val_predictions.npz"
-
 
 def validation_split(info: dict, cifar) -> tuple[np.ndarray, np.ndarray]:
     """The validation images a run held out (empty when it trained on every training image). Refuses data other
@@ -31,20 +29,23 @@ def validation_split(info: dict, cifar) -> tuple[np.ndarray, np.ndarray]:
     return x_val, np.asarray(y_val).reshape(-1)
 
 
-def calibrate_folder(folder: Path, cifar, model=None, stream=sys.stderr) -> dict:
-    """Fit the temperature of the stage in ``folder`` and write it into its metrics.json (``calibration``)."""
+def calibrate_folder(folder: Path, x_val, y_val, model=None, stream=sys.stderr) -> dict:
+    """Fit the temperature of the stage in ``folder`` on its validation images ``x_val`` (none: two-fold
+    cross-fitting on the test set) and write it into its metrics.json (``calibration``)."""
     from .evaluate import predict_probs, tta_of
 
     info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
     metrics = artifacts.read_json(folder / artifacts.METRICS)
     test = artifacts.load_predictions(folder / artifacts.PREDICTIONS)
-    x_val, y_val = validation_split(info, cifar)
+    y_val = np.asarray(y_val).reshape(-1)
     val_probs = None
     if len(x_val):
-        if model is None:
-            model = artifacts.load_model(folder / artifacts.MODEL)
-        val_probs = predict_probs(model, x_val, tta=tta_of(info))
-        artifacts.save_predictions(folder / VAL_PREDICTIONS, val_probs, y_val, np.arange(len(y_val)))
+        val_probs = _stored_val_probs(folder, y_val) if model is None else None
+        if val_probs is None:
+            if model is None:
+                model = artifacts.load_model(folder / artifacts.MODEL)
+            val_probs = predict_probs(model, x_val, tta=tta_of(info))
+            artifacts.save_predictions(folder / artifacts.VAL_PREDICTIONS, val_probs, y_val, np.arange(len(y_val)))
     fitted = calibration.calibrate(test.probs, test.labels, val_probs, y_val)
     metrics["calibration"] = {**metrics.get("calibration", {}), **fitted}
     artifacts.write_json(folder / artifacts.METRICS, metrics)
@@ -55,6 +56,19 @@ def calibrate_folder(folder: Path, cifar, model=None, stream=sys.stderr) -> dict
         file=stream,
     )
     return fitted
+
+
+def _stored_val_probs(folder: Path, y_val: np.ndarray) -> np.ndarray | None:
+    """The validation predictions stored by an earlier fit, when they are of this model (written after it) and of
+    these images (same labels); else None."""
+    path = folder / artifacts.VAL_PREDICTIONS
+    try:
+        if path.stat().st_mtime_ns < (folder / artifacts.MODEL).stat().st_mtime_ns:
+            return None
+        stored = artifacts.load_predictions(path)
+    except (OSError, artifacts.ArtifactError):
+        return None
+    return stored.probs if np.array_equal(stored.labels, y_val) else None
 
 
 def fit_detector(cifar, root: Path, stream=sys.stderr) -> dict:
@@ -100,7 +114,9 @@ def calibrate(keys, data_path=None, root: Path | None = None, detector: bool = T
     for i, key in enumerate(keys, 1):
         t = time.perf_counter()
         print(f"[{i}/{len(keys)}] {key}", file=stream)
-        calibrate_folder(artifacts.stage_dir(key, root), cifar, stream=stream)
+        folder = artifacts.stage_dir(key, root)
+        x_val, y_val = validation_split(artifacts.read_json(folder / artifacts.TRAIN_INFO), cifar)
+        calibrate_folder(folder, x_val, y_val, stream=stream)
         print(f"  {time.perf_counter() - t:.0f} s", file=stream)
     if detector:
         print(f"detector ({ood.STAGE} features)", file=stream)

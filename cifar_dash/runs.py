@@ -37,7 +37,7 @@ ACTIVE = ("loading", "running", "evaluating")
 # what a published stage consists of, in the order a promotion moves it (metrics last: readers never see new
 # metrics beside an old model); robustness.json is optional and belongs to the model it was measured on
 PUBLISHED = (artifacts.MODEL, artifacts.TRAIN_INFO, artifacts.HISTORY, artifacts.PREDICTIONS, artifacts.METRICS)
-OPTIONAL = (artifacts.ROBUSTNESS,)
+OPTIONAL = (artifacts.ROBUSTNESS, artifacts.VAL_PREDICTIONS)
 
 
 class RunError(ValueError):
@@ -426,12 +426,22 @@ def stage_lock(stage: str, root: Path | None = None, where: Path | None = None):
     """One promotion or deletion of a stage's runs at a time (an advisory lock; released if the process dies)."""
     folder = runs_root(stage, root, where)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
+    path = folder / ".lock"
+    while True:  # the file is removed on release: lock it only while it is still the one at ``path``
+        fh = open(path, "a")
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            if os.fstat(fh.fileno()).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held: nothing is left behind
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

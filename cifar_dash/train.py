@@ -446,7 +446,7 @@ def train(
             say("evaluating", epoch=recipe.epochs, epochs=recipe.epochs)
             keras.mixed_precision.set_global_policy("float32")
             clean = artifacts.load_model(folder / artifacts.MODEL)
-            evaluate_mod.evaluate_into(clean, info, x_te, y_te, folder, stream=stream)
+            evaluate_mod.evaluate_into(clean, info, x_te, y_te, folder, stream=stream, x_val=x_val, y_val=y_val)
         shutil.rmtree(folder / runs.BACKUP, ignore_errors=True)
         say("done", epoch=recipe.epochs, epochs=recipe.epochs, out=str(folder))
         print(

@@ -321,9 +321,13 @@ NAV = (
 )
 
 
+ICON = artifacts.project_root() / "assets" / "icon.png"
+
+
 def page_setup(title: str):
     """First call of every page: page config, navigation links and the training controls in the sidebar."""
-    st.set_page_config(page_title=f"{title} · cifar-dash", page_icon=":material/trending_up:", layout="wide")
+    # the icon is a shipped file: a Material icon name would make the browser fetch it from the internet
+    st.set_page_config(page_title=f"{title} · cifar-dash", page_icon=str(ICON), layout="wide")
     with st.sidebar:
         for path, label, icon in NAV:
             st.page_link(path, label=label, icon=icon)

@@ -15,6 +15,11 @@ if len(trained) < 2:
 c1, c2 = st.columns(2)
 a = c1.selectbox("Earlier stage", trained, index=0, format_func=_shared.stage_label, key="cmp_a")
 b = c2.selectbox("Later stage", trained, index=len(trained) - 1, format_func=_shared.stage_label, key="cmp_b")
+if a == b:
+    st.info(
+        f"Both sides are {_shared.stage_label(a)}: a stage compared with itself fixes and breaks nothing. "
+        "Pick two different stages above."
+    )
 pa, pb = _shared.stage_predictions(a), _shared.stage_predictions(b)
 
 st.subheader(f"Per-class accuracy change: {a} → {b}")

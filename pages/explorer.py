@@ -53,7 +53,8 @@ if r.status == "stale":
 
 m = r.metrics
 ev = (
-    f"{m['n_test']:,} test images · {m.get('epochs')} epochs · {_shared.fmt_seconds(m.get('train_seconds'))} "
+    f"{m['n_test']:,} test images · {figures.plural(m.get('epochs'), 'epoch')} · "
+    f"{_shared.fmt_seconds(m.get('train_seconds'))} "
     f"training on {m.get('train_machine')} · {m['params']:,} parameters ({m['trainable_params']:,} trainable) · "
     f"Keras {m.get('keras_version')} ({m.get('backend')})"
 )
@@ -193,10 +194,19 @@ with c2:
     st.subheader("Calibration")
     st.plotly_chart(figures.reliability_diagram(m["calibration"]), key="reliability")
     cal = m["calibration"]
-    st.caption(
+    said = (
         f"Mean confidence {cal['mean_confidence']:.3f}; on right answers "
         f"{cal['mean_confidence_correct'] or 0:.3f}, on wrong answers {cal['mean_confidence_wrong'] or 0:.3f}."
     )
+    if cal.get("temperature") is not None:
+        fit = "validation images" if cal.get("fit_on") == "validation" else str(cal.get("fit_on"))
+        said += (
+            f" Temperature {cal['temperature']:.2f} ({'over' if cal['temperature'] > 1 else 'under'}-confident "
+            f"before scaling), fit on {cal.get('n_fit', 0):,} {fit}; the upload page shows scaled probabilities."
+        )
+    else:
+        said += f" No temperature fitted yet: `python -m cifar_dash calibrate {key}`."
+    st.caption(said)
 
 st.subheader("Most confident mistakes")
 worst = analysis.confident_mistakes(preds, 24)

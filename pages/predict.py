@@ -183,11 +183,9 @@ else:
     why = str(found) if isinstance(found, Exception) else f"it needs the trained stage {ood.STAGE}"
     rule_box.caption(_shared.md_escape(f"No none-of-these-classes flag: {why}."))
 if uncalibrated:
-    st.caption(
-        _shared.md_escape(
-            f"Not calibrated yet (raw probabilities shown): {', '.join(uncalibrated)}. "
-            f"Fit them with `python -m cifar_dash calibrate {' '.join(uncalibrated)}`."
-        )
+    st.caption(  # stage keys and a command of our own: code spans, where Markdown interprets nothing
+        f"Not calibrated yet (raw probabilities shown): {', '.join(f'`{k}`' for k in uncalibrated)}. "
+        f"Fit them with `python -m cifar_dash calibrate {' '.join(uncalibrated)}`."
     )
 
 for r, name, arr, label, cards, verdict_box, extras in rows:

@@ -83,7 +83,7 @@ else:
     m3.metric("Epochs (A / B)", f"{d['epochs'][0]} / {d['epochs'][1]}")
     m4.metric(
         "Training time (A / B)",
-        f"{_shared.fmt_seconds(d['train_seconds'][0])} / {_shared.fmt_seconds(d['train_seconds'][1])}",
+        figures.fmt_seconds_pair(*d["train_seconds"]),
     )
     if d["n_test"][0] != d["n_test"][1]:
         st.warning(f"The runs were tested on different numbers of images ({d['n_test'][0]:,} and {d['n_test'][1]:,}).")
@@ -109,14 +109,18 @@ if pending and pending[0] == stage and pending[1] in by_id:
         c1, c2 = st.columns(2)
         if old is not None:
             c1.metric(f"Published now: {old.run_id}", f"{100 * old.test_accuracy:.2f}%" if old.test_accuracy else "-")
-            c1.caption(f"{old.epochs} epochs · {_shared.fmt_seconds(old.train_seconds)} · {old.machine or '-'}")
+            c1.caption(
+                f"{figures.plural(old.epochs, 'epoch')} · {_shared.fmt_seconds(old.train_seconds)} · {old.machine or '-'}"
+            )
         diff = (new.test_accuracy - old.test_accuracy) if old is not None and old.test_accuracy else None
         c2.metric(
             f"Would become: {new.run_id}",
             f"{100 * new.test_accuracy:.2f}%",
             delta=f"{100 * diff:+.2f} points" if diff is not None else None,
         )
-        c2.caption(f"{new.epochs} epochs · {_shared.fmt_seconds(new.train_seconds)} · {new.machine or '-'}")
+        c2.caption(
+            f"{figures.plural(new.epochs, 'epoch')} · {_shared.fmt_seconds(new.train_seconds)} · {new.machine or '-'}"
+        )
         if diff is not None and diff < 0:
             st.warning("This run scores lower than the published one.")
         st.caption("The published run is kept as a run: promote it again to undo.")

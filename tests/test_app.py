@@ -662,9 +662,14 @@ def test_journey_title_follows_the_measured_curve(app_env):
     assert analysis.journey_title(results.load_all(ROOT / "checkpoints")) == "CIFAR-10, from a 50% MLP to 95%"
 
 
-def test_upload_page_states_the_unknown_rule_and_its_measured_rate(app_env):
+def test_upload_page_without_a_detector_or_temperatures_says_how_to_fit_them(checkpoints_copy):
+    """Artifacts from before calibration: no ood.json, and a metrics.json without a temperature."""
     from PIL import Image
 
+    metrics = json.loads((checkpoints_copy / "cnn" / "metrics.json").read_text())
+    assert metrics["calibration"]["fit_on"] == "validation"  # a new run fits its own temperature
+    del metrics["calibration"]["temperature"]
+    (checkpoints_copy / "cnn" / "metrics.json").write_text(json.dumps(metrics))
     buf = io.BytesIO()
     Image.new("RGB", (40, 40), (10, 200, 30)).save(buf, "PNG")
     at = _app()
@@ -672,10 +677,44 @@ def test_upload_page_states_the_unknown_rule_and_its_measured_rate(app_env):
     assert "airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck" in " ".join(c.value for c in at.caption)
     at.file_uploader(key="uploads").set_value([("green.png", buf.getvalue(), "image/png")]).run()
     assert not at.exception
-    keys = analysis.strongest_stages(results.load_all())
-    rate, n = analysis.unknown_rate_on_test({k: results.predictions(k) for k in keys}, keys)
+    said = " ".join(c.value for c in at.caption).replace("\\", "")  # shown as typed: Markdown escapes dropped
+    assert "No none-of-these-classes flag" in said and "python -m cifar_dash calibrate" in said
+    assert "Not calibrated yet (raw probabilities shown): `cnn`. Fit them with `python -m cifar_dash calibrate cnn`" in said
+
+
+def test_upload_page_shows_scaled_probabilities_the_weighted_summary_and_the_flag(detector_root, cifar_npz, monkeypatch):
+    from PIL import Image
+
+    from cifar_dash import calibration, images, ood, predict
+
+    monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(detector_root))
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(buf, "PNG")
+    at = _app()
+    at.switch_page("pages/predict.py").run()
+    at.file_uploader(key="uploads").set_value([("**b** [x](y).png", buf.getvalue(), "image/png")]).run()
+    assert not at.exception
+    record = json.loads((detector_root / "ood.json").read_text())
     rule = next(c.value for c in at.caption if "probably none of these classes" in c.value)
-    assert analysis.OOD_RULE in rule and f"On {n:,} real CIFAR-10 test images the flag fires on {rate:.1%}" in rule
+    assert f"{record['false_alarm_rate']:.1%} of the {record['n_test']:,} real CIFAR-10 test images" in rule
+    assert f"{record['detection_rate_evaluation']:.0%} of {record['n_evaluation']} held-out pictures" in rule
+    assert analysis.VOTE_RULE in rule
+    arr = images.to_model_input(buf.getvalue())
+    det = ood.load(detector_root)
+    score = float(det.scores(predict.load_stage(ood.STAGE).layer_features(ood.LAYER, arr[None]))[0])
+    verdict = next(m.value for m in at.markdown if "Stages disagree" in m.value or "stages agree" in m.value)
+    flagged = "**Probably none of these ten classes**" in verdict
+    assert flagged == (score > det.threshold) and f"{score:.3f}" in verdict
+    # the CNN card shows its calibrated top probability, not the raw one
+    metrics = json.loads((detector_root / "cnn" / "metrics.json").read_text())
+    scaled = calibration.scale(predict.predict(predict.load_stage("cnn"), arr[None]), metrics["calibration"]["temperature"])
+    card = next(m.value for m in at.markdown if m.value.startswith("**CNN**"))
+    assert f"{CLASS_NAMES[int(scaled.argmax())]} · {scaled.max():.0%}" in card
+    assert "Not calibrated" not in " ".join(c.value for c in at.caption)
+    # the file name is shown as text, never as Markdown
+    captions = [i.proto.imgs[0].caption for i in at.get("image") if i.proto.imgs]
+    assert "\\*\\*b\\*\\* \\[x\\]\\(y\\)\\.png" in captions, captions
 
 
 def test_the_sidebar_form_survives_a_reload(app_env):

@@ -157,7 +157,7 @@ def test_upload_png_gives_one_prediction_per_stage(page, server, tmp_path):
     page.goto(f"{server}/predict")
     page.get_by_role("heading", name="Upload & predict").wait_for()
     page.locator("input[type='file']").set_input_files(str(img))
-    page.get_by_text(re.compile(r"^(All 3 stages agree|Stages disagree; majority)")).first.wait_for()
+    page.get_by_text(re.compile(r"^(All 3 stages agree|Stages disagree; weighted summary)")).first.wait_for()
     main = page.locator("[data-testid='stMain']")
     cards = main.locator("[data-testid='stMarkdownContainer']").filter(has_text=CARD)
     assert cards.count() == 3  # one card per trained stage, each with its name
@@ -246,7 +246,7 @@ def test_every_page_opens_on_the_shipped_checkpoints(browser, tmp_path):
         pg.goto(f"{url}/predict")
         pg.get_by_role("heading", name="Upload & predict").wait_for()
         pg.locator("input[type='file']").set_input_files(str(img))
-        pg.get_by_text(re.compile(r"^(All 9 stages agree|Stages disagree; majority)")).first.wait_for()
+        pg.get_by_text(re.compile(r"^(All 9 stages agree|Stages disagree; weighted summary)")).first.wait_for()
         _no_exception(pg)
         pg.close()
     finally:
@@ -290,7 +290,7 @@ def test_every_page_on_a_phone(server, browser, tmp_path):
     pg.goto(f"{server}/predict")
     pg.get_by_role("heading", name="Upload & predict").wait_for()
     pg.locator("input[type='file']").set_input_files(str(img))
-    pg.get_by_text(re.compile(r"^(All 3 stages agree|Stages disagree; majority)")).first.wait_for()
+    pg.get_by_text(re.compile(r"^(All 3 stages agree|Stages disagree; weighted summary)")).first.wait_for()
     cards = pg.locator("[data-testid='stMarkdownContainer']").filter(has_text=CARD)
     assert cards.count() == 3
     boxes = [cards.nth(i).bounding_box() for i in range(3)]

@@ -62,3 +62,12 @@ def test_temperature_of_reads_only_a_sane_value():
     assert calibration.temperature_of({"calibration": {"ece": 0.1}}) is None
     assert calibration.temperature_of({"calibration": {"temperature": -1}}) is None
     assert calibration.temperature_of({}) is None
+
+
+def test_the_ece_floor_is_the_noise_of_a_perfectly_calibrated_model():
+    probs, _ = _sample(n=10_000, shown_t=1.0, seed=3)
+    floor = calibration.ece_floor(probs)
+    # labels truly drawn from these probabilities: their ECE sits around the floor, and the floor shrinks with n
+    _, y = _sample(n=10_000, true_t=1.0, shown_t=1.0, seed=3)
+    assert 0.002 < floor < 0.02 and abs(metrics.calibration(probs, y)["ece"] - floor) < 0.01
+    assert calibration.ece_floor(probs[:1000]) > floor

@@ -58,7 +58,7 @@ def test_a_missing_or_damaged_detector_says_how_to_fit_it(tmp_path):
 def test_the_offline_picture_sets_and_their_sources():
     sets = ood.load_sets()
     assert {"objects", "photos", "text"} <= set(sets)
-    for name, s in sets.items():
+    for s in sets.values():
         assert s["x"].dtype == np.uint8 and s["x"].shape[1:] == (32, 32, 3) and len(s["x"]) == s["n"]
         assert len(s["names"]) == len(s["licences"]) == s["n"] and set(s["half"]) == {"selection", "evaluation"}
     assert not any("chelsea" in n or "/animals/" in n or "/vehicles/" in n for s in sets.values() for n in s["names"])

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -71,6 +72,25 @@ def test_promote_and_undo(stage):
     }
     with pytest.raises(runs.RunError, match="already the published one"):
         runs.promote("mlp", a, where=out)
+    assert not (out / "runs" / ".lock").exists()  # the lock is gone once the promotion is over
+
+
+def test_the_stage_lock_excludes_a_second_holder_and_leaves_no_file(tmp_path):
+    import threading
+
+    order = []
+
+    def second():
+        with runs.stage_lock("mlp", where=tmp_path):
+            order.append("2")
+
+    with runs.stage_lock("mlp", where=tmp_path):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append("1")  # the second holder is still waiting
+    t.join(5)
+    assert order == ["1", "2"] and not (tmp_path / "runs" / ".lock").exists()
 
 
 def test_a_published_run_without_a_folder_is_kept_as_a_run_when_replaced(stage):

@@ -271,3 +271,34 @@ def test_label_smoothing_claim_says_when_a_model_is_under_confident():
         "mean confidence on wrong answers 0.690 -> 0.610; ECE 0.0100 -> 0.1000. resnet50v2_sota is "
         "under-confident: mean confidence 0.800 against accuracy 0.900."
     )
+
+
+def test_label_smoothing_claim_is_judged_by_the_fitted_temperatures():
+    """With temperatures fitted, over-confidence is measured by them (T > 1 over-confident): the verdict follows the
+    temperatures even where the mean confidence on wrong answers points the other way."""
+
+    def cal(wrong, t, ece_scaled):
+        return {
+            "calibration": {
+                "mean_confidence": 0.9,
+                "mean_confidence_wrong": wrong,
+                "ece": 0.05,
+                "temperature": t,
+                "ece_scaled": ece_scaled,
+            }
+        }
+
+    plain = _resnet("resnet50v2", [0.9], [1e-4], 0.9)
+    smooth = _resnet("resnet50v2_sota", [0.9], [1e-4], 0.9)
+    plain.metrics.update(cal(0.60, 1.40, 0.004))
+    smooth.metrics.update(cal(0.70, 1.10, 0.006))  # wrong answers more confident, yet less over-confident overall
+    c = claims.label_smoothing_calibrates([plain, smooth])
+    assert (
+        c.verdict == "supported"
+        and "temperatures (T > 1: over-confident, T < 1: under-confident) 1.40 -> 1.10" in c.evidence
+    )
+    smooth.metrics.update(cal(0.50, 1.60, 0.006))
+    assert claims.label_smoothing_calibrates([plain, smooth]).verdict == "contradicted"
+    smooth.metrics.update(cal(0.50, 0.80, 0.006))
+    c = claims.label_smoothing_calibrates([plain, smooth])
+    assert c.verdict == "supported" and c.evidence.endswith("resnet50v2_sota is under-confident.")
