@@ -137,7 +137,7 @@ def one(stage_key: str, policy: str, steps: int, devices: str | None) -> dict:
     import keras
     import numpy as np
 
-    from cifar_dash import distribute, runtime, stages, train
+    from cifar_dash import compiling, distribute, runtime, stages
 
     keras.mixed_precision.set_global_policy(policy)
     stage = stages.get(stage_key)
@@ -149,7 +149,7 @@ def one(stage_key: str, policy: str, steps: int, devices: str | None) -> dict:
     y = np.eye(10, dtype="float32")[rng.integers(0, 10, b)]
     with placement.scope():
         model = stages.build(stage, recipe, backbone_weights=None)
-        train.compile_for_phase(model, recipe, recipe.phases[-1], steps_per_epoch=100)
+        compiling.compile_for_phase(model, recipe, recipe.phases[-1], steps_per_epoch=100)
         model_ips = steps * b / _timed_steps(lambda: model.train_on_batch(x, y), steps)
         memory_mb, memory_kind = peak_memory()  # before the reference model adds its own
 

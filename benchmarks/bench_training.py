@@ -46,7 +46,7 @@ def one(stage_key: str, policy: str, steps: int, xla: str = "recipe") -> dict:
     import keras
     import numpy as np
 
-    from cifar_dash import models, stages, train
+    from cifar_dash import compiling, models, stages
 
     keras.mixed_precision.set_global_policy(policy)
     stage = stages.get(stage_key)
@@ -55,7 +55,7 @@ def one(stage_key: str, policy: str, steps: int, xla: str = "recipe") -> dict:
         recipe = dataclasses.replace(recipe, jit_compile=xla == "on")
     model = stages.build(stage, recipe, backbone_weights=None)
     phase = recipe.phases[-1]
-    train.compile_for_phase(model, recipe, phase, steps_per_epoch=100)
+    compiling.compile_for_phase(model, recipe, phase, steps_per_epoch=100)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(recipe.batch_size, 32, 32, 3)).astype("float32")
     y = np.eye(10, dtype="float32")[rng.integers(0, 10, recipe.batch_size)]

@@ -139,6 +139,13 @@ def _evaluate(args):
     from . import evaluate
 
     evaluate.evaluate(args.stage, out_dir=args.out, data_path=args.data, limit=args.limit)
+    from . import artifacts, data, heldout
+
+    folder = args.out or artifacts.stage_dir(args.stage)
+    try:  # the new test predictions: the temperature's scaled ECE is measured again
+        heldout.calibrate_stage_folder(Path(folder), data.load(args.data))
+    except data.DataError as e:  # other data than the model trained on: nothing held out to fit on
+        print(f"warning: no temperature fitted: {e}", file=sys.stderr)
     return 0
 
 

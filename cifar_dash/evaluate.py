@@ -98,7 +98,7 @@ def _timed(fn, *args):
     return time.perf_counter() - t
 
 
-def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys.stderr, x_val=None, y_val=None) -> dict:
+def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys.stderr) -> dict:
     """Evaluate ``model`` and write metrics.json and test_predictions.npz into ``out`` (atomically). metrics.json
     holds what evaluation measured and the run it measured (``run_id``); how the model was trained stays in
     train_info.json, which results.load_folder joins in."""
@@ -130,10 +130,6 @@ def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys
     )
     artifacts.save_predictions(out / artifacts.PREDICTIONS, probs, np.asarray(y_test), np.arange(len(y_test)))
     artifacts.write_json(out / artifacts.METRICS, result)
-    if x_val is not None:  # the temperature, on the run's own validation images (none: cross-fit on the test set)
-        from .heldout import calibrate_folder
-
-        result["calibration"] = result["calibration"] | calibrate_folder(out, x_val, y_val, model=model, stream=stream)
     print(
         f"{train_info['stage']}: test accuracy {result['test_accuracy']:.4f} on {result['n_test']} images "
         f"(ECE {result['calibration']['ece']:.4f}, {result['inference']['batch_1_ms']:.1f} ms/image at batch 1)",
@@ -163,11 +159,4 @@ def evaluate(stage_key: str, out_dir=None, data_path=None, limit: int | None = N
     if limit:
         x_test, y_test = x_test[:limit], y_test[:limit]
     info = dict(info, data_fingerprint=prints["all"], test_data_fingerprint=prints["test"])
-    from .heldout import validation_split
-
-    try:
-        x_val, y_val = validation_split(info, cifar)
-    except data_mod.DataError as e:  # other data than the model trained on: no held-out images to fit on
-        print(f"warning: no temperature fitted: {e}", file=stream)
-        x_val = y_val = None
-    return evaluate_into(model, info, x_test, y_test, out, stream=stream, x_val=x_val, y_val=y_val)
+    return evaluate_into(model, info, x_test, y_test, out, stream=stream)

@@ -79,48 +79,41 @@ def growth_curve(results) -> go.Figure:
     fig.update_layout(
         yaxis_title="test accuracy (%)",
         xaxis_title="stage",
+        xaxis=dict(automargin=True, tickangle=-40),
         hovermode="closest",
         margin=dict(l=10, r=10, t=30, b=10),
-        legend=dict(orientation="h", y=1.08),
+        legend=dict(orientation="h", yanchor="top", y=-0.45, x=0),  # below: the chart's toolbar sits top right
     )
     return fig
 
 
-def _label_positions(xs, ys) -> list[str]:
-    """Text positions for scatter labels: a point close to an earlier labelled one (within 0.3 decades on the log x
-    axis and 5 points on y) gets its label on the other side, so neighbours' labels do not overlap."""
-    out = []
-    for i, (x, y) in enumerate(zip(xs, ys)):
-        near = [
-            out[j] for j in range(i) if abs(np.log10(max(xs[j], 1e-9)) - np.log10(max(x, 1e-9))) < 0.3 and abs(ys[j] - y) < 5
-        ]
-        out.append("bottom center" if "top center" in near else "top center")
-    return out
-
-
 def cost_scatter(results, x: str = "params") -> go.Figure:
-    """Accuracy against cost (parameters or training seconds), log x axis."""
+    """Accuracy against cost (parameters or training seconds), log x axis: one coloured point per stage, named in the
+    legend below the chart (labels beside the points overlapped where two stages share a cost, and on a phone)."""
     pts = [r for r in results if r.metrics and r.metrics.get(x)]
     label = {"params": "parameters", "train_seconds": "training seconds", "flops_per_image": "FLOPs per image"}[x]
-    fig = go.Figure(
-        go.Scatter(
-            x=[r.metrics[x] for r in pts],
-            y=[100 * r.metrics["test_accuracy"] for r in pts],
-            mode="markers+text",
-            text=[r.stage.key for r in pts],
-            textposition=_label_positions([r.metrics[x] for r in pts], [100 * r.metrics["test_accuracy"] for r in pts]),
-            marker=dict(size=12),
-            hovertext=[
-                f"{r.stage.title}<br>{label}: {r.metrics[x]:,.0f}<br>machine: {r.metrics.get('train_machine')}" for r in pts
-            ],
-            hoverinfo="text",
+    symbols = ["circle", "square", "diamond", "triangle-up", "x", "star", "hexagon", "cross", "triangle-down"]
+    fig = go.Figure()
+    for i, r in enumerate(pts):
+        fig.add_trace(
+            go.Scatter(
+                x=[r.metrics[x]],
+                y=[100 * r.metrics["test_accuracy"]],
+                mode="markers",
+                name=r.stage.key,
+                marker=dict(size=13, symbol=symbols[i % len(symbols)]),
+                hovertext=f"{r.stage.title}<br>{label}: {r.metrics[x]:,.0f}<br>accuracy "
+                f"{100 * r.metrics['test_accuracy']:.2f}%<br>machine: {r.metrics.get('train_machine')}",
+                hoverinfo="text",
+            )
         )
-    )
     fig.update_layout(
         xaxis_type="log",
         xaxis_title=f"{label} (log scale)",
         yaxis_title="test accuracy (%)",
         margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", yanchor="top", y=-0.25, x=0),
+        height=480,
     )
     return fig
 
@@ -157,48 +150,55 @@ def training_curves(history: list[dict], metric: str = "accuracy", spans: list[d
 
 
 def confusion_heatmap(cm, normalize: bool = False) -> go.Figure:
-    """The confusion matrix as a grid of square markers (a scatter, not a heatmap: Streamlit reports clicks on
-    scatter points, so a click on a cell selects that cell's images)."""
+    """The confusion matrix: a heatmap for the colours (its cells scale with the chart, so they never overlap on a
+    phone) under a scatter of one point per cell carrying the counts (Streamlit reports clicks on scatter points:
+    a tap on a cell selects that cell's images; the point nearest the tap wins, so small points keep it exact)."""
     cm = np.asarray(cm, dtype=float)
     z = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalize else cm
     n = len(CLASS_NAMES)
     xs = [CLASS_NAMES[j] for i in range(n) for j in range(n)]
     ys = [CLASS_NAMES[i] for i in range(n) for j in range(n)]
     values = [float(z[i, j]) for i in range(n) for j in range(n)]
-    text = [f"{v:.2f}" if normalize else f"{int(v):,}" for v in values]
+    text = [f"{v:.2f}".lstrip("0") if normalize else f"{int(v)}" for v in values]
     top = max(values) or 1.0
-    fig = go.Figure(
+    fig = go.Figure()
+    fig.add_trace(
+        go.Heatmap(
+            x=list(CLASS_NAMES),
+            y=list(CLASS_NAMES),
+            z=z,
+            zmin=0,
+            zmax=top,
+            colorscale="Blues",
+            xgap=1,
+            ygap=1,
+            hoverinfo="skip",
+            colorbar=dict(title="share" if normalize else "images", thickness=8, len=0.8),
+        )
+    )
+    fig.add_trace(
         go.Scatter(
             x=xs,
             y=ys,
             mode="markers+text",
             text=text,
-            textfont=dict(color=["white" if v > 0.55 * top else "#1f2937" for v in values], size=11),
-            marker=dict(
-                symbol="square",
-                size=32,
-                color=values,
-                colorscale="Blues",
-                cmin=0,
-                cmax=top,
-                showscale=True,
-                colorbar=dict(title="share" if normalize else "images", thickness=12),
-                line=dict(width=1, color="white"),
-            ),
-            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<br>click to show these images<extra></extra>",
+            textfont=dict(color=["white" if v > 0.55 * top else "#1f2937" for v in values], size=10),
+            marker=dict(symbol="square-open", size=16, color="#d62728", opacity=0, line=dict(width=2)),
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<br>tap to show these images<extra></extra>",
             selected=dict(marker=dict(opacity=1.0)),
-            unselected=dict(marker=dict(opacity=0.45)),
+            unselected=dict(marker=dict(opacity=0.0)),
+            showlegend=False,
         )
     )
+    axis = dict(type="category", categoryorder="array", categoryarray=list(CLASS_NAMES), automargin=True)
     fig.update_layout(
-        xaxis=dict(title="predicted", type="category", categoryorder="array", categoryarray=list(CLASS_NAMES)),
-        yaxis=dict(
-            title="true", type="category", categoryorder="array", categoryarray=list(CLASS_NAMES), autorange="reversed"
-        ),
+        xaxis=dict(title="predicted", tickangle=-50, **axis),
+        yaxis=dict(title="true", autorange="reversed", **axis),
         margin=dict(l=10, r=10, t=30, b=10),
         height=520,
         clickmode="event+select",
         dragmode=False,
+        hovermode="closest",
         plot_bgcolor="white",
     )
     return fig
@@ -304,10 +304,11 @@ def robustness_chart(rows: dict[str, dict]) -> go.Figure:
     fig.update_layout(  # the legend below the chart, where it covers no bar on a narrow (phone) screen
         barmode="group",
         yaxis_title="test accuracy (%)",
-        xaxis=dict(automargin=True),
+        xaxis=dict(automargin=True, tickangle=-40),
+        yaxis=dict(automargin=True),
         margin=dict(l=10, r=10, t=10, b=10),
-        legend=dict(orientation="h", yanchor="top", y=-0.45, x=0),
-        height=520,
+        legend=dict(orientation="h", yanchor="top", y=-0.55, x=0),
+        height=560,
     )
     return fig
 

@@ -58,6 +58,12 @@ def calibrate_folder(folder: Path, x_val, y_val, model=None, stream=sys.stderr) 
     return fitted
 
 
+def calibrate_stage_folder(folder: Path, cifar, stream=sys.stderr) -> dict:
+    """``calibrate_folder`` on the validation images the stage in ``folder`` held out of ``cifar``."""
+    x_val, y_val = validation_split(artifacts.read_json(folder / artifacts.TRAIN_INFO), cifar)
+    return calibrate_folder(folder, x_val, y_val, stream=stream)
+
+
 def _stored_val_probs(folder: Path, y_val: np.ndarray) -> np.ndarray | None:
     """The validation predictions stored by an earlier fit, when they are of this model (written after it) and of
     these images (same labels); else None."""
@@ -114,9 +120,7 @@ def calibrate(keys, data_path=None, root: Path | None = None, detector: bool = T
     for i, key in enumerate(keys, 1):
         t = time.perf_counter()
         print(f"[{i}/{len(keys)}] {key}", file=stream)
-        folder = artifacts.stage_dir(key, root)
-        x_val, y_val = validation_split(artifacts.read_json(folder / artifacts.TRAIN_INFO), cifar)
-        calibrate_folder(folder, x_val, y_val, stream=stream)
+        calibrate_stage_folder(artifacts.stage_dir(key, root), cifar, stream=stream)
         print(f"  {time.perf_counter() - t:.0f} s", file=stream)
     if detector:
         print(f"detector ({ood.STAGE} features)", file=stream)

@@ -204,6 +204,13 @@ def flops_per_image(model) -> int:
     return int(total)
 
 
+# the environment variable that names a local ImageNet weights file, per backbone
+BACKBONE_WEIGHT_ENV = {
+    "mobilenetv2": "CIFAR_DASH_MOBILENETV2_WEIGHTS",
+    "resnet50v2": "CIFAR_DASH_RESNET50V2_WEIGHTS",
+    "resnet50": "CIFAR_DASH_RESNET50_WEIGHTS",
+}
+
 _APPLICATIONS = {
     "mobilenetv2": lambda shape, weights: keras.applications.MobileNetV2(
         input_shape=shape, alpha=1.0, include_top=False, weights=weights
@@ -223,8 +230,6 @@ def backbone(name: str, side: int, weights="imagenet"):
     except KeyError:
         raise ValueError(f"unknown backbone {name!r}") from None
     except Exception as e:
-        from .stages import BACKBONE_WEIGHT_ENV
-
         raise BackboneWeightsError(
             f"could not load {name} ImageNet weights from {weights!r} ({type(e).__name__}: {e}). "
             f"Pass --backbone-weights PATH or set {BACKBONE_WEIGHT_ENV.get(name, 'the backbone weights variable')}."

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import json
 import math
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +117,56 @@ def model_problem(path: Path) -> str | None:
             bad = z.testzip()
             if bad:
                 return f"{path}: {bad} fails its checksum"
+        stat = path.stat()
+        unknown = _unknown_classes(str(path), stat.st_mtime_ns, stat.st_size)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         return f"{path} is not a whole .keras archive ({type(e).__name__}: {e})"
+    if unknown:
+        return f"{path} names classes that do not exist here, so it cannot be loaded: {', '.join(unknown[:5])}"
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _unknown_classes(path: str, mtime_ns: int, size: int) -> list[str]:
+    """The "module.Class" names in the archive's config.json that the installed Keras (or this project's layers)
+    does not define, read from their source files without importing Keras; cached per file stamp. A module this
+    check cannot find the source of is not judged (loading will say)."""
+    with zipfile.ZipFile(path) as z:
+        config = json.loads(z.read("config.json"))
+    named, stack = set(), [config]
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            if isinstance(o.get("class_name"), str) and isinstance(o.get("module"), str):
+                named.add((o["module"], o["class_name"]))
+            stack.extend(o.values())
+        elif isinstance(o, list):
+            stack.extend(o)
+    out = []
+    for module, name in sorted(named):
+        defined = _defined_names(module)
+        if defined is not None and name not in defined:
+            out.append(f"{module}.{name}")
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _defined_names(module: str) -> frozenset | None:
+    """Names a module defines or re-exports, from its source text (Keras' public API modules are lists of
+    ``from ... import X as X``); None where its source is not found."""
+    top, _, rest = module.partition(".")
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level package is located, not imported
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    base = Path(next(iter(spec.submodule_search_locations))).joinpath(*rest.split(".")) if rest else None
+    base = base or Path(next(iter(spec.submodule_search_locations)))
+    for source in (base / "__init__.py", base.with_suffix(".py")):
+        if source.is_file():
+            text = source.read_text(errors="replace")
+            return frozenset(re.findall(r"^class (\w+)", text, re.M) + re.findall(r"\b\w+ as (\w+)", text))
     return None
 
 

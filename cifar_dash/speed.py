@@ -107,7 +107,7 @@ def measure(stage_key: str, steps: int = 3, settings=SETTINGS, batch_size: int |
     import keras
     import numpy as np
 
-    from . import stages, train
+    from . import compiling, stages
 
     stage = stages.get(stage_key)
     recipe = stages.recipe_for(stage)
@@ -127,7 +127,7 @@ def measure(stage_key: str, steps: int = 3, settings=SETTINGS, batch_size: int |
             keras.mixed_precision.set_global_policy(precision)
             r = dataclasses.replace(recipe, jit_compile=xla, mixed_precision=precision == "mixed_bfloat16")
             model = stages.build(stage, r, backbone_weights=None)
-            train.compile_for_phase(model, r, r.phases[-1], steps_per_epoch=100)
+            compiling.compile_for_phase(model, r, r.phases[-1], steps_per_epoch=100)
             t = time.perf_counter()
             model.train_on_batch(x, y)
             say(f"  {precision:15s} XLA {'on ' if xla else 'off'}: first step (compiling) {time.perf_counter() - t:.1f} s")

@@ -111,12 +111,6 @@ class Stage:
         return self.short or self.key
 
 
-BACKBONE_WEIGHT_ENV = {
-    "mobilenetv2": "CIFAR_DASH_MOBILENETV2_WEIGHTS",
-    "resnet50v2": "CIFAR_DASH_RESNET50V2_WEIGHTS",
-    "resnet50": "CIFAR_DASH_RESNET50_WEIGHTS",
-}
-
 STAGES: tuple[Stage, ...] = (
     Stage(
         "mlp",

@@ -21,14 +21,15 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import artifacts, distribute, models, runs, runtime, stages
+from . import artifacts, distribute, heldout, models, runs, runtime, stages
 from . import data as data_mod
 from . import evaluate as evaluate_mod
 from .artifacts import write_json
 from .batches import Batches, EpochOrder
+from .compiling import compile_for_phase
 from .data import NUM_CLASSES
-from .layers import LookaheadSGD, TriangularSchedule
-from .runs import ContinueError, continued_from_record, read_continuation  # noqa: F401  (ContinueError: callers)
+from .failures import OutOfMemory, is_out_of_memory, out_of_memory_advice
+from .runs import continued_from_record, read_continuation
 
 
 class Cancelled(Exception):
@@ -37,46 +38,6 @@ class Cancelled(Exception):
 
 class AlreadyTraining(ValueError):
     """Another live process is training this run."""
-
-
-def make_optimizer(recipe: stages.Recipe, learning_rate, steps_per_epoch: int = 1, total_steps: int = 1):
-    if recipe.optimizer == "sgd_nesterov" and recipe.lookahead:
-        start_epoch, base, power, every = recipe.lookahead
-        return LookaheadSGD(
-            learning_rate,
-            momentum=recipe.momentum,
-            nesterov=True,
-            weight_decay=recipe.weight_decay or None,
-            start_step=int(start_epoch * steps_per_epoch),
-            total_steps=total_steps,
-            every=int(every),
-            base=base,
-            power=power,
-        )
-    if recipe.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if recipe.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=recipe.weight_decay)
-    if recipe.optimizer == "sgd_nesterov":
-        return keras.optimizers.SGD(
-            learning_rate, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay or None
-        )
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
-
-
-def compile_for_phase(model, recipe, phase, steps_per_epoch):
-    models.set_trainable(model, phase.trainable, bn_trainable=recipe.backbone_bn_training)
-    models.allow_jit(model)  # else one augmentation layer leaves a JAX train step uncompiled
-    lr = phase.learning_rate
-    if recipe.lr_schedule == "onecycle":
-        peak_at, start, end = recipe.onecycle
-        lr = TriangularSchedule(phase.learning_rate, steps_per_epoch * phase.epochs, warmup=peak_at, start=start, end=end)
-    model.compile(
-        optimizer=make_optimizer(recipe, lr, steps_per_epoch, steps_per_epoch * phase.epochs),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
-        metrics=["accuracy"],
-        jit_compile=True if recipe.jit_compile else "auto",
-    )
 
 
 def _fmt_seconds(s):
@@ -446,7 +407,9 @@ def train(
             say("evaluating", epoch=recipe.epochs, epochs=recipe.epochs)
             keras.mixed_precision.set_global_policy("float32")
             clean = artifacts.load_model(folder / artifacts.MODEL)
-            evaluate_mod.evaluate_into(clean, info, x_te, y_te, folder, stream=stream, x_val=x_val, y_val=y_val)
+            evaluate_mod.evaluate_into(clean, info, x_te, y_te, folder, stream=stream)
+            # the run's temperature, on its own validation images (none held out: cross-fit on the test set)
+            heldout.calibrate_folder(folder, x_val, y_val, model=clean, stream=stream)
         shutil.rmtree(folder / runs.BACKUP, ignore_errors=True)
         say("done", epoch=recipe.epochs, epochs=recipe.epochs, out=str(folder))
         print(
@@ -476,78 +439,6 @@ def train(
 
 
 VALIDATION_BATCH = 256
-
-
-class OutOfMemory(MemoryError):
-    """Training or evaluation ran out of device (or host) memory; str(e) names the settings that need less."""
-
-
-_OOM_TYPES = {"ResourceExhaustedError", "OutOfMemoryError"}  # TensorFlow; torch (and torch.cuda)
-_OOM_TEXT = ("resource_exhausted", "out of memory", "oom when allocating")  # XLA / JAX runtime errors, CUDA
-
-
-def is_out_of_memory(error: BaseException | None) -> bool:
-    """Whether ``error`` (or an exception it was raised from) is an out-of-memory: Python's MemoryError, TensorFlow's
-    ResourceExhaustedError, torch's OutOfMemoryError, or a runtime error of XLA/JAX or CUDA that says so."""
-    return any(
-        isinstance(e, MemoryError)
-        or type(e).__name__ in _OOM_TYPES
-        or (isinstance(e, RuntimeError) and any(t in str(e).lower() for t in _OOM_TEXT))
-        for e in _chain(error)
-    )
-
-
-def out_of_memory_advice(stage_key, recipe, placement, state, error, resumed=False, run_id=None) -> str:
-    """One message: what ran out, at which batch size and precision, on what, and the settings that need less."""
-    backend = keras.backend.backend()
-    n = len(placement.devices or ()) or 1
-    where = ", ".join(placement.devices) if placement.devices else (distribute.available(backend) or ["this machine"])[0]
-    host = any(isinstance(x, MemoryError) for x in _chain(error))
-    what = "the machine's memory" if host else f"memory on {where}"
-    per = f", {recipe.batch_size // n} per device" if n > 1 else ""
-    half = max(1, recipe.batch_size // 2)
-    options = [f"--batch-size {half} (the sidebar's Batch size)"]
-    if not recipe.mixed_precision:
-        options.append("--mixed-precision (bfloat16 activations take half the memory)")
-    more = len(distribute.accelerators(backend))
-    if more > n:
-        options.append(f"--devices {more} (the batch is split across them)")
-    if state == "loading" or host:
-        options.append("--limit N (fewer training images)")
-    how = "start a new run with " + ", or ".join(options)
-    if state == "evaluating":  # the training is done and saved: only the evaluation is missing
-        how = (
-            f"the trained model is kept in run {run_id}; once memory is free (other jobs or programs closed) "
-            f"`python -m cifar_dash train {stage_key} --resume {run_id}` evaluates it"
-        )
-    elif resumed:
-        how = f"this run keeps the batch size it started with; {how}"
-    return (
-        f"{stage_key} ran out of {what} while {_DOING.get(state, state)} (batch size {recipe.batch_size}{per}, "
-        f"{'mixed_bfloat16' if recipe.mixed_precision else 'float32'}, {backend}): {how}. The published model is "
-        f"unchanged. ({type(error).__name__}: {_first_line(error)})"
-    )
-
-
-_DOING = {"loading": "loading the data", "running": "training", "evaluating": "evaluating"}
-
-
-def _chain(error):
-    seen = []
-    while error is not None and all(error is not s for s in seen):
-        seen.append(error)
-        error = error.__cause__ or error.__context__
-    return seen
-
-
-def _first_line(error) -> str:
-    """The line of the error (or of one it was raised from) that says what ran out, else its first line."""
-    for e in _chain(error):
-        for line in str(e).splitlines():
-            if any(t in line.lower() for t in _OOM_TEXT):
-                return line.strip()[:200]
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else ""
 
 
 def _uneven_batches(placement, recipe, n_train: int, n_val: int) -> str | None:
@@ -758,7 +649,7 @@ def resolve_backbone_weights(recipe, explicit):
     """An explicit path, else $CIFAR_DASH_<BACKBONE>_WEIGHTS, else "imagenet" (the Keras download)."""
     if not recipe.backbone:
         return None
-    path = explicit or os.environ.get(stages.BACKBONE_WEIGHT_ENV[recipe.backbone])
+    path = explicit or os.environ.get(models.BACKBONE_WEIGHT_ENV[recipe.backbone])
     if path == "none":  # random init: smoke tests and from-scratch experiments
         return None
     if path:

@@ -205,7 +205,10 @@ def upscale(img: np.ndarray, factor: int = 3) -> np.ndarray:
     return np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
 
 
-def gallery(indices, captions, columns: int = 8, empty: str = "No images."):
+THUMB = 80  # px: four thumbnails side by side at 390 px
+
+
+def gallery(indices, captions, empty: str = "No images."):
     t = test_set()
     if t.x is None:
         st.warning("Test images unavailable: " + md_escape(t.error))
@@ -234,11 +237,11 @@ def gallery(indices, captions, columns: int = 8, empty: str = "No images."):
                 f"({len(t.x):,} test images); is CIFAR10_PATH the data the stages were evaluated on?"
             )
         indices, captions = [indices[k] for k in keep], [captions[k] for k in keep]
-    x_test = t.x
-    for start in range(0, len(indices), columns):
-        cols = st.columns(columns)
-        for col, i, cap in zip(cols, indices[start : start + columns], captions[start : start + columns]):
-            col.image(upscale(x_test[i]), caption=cap, width="stretch")
+    # thumbnails that wrap: four to a row on a phone, a dozen on a desktop (columns would stack one per row on a
+    # phone); each image's toolbar opens it full screen
+    with st.container(horizontal=True, gap="small"):
+        for i, cap in zip(indices, captions):
+            st.image(upscale(t.x[i], 3), caption=cap, width=THUMB)
 
 
 def _runs_stamp(key: str) -> tuple:
@@ -333,6 +336,25 @@ def page_setup(title: str):
             st.page_link(path, label=label, icon=icon)
         st.divider()
     training_sidebar()
+    _job_banner()
+
+
+@st.fragment(run_every=2)
+def _job_banner():
+    """A running job's progress at the top of every page (the sidebar's card is out of view on a phone, where the
+    sidebar is closed, and below the form on a short desktop window)."""
+    for s in (s for s in jobs.all_status().values() if s.active):
+        p = s.progress
+        text = f"Training {s.stage}"
+        done = 0.0
+        if p.get("epochs") and p.get("steps"):
+            done = ((p["epoch"] - 1) * p["steps"] + p.get("step", 0)) / (p["epochs"] * p["steps"])
+            text += f": epoch {p.get('epoch')}/{p.get('epochs')}, ETA {fmt_seconds(p.get('eta_seconds'))}"
+        else:
+            text += f": {s.state}"
+        row = st.columns([4, 1], vertical_alignment="center")
+        row[0].progress(min(max(done, 0.0), 1.0), text=text)
+        row[1].page_link("pages/training.py", label="Details", icon=":material/model_training:")
 
 
 # ---- training sidebar -------------------------------------------------------------------------------------------

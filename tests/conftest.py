@@ -128,3 +128,16 @@ def detector_root(tmp_path_factory, trained_root, cifar_npz):
         else:
             os.environ["CIFAR_DASH_CACHE"] = old_cache
     return root
+
+
+def rename_a_layer_class(model_path, old=b'"Dense"', new=b'"DenseThatDoesNotExist"'):
+    """Rewrite a whole, valid .keras archive so that its config.json names a layer class that does not exist."""
+    import zipfile
+
+    with zipfile.ZipFile(model_path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    assert old in members["config.json"]
+    members["config.json"] = members["config.json"].replace(old, new)
+    with zipfile.ZipFile(model_path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)

@@ -355,6 +355,26 @@ def test_a_cancelled_job_card_offers_resume(app_env, monkeypatch):
     assert not at.exception and calls == ["cnn"]
 
 
+@pytest.mark.parametrize("page", ["app.py", *PAGES])
+def test_a_running_job_shows_its_progress_at_the_top_of_every_page(page, app_env, monkeypatch):
+    from cifar_dash import jobs
+
+    running = jobs.JobStatus(
+        "cnn",
+        "running",
+        {"pid": 123, "started": 0, "cmd": []},
+        {"updated": 0, "epoch": 2, "epochs": 4, "step": 50, "steps": 100, "eta_seconds": 125},
+    )
+    monkeypatch.setattr(jobs, "all_status", lambda: {"cnn": running})
+    at = _app()
+    if page != "app.py":
+        at.switch_page(page).run()
+    assert not at.exception
+    bars = [b for b in at.get("progress") if "Training cnn" in b.proto.text]
+    # in the main area (not only the sidebar's card): 1.5 of 4 epochs done
+    assert bars and bars[0].proto.text == "Training cnn: epoch 2/4, ETA 2.1 min" and bars[0].proto.value == 37
+
+
 def test_sidebar_says_when_bfloat16_would_be_emulated_here(app_env, monkeypatch):
     from cifar_dash import runtime
 
@@ -465,7 +485,14 @@ def _prediction_caches():
 
 @pytest.mark.parametrize(
     "damage",
-    ["truncated model", "accuracy as text", "history without accuracy", "metrics not an object", "predictions of 9"],
+    [
+        "truncated model",
+        "unknown layer class",
+        "accuracy as text",
+        "history without accuracy",
+        "metrics not an object",
+        "predictions of 9",
+    ],
 )
 def test_a_damaged_stage_is_shown_as_damaged_on_every_page(damage, trained_root, cifar_npz, tmp_path, monkeypatch):
     root = tmp_path / "ck"
@@ -474,6 +501,10 @@ def test_a_damaged_stage_is_shown_as_damaged_on_every_page(damage, trained_root,
     if damage == "truncated model":
         data = (cnn / "model.keras").read_bytes()
         (cnn / "model.keras").write_bytes(data[: len(data) // 2])
+    elif damage == "unknown layer class":  # a whole archive whose config.json loading would refuse
+        from tests.conftest import rename_a_layer_class
+
+        rename_a_layer_class(cnn / "model.keras")
     elif damage == "accuracy as text":
         m = json.loads((cnn / "metrics.json").read_text())
         m["test_accuracy"] = "0.74"

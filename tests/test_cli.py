@@ -238,10 +238,10 @@ def test_bad_numbers_are_refused_by_the_parser(tmp_path, capsys):
 
 
 def test_out_of_memory_is_one_line_and_exit_code_2(tmp_path, capsys, monkeypatch):
-    from cifar_dash import cli, train
+    from cifar_dash import cli, failures, train
 
     def out_of_memory(*args, **kwargs):
-        raise train.OutOfMemory("mlp ran out of memory on cpu:0 while training (batch size 128): --batch-size 64")
+        raise failures.OutOfMemory("mlp ran out of memory on cpu:0 while training (batch size 128): --batch-size 64")
 
     monkeypatch.setattr(train, "train", out_of_memory)
     assert cli.main(["train", "mlp", "--out", str(tmp_path / "mlp")]) == 2
@@ -270,3 +270,9 @@ def test_stages_lists_a_damaged_stage_with_its_reason(trained_root, tmp_path):
     line = next(x for x in r.stdout.splitlines() if x.startswith("cnn "))
     assert "damaged" in line and "not a whole .keras archive" in line
     assert "trained" in next(x for x in r.stdout.splitlines() if x.startswith("mlp "))
+    from tests.conftest import rename_a_layer_class
+
+    rename_a_layer_class(root / "deep_mlp" / "model.keras")  # whole, but loading would refuse it
+    r = _run("stages", root=root)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("deep_mlp "))
+    assert "damaged" in line and "keras.layers.DenseThatDoesNotExist" in line

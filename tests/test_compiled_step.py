@@ -18,7 +18,7 @@ CHECK = r"""
 import json
 import numpy as np
 import keras
-from cifar_dash import artifacts, models, stages, train
+from cifar_dash import artifacts, compiling, models, stages, train
 
 out = {"backend": keras.backend.backend(), "stages": {}}
 events = []  # JAX's own compile and trace events: a step that retraces or recompiles shows up here
@@ -31,7 +31,7 @@ for key in ("vgg_aug", "resnet50v2", "resnet50v2_sota"):
     recipe = stages.recipe_for(stage, backbone="resnet50" if "resnet50" in stage.backbone_options else None)
     model = stages.build(stage, recipe, backbone_weights=None)
     blocked = sorted(l.name for l in models.walk(model) if not l.supports_jit)
-    train.compile_for_phase(model, recipe, recipe.phases[-1], steps_per_epoch=10)
+    compiling.compile_for_phase(model, recipe, recipe.phases[-1], steps_per_epoch=10)
     out["stages"][key] = {"blocked_before": blocked, "jit_compile": bool(model.jit_compile),
                           "blocked_after": sorted(l.name for l in models.walk(model) if not l.supports_jit)}
     if key == "vgg_aug":  # the augmentation still draws new numbers inside the compiled step

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_dash import artifacts, evaluate, results, runs, stages, train
+from cifar_dash import artifacts, compiling, evaluate, failures, results, runs, stages, train
 from tests.conftest import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -251,7 +251,7 @@ def test_a_run_killed_during_evaluation_is_evaluated_on_resume(cifar_npz, tmp_pa
         train.train("mlp", epochs=2, limit=200, data_path=cifar_npz, out_dir=out)
     monkeypatch.setattr(train.evaluate_mod, "evaluate_into", real)
     folder = _only_run(out)
-    assert isinstance(caught.value, train.OutOfMemory)  # out of memory: what to do, not only what happened
+    assert isinstance(caught.value, failures.OutOfMemory)  # out of memory: what to do, not only what happened
     assert "out of the machine's memory while evaluating" in str(caught.value)
     assert f"`python -m cifar_dash train mlp --resume {folder.name}` evaluates it" in str(caught.value)
     run = runs.read_run("mlp", folder)
@@ -387,7 +387,7 @@ def test_speedrun_resume_state_keeps_its_lookahead_optimizer(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, size=(16, 32, 32, 3)).astype("uint8")
     y = np.eye(10, dtype="float32")[np.arange(16) % 10]
     models.init_from_data(model, x)
-    train.compile_for_phase(model, recipe, recipe.phases[0], steps_per_epoch=49)
+    compiling.compile_for_phase(model, recipe, recipe.phases[0], steps_per_epoch=49)
     opt = model.optimizer
     assert isinstance(opt, LookaheadSGD) and opt.start_step == 3 * 49 and opt.total_steps == 10 * 49
     model.fit(x.astype("float32"), y, batch_size=8, epochs=1, verbose=0)
@@ -652,18 +652,18 @@ def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp
     ]
     for kwargs, message in cases:
         kw = {"limit": 200, "recipe": recipe, **kwargs}
-        with pytest.raises(train.ContinueError, match=re.escape(message)):
+        with pytest.raises(runs.ContinueError, match=re.escape(message)):
             train.train("mlp", data_path=cifar_npz, out_dir=out, continue_from=first.name, **kw)
-    with pytest.raises(train.ContinueError, match="holds stage 'mlp', not 'cnn'"):
+    with pytest.raises(runs.ContinueError, match="holds stage 'mlp', not 'cnn'"):
         train.train("cnn", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "cnn", continue_from=first)
-    with pytest.raises(train.ContinueError, match="no finished run"):
+    with pytest.raises(runs.ContinueError, match="no finished run"):
         train.train(
             "mlp", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "x", recipe=recipe,
             continue_from=tmp_path / "nothing",
         )  # fmt: skip
     # a one-cycle recipe's rate spans the whole run: extending it would not be the recipe
     vgg = train.train("vgg_aug", epochs=1, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg", evaluate=False)
-    with pytest.raises(train.ContinueError, match="cannot be extended"):
+    with pytest.raises(runs.ContinueError, match="cannot be extended"):
         train.train("vgg_aug", epochs=2, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg", continue_from=vgg)
 
 
@@ -688,7 +688,7 @@ def test_a_two_phase_run_resumes_and_is_continued_in_its_last_phase(cifar_npz, t
     first = train.train("mobilenetv2_finetune", resume=True, data_path=cifar_npz, out_dir=out)
     hist = json.loads((first / "history.json").read_text())["epochs"]
     assert [h["phase"] for h in hist] == ["head", "finetune", "finetune"] and not (first / "phase-0.keras").exists()
-    with pytest.raises(train.ContinueError, match=re.escape("not 2,3 (e.g. 1,3)")):
+    with pytest.raises(runs.ContinueError, match=re.escape("not 2,3 (e.g. 1,3)")):
         train.train("mobilenetv2_finetune", epochs=(2, 3), continue_from=first.name, **kw)
     cont = train.train("mobilenetv2_finetune", epochs=(1, 3), continue_from=first.name, **kw)
     info = json.loads((cont / "train_info.json").read_text())
@@ -767,7 +767,7 @@ def test_out_of_memory_names_the_settings_to_change_and_a_smaller_batch_trains(c
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[128,3072]")
 
     monkeypatch.setattr(train.Progress, "on_train_batch_end", on_train_batch_end)
-    with pytest.raises(train.OutOfMemory) as caught:
+    with pytest.raises(failures.OutOfMemory) as caught:
         train.train("mlp", out_dir=out, epochs=1, limit=300, data_path=cifar_npz)
     message = str(caught.value)
     assert "ran out of memory on " in message and "while training (batch size 128, float32, tensorflow)" in message
@@ -807,9 +807,9 @@ def test_out_of_memory_is_recognised_from_every_backend():
         RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
         chained,
     ):
-        assert train.is_out_of_memory(e), repr(e)
+        assert failures.is_out_of_memory(e), repr(e)
     for e in (ValueError("shapes (3,) and (4,) do not match"), RuntimeError("INTERNAL: failed"), KeyboardInterrupt()):
-        assert not train.is_out_of_memory(e), repr(e)
+        assert not failures.is_out_of_memory(e), repr(e)
 
 
 def test_out_of_memory_advice_on_several_devices_and_in_bfloat16():
@@ -817,7 +817,7 @@ def test_out_of_memory_advice_on_several_devices_and_in_bfloat16():
 
     recipe = dataclasses.replace(stages.get("resnet50v2").recipe, mixed_precision=True)
     plan = distribute.Plan("tensorflow", ["/device:CPU:0", "/device:CPU:1"])
-    text = train.out_of_memory_advice("resnet50v2", recipe, plan, "loading", MemoryError("host"))
+    text = failures.out_of_memory_advice("resnet50v2", recipe, plan, "loading", MemoryError("host"))
     assert text.startswith("resnet50v2 ran out of the machine's memory while loading the data (batch size 64, 32 per")
     assert "--batch-size 32" in text and "--mixed-precision" not in text and "--limit N" in text
 
@@ -836,7 +836,7 @@ def test_a_real_out_of_memory_is_caught_and_explained(backend, stage, batch, tmp
     np.savez(data, **make_cifar(20000, 200))
     code = f"""
 import io, resource
-from cifar_dash import train
+from cifar_dash import failures, train
 train.train({stage!r}, epochs=1, limit=200, data_path={str(data)!r}, out_dir={str(tmp_path / "warm")!r},
             evaluate=False, stream=io.StringIO())
 size = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmSize")) * 1024
@@ -844,10 +844,10 @@ resource.setrlimit(resource.RLIMIT_AS, (size + 400 * 2**20, resource.RLIM_INFINI
 try:
     train.train({stage!r}, epochs=1, limit=20000, data_path={str(data)!r}, out_dir={str(tmp_path / "run")!r},
                 batch_size={batch}, stream=io.StringIO())
-except train.OutOfMemory as e:
+except failures.OutOfMemory as e:
     print("OOM", e)
     cause = e.__cause__
-    print("CAUSE", train.is_out_of_memory(cause), type(cause).__name__ + ": " + train._first_line(cause))
+    print("CAUSE", failures.is_out_of_memory(cause), type(cause).__name__ + ": " + failures._first_line(cause))
 """
     env = {**ENV, "KERAS_BACKEND": backend}
     r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
