@@ -152,10 +152,12 @@ def stage_map(model, img: np.ndarray, method: str = "occlusion", tta=False) -> d
             out = occlusion_map(model, img, tta=tta)
             peak = float(out["map"].max())
             out["map"] = np.maximum(out["map"], 0) / peak if peak > 0 else np.zeros_like(out["map"])
-            return {**out, "method": "occlusion", "scaled": True}
+            # ``peak``: the unscaled probability drop, the same figure occlusion mode shows for this stage
+            return {**out, "method": "occlusion", "scaled": True, "peak": peak}
     if method != "occlusion":
         raise ValueError(f"unknown saliency method {method!r}; choose from {METHODS}")
-    return {**occlusion_map(model, img, tta=tta), "method": "occlusion", "scaled": False}
+    out = occlusion_map(model, img, tta=tta)
+    return {**out, "method": "occlusion", "scaled": False, "peak": float(np.max(out["map"])) if out["map"].size else 0.0}
 
 
 def colour_bar(width: int = 256, height: int = 14) -> np.ndarray:

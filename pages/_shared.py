@@ -124,13 +124,13 @@ def saliency_row(img: np.ndarray, keys: list[str], method: str = "occlusion"):
                 col.warning(md_escape(failed[k][:300]))
                 continue
             m = maps[k]
-            peak = float(np.max(m["map"])) if np.size(m["map"]) else 0.0
-            shown = "Grad-CAM" if m["method"] == "Grad-CAM" else "occlusion"
+            top = float(np.max(m["map"])) if np.size(m["map"]) else 0.0  # the colour scale's top
+            # occlusion: the peak probability drop, the same figure in both modes; Grad-CAM has no unit of its own
+            said = f"occlusion, peak drop {m['peak']:.2f}" if m["method"] == "occlusion" else "Grad-CAM, peak 1 (relative)"
             col.image(
-                saliency.overlay(img, m["map"], max(peak, 1e-6), scale=12),
+                saliency.overlay(img, m["map"], max(top, 1e-6), scale=12),
                 width="stretch",
-                caption=f"{stages.get(k).label}: {CLASS_NAMES[m['target']]} {m['probability']:.0%} · {shown}, "
-                f"peak {peak:.2f}",
+                caption=f"{stages.get(k).label}: {CLASS_NAMES[m['target']]} {m['probability']:.0%} · {said}",
             )
 
 
@@ -501,7 +501,7 @@ def training_sidebar():
                     + " to continue it."
                 )
         bf16 = st.checkbox(
-            "bfloat16 compute",
+            "Force bfloat16 compute",
             value=_form_default("train_bf16", recipe.mixed_precision),
             key="train_bf16",
             help="Mixed precision: bfloat16 maths, float32 weights. Faster on GPUs and on CPUs with "
@@ -511,8 +511,8 @@ def training_sidebar():
             st.caption(f"On this machine: {note}.")
         elif not bf16 and not (host := runtime.host_info())["gpu"]:
             chosen = speed.choose(key, recipe, host)
-            st.caption(
-                f"Precision on this machine: {chosen.precision}, XLA {'on' if chosen.xla else 'off'} "
+            st.caption(  # unticked is "let this machine choose", which may well be bfloat16: say which
+                f"Not forced: this machine's choice is used: {chosen.precision}, XLA {'on' if chosen.xla else 'off'} "
                 f"({chosen.source}; `python -m cifar_dash tune {key}` measures it)."
             )
         st.caption(

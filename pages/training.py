@@ -58,6 +58,8 @@ listed = runs.list_runs(stage)  # uncached: this page acts on them
 if not listed:
     st.info(f"No runs of {stage} yet. Start one from the sidebar.")
     st.stop()
+# a line between the selector and the table: the table's toolbar (on hover, at its top right) covered the selector
+st.caption(f"{figures.plural(len(listed), 'run')} of {stage}, oldest first; the published one is marked.")
 _shared.runs_table(listed)
 st.caption(f"Open every run's curves in TensorBoard: `tensorboard --logdir checkpoints/{stage}/runs`.")
 

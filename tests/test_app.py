@@ -103,11 +103,13 @@ def test_explorer_confusion_matrix_and_cell_gallery(app_env):
         for c in at.caption
     )
     metrics = json.loads((app_env / "mlp" / "metrics.json").read_text())
-    grid = next(c for c in _charts(at) if c["data"][0].get("marker", {}).get("symbol") == "square")["data"][0]
+    chart = next(c for c in _charts(at) if c["data"][0].get("type") == "heatmap")
+    heat, grid = chart["data"]
     cells = {(y, x): int(t.replace(",", "")) for x, y, t in zip(grid["x"], grid["y"], grid["text"])}
     assert cells == {
         (CLASS_NAMES[i], CLASS_NAMES[j]): metrics["confusion_matrix"][i][j] for i in range(10) for j in range(10)
     }
+    assert _arr(heat["z"]).tolist() == metrics["confusion_matrix"]  # the colours: the same counts, row by row
     preds = results.predictions("mlp")
     true_box = next(s for s in at.selectbox if s.label == "True class")
     pred_box = next(s for s in at.selectbox if s.label == "Predicted as")
@@ -223,11 +225,14 @@ def test_predict_shows_one_saliency_map_per_stage(app_env):
     maps = [i for i in at.get("image") if "occlusion, peak" in str(i.proto)]
     assert len(at.get("image")) == before + 2 * (3 + 1)  # 2 images x (3 stages + the colour bar)
     assert len(maps) == 2 * 3
+    occlusion = [i.proto.imgs[0].caption for i in maps]
     at.radio(key="saliency_method").set_value("gradcam").run()
     assert not at.exception
     captions = [i.proto.imgs[0].caption for i in at.get("image") if i.proto.imgs and ", peak" in i.proto.imgs[0].caption]
     # Grad-CAM for the CNN, occlusion for the two MLPs, per image; each caption names the method it shows
     assert sum("· Grad-CAM, peak" in c for c in captions) == 2 and sum("· occlusion, peak" in c for c in captions) == 4
+    # an MLP's occlusion map says the same peak drop in both modes (not "1.00" once scaled for Grad-CAM mode)
+    assert sorted(c for c in captions if c.startswith("MLP:")) == sorted(c for c in occlusion if c.startswith("MLP:"))
     assert any("Grad-CAM weight (occlusion for MLPs)" in i.proto.imgs[0].caption for i in at.get("image") if i.proto.imgs)
 
 

@@ -37,6 +37,7 @@ ARGS = [
 ]
 
 
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # every page's path and its heading
 PAGES = [
     ("", re.compile(r"^CIFAR-10, from ")),
@@ -304,5 +305,59 @@ def test_every_page_on_a_phone(server, browser, tmp_path):
     assert cards.count() == 3
     boxes = [cards.nth(i).bounding_box() for i in range(3)]
     assert all(b["width"] > 250 for b in boxes)  # stacked full-width cards, not three slivers
+    _no_exception(pg)
+    context.close()
+
+
+def test_on_a_phone_a_tap_selects_the_tapped_confusion_cell_and_galleries_are_grids(server, browser, trained_root):
+    """390 px wide, touch: tapping a cell of the confusion matrix shows that cell's images (not a neighbour's),
+    every class name is on both axes, and the cell's gallery is a grid of thumbnails, not one image per row. The cell
+    tapped is the fullest one of the diagonal (many images to show), never the one the page opens on."""
+    import json
+
+    import numpy as np
+
+    cm = np.array(json.loads((trained_root / "cnn" / "metrics.json").read_text())["confusion_matrix"])
+    diagonal = np.diag(cm).copy()
+    true_c = int(diagonal.argmax())
+    assert diagonal[true_c] >= 8, diagonal
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    pg = context.new_page()
+    pg.set_default_timeout(90_000)
+    pg.goto(f"{server}/explorer")
+    pg.get_by_role("heading", name="Stage explorer").wait_for()
+    main = pg.locator("[data-testid='stMain']")
+    main.get_by_text("test images of").first.wait_for()
+    grid = "Array.from(document.querySelectorAll('.js-plotly-plot')).find(p => p.querySelectorAll('.point').length === 100)"
+    pg.wait_for_function(f"!!({grid})")
+    pg.wait_for_timeout(2000)
+    labels = pg.evaluate(
+        f"() => {{ const p = {grid}; return ['xtick', 'ytick'].map(c => Array.from(p.querySelectorAll('.' + c + ' text'))"
+        ".filter(t => t.getBoundingClientRect().width > 0).map(t => t.textContent)); }"
+    )
+    assert [sorted(a) for a in labels] == [sorted(CLASSES)] * 2  # no class name skipped on either axis
+    target = true_c * 10 + true_c
+    box = pg.evaluate(
+        f"() => {{ const p = {grid}; p.scrollIntoView({{block: 'center'}}); const r = p.querySelectorAll('.point')"
+        f"[{target}].getBoundingClientRect(); return {{x: r.x + r.width / 2, y: r.y + r.height / 2, w: r.width}}; }}"
+    )
+    neighbours = pg.evaluate(
+        f"() => {{ const p = {grid}; const a = p.querySelectorAll('.point')[{target}].getBoundingClientRect(), "
+        f"b = p.querySelectorAll('.point')[{target + 1}].getBoundingClientRect(); return b.x - a.x; }}"
+    )
+    assert box["w"] < neighbours  # the cells' markers do not overlap
+    pg.touchscreen.tap(box["x"], box["y"])
+    main.get_by_text(f"test images of {CLASSES[true_c]} predicted as {CLASSES[true_c]}").wait_for(timeout=60_000)
+    pg.wait_for_timeout(1500)
+    thumbs = pg.evaluate(
+        "() => Array.from(document.querySelectorAll(\"[data-testid='stMain'] [data-testid='stImage'] img\"))"
+        ".map(i => i.getBoundingClientRect()).filter(r => r.width > 0 && r.width < 120)"
+        ".map(r => [r.top + window.scrollY, r.bottom + window.scrollY])"
+    )
+    assert len(thumbs) >= 4, thumbs
+    tops = sorted({round(t) for t, _ in thumbs})
+    assert len(thumbs) / len(tops) >= 3  # three or more thumbnails to a row
+    span = max(b for _, b in thumbs) - min(t for t, _ in thumbs)
+    assert span <= 2 * 844, span  # the gallery fits in two screens
     _no_exception(pg)
     context.close()

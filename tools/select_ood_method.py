@@ -47,7 +47,7 @@ def mahalanobis(bank, labels, queries):
     centred = f - mu[labels]
     precision = np.linalg.pinv(centred.T @ centred / len(f) + 1e-3 * np.eye(f.shape[1]))
     q = queries.astype(np.float64)
-    return np.min(np.stack([np.einsum("ij,jk,ik->i", q - m, precision, q - m) for m in mu], 1), 1)
+    return np.min(np.stack([(((q - m) @ precision) * (q - m)).sum(1) for m in mu], 1), 1)
 
 
 def main() -> None:
