@@ -146,15 +146,3 @@ def load_model(path: Path):
 
     allow_jit(model)  # predict compiles under JAX despite the augmentation layers (inactive at inference)
     return model
-
-
-def load_model_compiled(path: Path):
-    """The work folder's model with its optimizer state, for resuming."""
-    import keras
-
-    from . import layers  # noqa: F401
-
-    try:
-        return keras.saving.load_model(path, compile=True)
-    except Exception as e:
-        raise ArtifactError(f"{path} (resume state) could not be loaded ({type(e).__name__}: {e})") from e

@@ -514,10 +514,14 @@ def _quiet_native_logging() -> None:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. "triggered tf.function retracing" per new model
+    if sys.stderr is not sys.__stderr__:  # already redirected by a caller (a test's capture): leave it be
+        return
     try:
+        if sys.stderr.fileno() != 2:
+            return
         real = os.dup(2)
         sink = os.open(os.devnull, os.O_WRONLY)
-    except OSError:
+    except (OSError, ValueError):
         return
     sys.stderr.flush()
     os.dup2(sink, 2)

@@ -198,14 +198,3 @@ def decode_many(files: list[tuple[str, bytes]]) -> list[Decoded | ImageError]:
         except ImageError as e:
             out.append(e)
     return out
-
-
-def to_model_inputs(files: list[tuple[str, bytes]]) -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, str]]]:
-    """Process many files; returns (ok: [(name, array)], errors: [(name, message)]). One bad file spoils nothing."""
-    ok, errors = [], []
-    for (name, _), r in zip(files, decode_many(files)):
-        if isinstance(r, ImageError):
-            errors.append((name, str(r)))
-        else:
-            ok.append((name, r.model_input))
-    return ok, errors

@@ -266,16 +266,6 @@ def cancel(stage: str) -> bool:
     return True
 
 
-def wait(stage: str, timeout: float = 600, poll: float = 0.5) -> JobStatus:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        st = status(stage)
-        if not st.active:
-            return st
-        time.sleep(poll)
-    return status(stage)
-
-
 def tail_log(stage: str, lines: int = 30) -> str:
     job = _read(_record_path(stage))
     if not job:

@@ -63,11 +63,6 @@ def overlay(img: np.ndarray, heat: np.ndarray, vmax: float, scale: int = 4, alph
     return np.clip((1 - weight[..., None]) * big + weight[..., None] * colour, 0, 255).astype(np.uint8)
 
 
-def shared_scale(maps: list[np.ndarray]) -> float:
-    """One colour scale for all stages: the largest probability drop seen in any map (at least 0.05)."""
-    return max([0.05] + [float(np.max(m)) for m in maps])
-
-
 class SaliencyUnavailable(RuntimeError):
     """This method does not apply to this model or backend; the message says why."""
 

@@ -205,7 +205,28 @@ def upscale(img: np.ndarray, factor: int = 3) -> np.ndarray:
     return np.repeat(np.repeat(img, factor, axis=0), factor, axis=1)
 
 
-THUMB = 80  # px: four thumbnails side by side at 390 px
+THUMB = 72  # px: four thumbnails side by side on a 390 px phone
+
+
+_TOUCH_HOVER = """<script>
+(() => {
+  if (window.__cifarDashTouchHover) return;
+  window.__cifarDashTouchHover = true;
+  // A tap on a Plotly chart selects the point under the finger only if Plotly hovered it first, and a finger does not
+  // hover: before Plotly sees the tap, move a mouse pointer to it.
+  document.addEventListener("touchstart", (e) => {
+    const t = e.touches && e.touches[0];
+    if (!t || !e.target.closest || !e.target.closest(".js-plotly-plot")) return;
+    const at = {clientX: t.clientX, clientY: t.clientY, bubbles: true, view: window};
+    e.target.dispatchEvent(new MouseEvent("mousemove", at));
+  }, {capture: true, passive: true});
+})();
+</script>"""
+
+
+def touch_hover() -> None:
+    """Make a tap on a chart select the tapped point (see _TOUCH_HOVER); once per page, invisible."""
+    st.html(_TOUCH_HOVER, unsafe_allow_javascript=True, width="content")
 
 
 def gallery(indices, captions, empty: str = "No images."):
@@ -301,16 +322,6 @@ def stage_label(key: str) -> str:
 
 def fmt_seconds(s) -> str:
     return figures._fmt_seconds(s)
-
-
-def status_badge(r: results.StageResult) -> str:
-    if r.status == "trained":
-        return f"{100 * r.accuracy:.2f}% measured"
-    if r.status == "stale":
-        return f"{100 * r.accuracy:.2f}% (stale: {r.error})"
-    if r.status == "damaged":
-        return f"damaged: {r.error}"
-    return "not trained yet"
 
 
 # ---- page frame: navigation + training sidebar ------------------------------------------------------------------

@@ -139,6 +139,7 @@ normalize = st.toggle("Row-normalised", key="cm_norm")
 event = st.plotly_chart(
     figures.confusion_heatmap(m["confusion_matrix"], normalize), key="cm_chart", on_select="rerun", selection_mode="points"
 )
+_shared.touch_hover()
 points = [p for p in ((event or {}).get("selection", {}).get("points", []) if event else []) if p.get("x") in CLASS_NAMES]
 preds = _shared.stage_predictions(key)
 cm = pd.DataFrame(m["confusion_matrix"]).to_numpy()

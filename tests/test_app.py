@@ -156,11 +156,13 @@ def test_predict_draws_test_images_one_prediction_per_stage(app_env):
     assert sum("stages agree" in t or "Stages disagree" in t for t in _texts(at)) == 3
     at.toggle(key="details").set_value(True).run()
     assert not at.exception
-    from cifar_dash import predict
+    from cifar_dash import answers, predict
 
     x_test = np.load(os.environ["CIFAR10_PATH"])["x_test"]
     first = at.session_state["drawn"][0]
-    probs = predict.predict(predict.load_stage("cnn"), x_test[first][None])
+    raw = predict.predict(predict.load_stage("cnn"), x_test[first][None])
+    probs, temperature = answers.calibrated(raw, results.load_result("cnn").metrics)  # the card shows scaled ones
+    assert temperature is not None
     expected = " · ".join(f"{c} {q:.0%}" for c, q in predict.top_k(probs, 3)[0])
     cnn_cards = [m.value for m in at.markdown if m.value.startswith("**CNN**")]
     assert f":gray[{expected}]" in cnn_cards[0]  # cnn's top-3 on its card for the first drawn image
@@ -399,18 +401,19 @@ def test_sidebar_says_which_precision_and_xla_training_will_use(app_env, monkeyp
 
     monkeypatch.setattr(runtime, "host_info", lambda: {"gpu": None, "cpu": "Xeon", "cpu_isa": "AMX"})
     at = _app()
-    said = [c.value for c in at.caption if c.value.startswith("Precision on this machine")]
+    assert at.checkbox(key="train_bf16").label == "Force bfloat16 compute"  # unticked: the machine's choice, said below
+    said = [c.value for c in at.caption if c.value.startswith("Not forced: this machine's choice is used: ")]
     assert said and "mixed_bfloat16, XLA off (rule: a CPU with AMX" in said[0] and "cifar_dash tune" in said[0]
     monkeypatch.setattr(runtime, "host_info", lambda: {"gpu": None, "cpu": "EPYC", "cpu_isa": "AVX2"})
     at.run()
-    said = [c.value for c in at.caption if c.value.startswith("Precision on this machine")]
+    said = [c.value for c in at.caption if c.value.startswith("Not forced: this machine's choice is used: ")]
     assert said and "float32" in said[0] and "(recipe;" in said[0]
     at.checkbox(key="train_bf16").check().run()  # asked for: the choice is the box's
-    assert not [c for c in at.caption if c.value.startswith("Precision on this machine")]
+    assert not [c for c in at.caption if c.value.startswith("Not forced: this machine's choice is used: ")]
     at.checkbox(key="train_bf16").uncheck().run()
     monkeypatch.setattr(runtime, "host_info", lambda: {"gpu": "GPU", "cpu": "EPYC", "cpu_isa": "AMX"})
     at.run()  # a GPU machine: the CPU rule does not apply, and the caption does not guess
-    assert not [c for c in at.caption if c.value.startswith("Precision on this machine")]
+    assert not [c for c in at.caption if c.value.startswith("Not forced: this machine's choice is used: ")]
 
 
 def test_journey_explains_where_measured_order_inverts_the_seeds(trained_root, cifar_npz, tmp_path, monkeypatch):

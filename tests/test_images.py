@@ -116,8 +116,9 @@ def test_decompression_bomb_is_refused():
 
 
 def test_many_files_one_bad():
-    ok, errors = images.to_model_inputs([("a.png", _encode(Image.new("RGB", (8, 8)), "PNG")), ("b.png", b"")])
-    assert [n for n, _ in ok] == ["a.png"] and errors[0][0] == "b.png"
+    ok, bad = images.decode_many([("a.png", _encode(Image.new("RGB", (8, 8)), "PNG")), ("b.png", b"")])
+    assert ok.name == "a.png" and ok.model_input.shape == (32, 32, 3)
+    assert isinstance(bad, images.ImageError) and str(bad).startswith("b.png: ")
 
 
 @pytest.mark.parametrize("name,data,expect", odd_images.cases(), ids=[c[0] for c in odd_images.cases()])

@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 
@@ -10,6 +11,17 @@ def root(checkpoints_copy):
     return checkpoints_copy
 
 
+def _wait(stage: str, timeout: float = 600, poll: float = 0.5):
+    """The job's status once it is no longer active (or at the timeout)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = jobs.status(stage)
+        if not st.active:
+            return st
+        time.sleep(poll)
+    return jobs.status(stage)
+
+
 def _published(root):
     return {p.name: p.read_bytes() for p in (root / "mlp").iterdir() if p.is_file()}
 
@@ -19,7 +31,7 @@ def test_a_job_trains_a_new_run_in_the_background_and_leaves_the_published_model
     rec = jobs.start("mlp", epochs=2, limit=300, data_path=str(cifar_npz))
     with pytest.raises(jobs.JobRunning, match="already training"):
         jobs.start("mlp", epochs=1, limit=100)
-    st = jobs.wait("mlp", timeout=240)
+    st = _wait("mlp", timeout=240)
     assert st.state == "done", (st.message, jobs.tail_log("mlp"))
     assert _published(root) == before
     run = runs.read_run("mlp", jobs.run_folder(rec))
@@ -37,7 +49,7 @@ def test_cancel_leaves_the_published_model(root, cifar_npz):
             break
         jobs.time.sleep(0.1)
     assert jobs.cancel("mlp")
-    st = jobs.wait("mlp", timeout=120)
+    st = _wait("mlp", timeout=120)
     assert st.state == "cancelled" and "can be resumed" in st.message
     assert artifacts.file_sha256(root / "mlp" / "model.keras") == model_before
 
@@ -52,7 +64,7 @@ def test_killed_job_is_reported(root, cifar_npz):
             break
         jobs.time.sleep(0.1)
     os.killpg(jobs.status("mlp").job["pid"], signal.SIGKILL)
-    st = jobs.wait("mlp", timeout=60)
+    st = _wait("mlp", timeout=60)
     assert st.state == "killed" and "resumed" in st.message
     assert results.load_result("mlp").status == "trained"
 
@@ -64,7 +76,7 @@ def test_idle_stage():
 def test_sidebar_options_reach_the_training_command(root, cifar_npz):
     rec = jobs.start("mlp", epochs=1, limit=120, data_path=str(cifar_npz), mixed_precision=True, batch_size=32)
     assert "--mixed-precision" in rec["cmd"] and rec["cmd"][-2:] == ["--batch-size", "32"]
-    st = jobs.wait("mlp", timeout=240)
+    st = _wait("mlp", timeout=240)
     assert st.state == "done", (st.message, jobs.tail_log("mlp"))
     r = results.load_folder("mlp", jobs.run_folder(rec))
     assert r.train_info["mixed_precision"] is True and r.metrics["recipe"]["mixed_precision"] is True
@@ -79,7 +91,7 @@ def test_a_job_can_continue_the_published_run(root, cifar_npz):
     before = json.loads((root / "mlp" / "train_info.json").read_text())
     rec = jobs.start("mlp", epochs=before["epochs"] + 1, limit=400, data_path=str(cifar_npz), continue_from="published")
     assert rec["cmd"][-2:] == ["--continue-from", "published"]
-    st = jobs.wait("mlp", timeout=240)
+    st = _wait("mlp", timeout=240)
     assert st.state == "done", (st.message, jobs.tail_log("mlp"))
     info = json.loads((jobs.run_folder(rec) / "train_info.json").read_text())
     assert info["epochs"] == before["epochs"] + 1 and info["continued_from"]["run_id"] == before["run_id"]
@@ -114,14 +126,14 @@ def test_a_cancelled_job_resumes_from_the_dashboard(root, cifar_npz):
             break
         jobs.time.sleep(0.1)
     assert jobs.cancel("mlp")
-    assert jobs.wait("mlp", timeout=120).state == "cancelled"
+    assert _wait("mlp", timeout=120).state == "cancelled"
     saved = jobs.resumable("mlp")  # offered as soon as the cancel is recorded, while the process may still be exiting
     assert saved and saved["epochs"] == 20 and 2 <= saved["epochs_done"] < 20 and saved["run_id"] == rec["run_id"]
 
     again = jobs.resume("mlp")
     assert again["cmd"][-4:-2] == ["--resume", rec["run_id"]] and again["lineage"] == [rec["pid"]]
     assert again["run_id"] == rec["run_id"]
-    st = jobs.wait("mlp", timeout=240)
+    st = _wait("mlp", timeout=240)
     assert st.state == "done", (st.message, jobs.tail_log("mlp"))
     log = jobs.tail_log("mlp", 10_000)
     assert "cancelled" in log and f"resuming mlp run {rec['run_id']}" in log  # one log, both processes
@@ -134,7 +146,7 @@ def test_a_finished_job_stays_done_while_other_runs_of_the_stage_come_and_go(roo
     from tests.test_train import _fake_live_run
 
     rec = jobs.start("mlp", epochs=1, limit=300, data_path=str(cifar_npz))
-    assert jobs.wait("mlp", timeout=240).state == "done"
+    assert _wait("mlp", timeout=240).state == "done"
     jobs._POPEN[rec["pid"]].wait(timeout=60)
     proc = _fake_live_run(runs.runs_root("mlp") / "20260101-000000-abcd")
     try:

@@ -104,7 +104,10 @@ def test_a_published_run_without_a_folder_is_kept_as_a_run_when_replaced(stage):
     before = _files(out)
     runs.promote("mlp", b, where=out)
     kept = out / "runs" / a
-    assert {k: v for k, v in _files(kept).items()} == {k: v for k, v in before.items() if k in runs.PUBLISHED}
+    # the published files and what was measured on that model (its validation predictions) leave with it
+    assert {k: v for k, v in _files(kept).items()} == {
+        k: v for k, v in before.items() if k in runs.PUBLISHED + runs.OPTIONAL
+    }
     runs.promote("mlp", a, where=out)
     assert {k: v for k, v in _files(out).items() if k in runs.PUBLISHED} == {
         k: v for k, v in before.items() if k in runs.PUBLISHED
