@@ -169,7 +169,7 @@ def main():
     draws = random_draws(args.reps)
     print(
         f"draw 4 random test images, warm (all stages, calibrated, summary, detector): median "
-        f"{statistics.median(draws):.2f} s, max {max(draws):.2f} s over {len(draws)} draws"
+        f"{statistics.median(draws):.2f} s, max {max(draws):.2f} s over {len(draws)} draw{'s' if len(draws) != 1 else ''}"
     )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS with all stages loaded: {rss:.0f} MB")

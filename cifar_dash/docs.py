@@ -286,6 +286,23 @@ def speed_choices(_res) -> str:
     return _table(head, out) if out else "No stored measurements yet."
 
 
+def ood_selection(res) -> str:
+    """The detector candidates tools/select_ood_method.py compared (docs/ood_selection.json)."""
+    path = artifacts.project_root() / "docs" / "ood_selection.json"
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "No comparison stored (`python tools/select_ood_method.py`)."
+    sets = [k for k in d["rows"][0] if k not in ("stage", "score", "layer", "false_alarm_rate", "selection")]
+    rows = [
+        [f"`{r['stage']}`", r["score"], r.get("layer", "probabilities"), f"{r['false_alarm_rate']:.1%}",
+         f"**{r['selection']:.1%}**", *(f"{r[k]:.0%}" for k in sets)]
+        for r in d["rows"]
+    ]  # fmt: skip
+    head = ["stage", "score", "features", "false alarms (test)", f"flagged (selection half, {d['n_selection']})", *sets]
+    return _table(head, rows)
+
+
 BLOCKS: dict[str, Callable] = {
     "results": results_compact,
     "results-detail": lambda res: report.results_markdown_for(res),
@@ -294,6 +311,7 @@ BLOCKS: dict[str, Callable] = {
     "robustness": robustness_table,
     "calibration": calibration_table,
     "ood": ood_table,
+    "ood-selection": ood_selection,
     "speedrun-runs": speedrun_runs,
     "speedrun-ablations": speedrun_ablations,
     "training-benchmarks": training_benchmarks,

@@ -72,6 +72,8 @@ def test_bench_app_times_every_page(trained_root, cifar_npz, tmp_path):
     for page in ("app.py", "pages/explorer.py", "pages/compare.py", "pages/predict.py", "pages/training.py"):
         assert re.search(rf"warm render {re.escape(page)} +\d+\.\d ms", text), page
     assert "loading 3 models" in text and re.search(r"peak RSS with all stages loaded: \d+ MB", text)
+    assert re.search(r"upload of one photo to the finished page: cold \d+\.\d+ s, warm \d+\.\d+ s", text)
+    assert re.search(r"draw 4 random test images, warm .*: median \d+\.\d+ s, max \d+\.\d+ s over 1 draw$", text, re.M)
 
 
 @pytest.mark.slow
