@@ -89,11 +89,11 @@ def uploads(reps: int, app_root: Path = ROOT) -> dict:
     return {"cold_s": times[0], "warm_s": statistics.median(times[1:])}
 
 
-def random_draws(reps: int, n: int = 4) -> list[float]:
+def random_draws(reps: int, n: int = 4, app_root: Path = ROOT) -> list[float]:
     """Seconds per click on "Draw random test images" (``n`` new images each time) once the models are loaded."""
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at = AppTest.from_file(str(app_root / "app.py"), default_timeout=300)
     at.run()
     at.switch_page("pages/predict.py").run()
     at.number_input(key="n_random").set_value(n).run()
@@ -140,12 +140,18 @@ def predictions(reps: int) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--uploads-only", type=Path, metavar="APP_ROOT", help="only the upload latency, of this checkout")
+    ap.add_argument(
+        "--uploads-only", type=Path, metavar="APP_ROOT", help="only the upload and random-draw latency, of this checkout"
+    )
     args = ap.parse_args()
     if args.uploads_only:
         sys.path.insert(0, str(args.uploads_only))
         u = uploads(args.reps, args.uploads_only)
         print(f"{args.uploads_only}: upload of one photo, cold {u['cold_s']:.2f} s, warm {u['warm_s']:.2f} s (median)")
+        d = random_draws(args.reps, app_root=args.uploads_only)
+        print(
+            f"{args.uploads_only}: draw 4 random test images, warm: median {statistics.median(d):.2f} s, max {max(d):.2f} s"
+        )
         return
     from cifar_dash import runtime
 

@@ -39,6 +39,13 @@ def predict_probs(model, x, batch_size: int = 256, tta=False) -> np.ndarray:
     return tta_levels(model, x, batch_size, mode)[mode]
 
 
+def padded(batch: np.ndarray, cap: int = 256) -> np.ndarray:
+    """``batch`` padded with blank images to the next power of two (at most ``cap``): every new batch size traces a
+    model's predict function again (about a second), so a handful of sizes keeps it to a handful of traces."""
+    size = min(max(cap, len(batch)), 1 << max(len(batch) - 1, 0).bit_length())
+    return np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
+
+
 def tta_levels(model, x, batch_size: int = 256, tta="none") -> dict[str, np.ndarray]:
     """Probabilities at every test-time augmentation level up to ``tta`` (the views are shared, so the lower levels
     cost nothing extra): {"none": ..., "flip": ..., "flip_shift": ...}."""
@@ -47,10 +54,7 @@ def tta_levels(model, x, batch_size: int = 256, tta="none") -> dict[str, np.ndar
 
     def run(batch):
         if len(batch) <= batch_size:  # one batch: skip predict()'s per-call dataset set-up (~50 ms)
-            # padded to a few fixed sizes: each new batch size would trace the predict function again (~1 s)
-            size = min(batch_size, max(8, 1 << (len(batch) - 1).bit_length()))
-            padded = np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
-            return np.asarray(model.predict_on_batch(padded), dtype=np.float32)[: len(batch)]
+            return np.asarray(model.predict_on_batch(padded(batch, batch_size)), dtype=np.float32)[: len(batch)]
         return np.asarray(model.predict(batch, batch_size=batch_size, verbose=0), dtype=np.float32)
 
     def flipped(batch):

@@ -28,8 +28,11 @@ class LoadedStage:
             import keras
 
             self._parts[layer] = keras.Model(self.model.inputs, self.model.get_layer(layer).output)
+        from .evaluate import padded
+
         x = np.asarray(images, dtype=np.float32).reshape(-1, 32, 32, 3)
-        return np.asarray(self._parts[layer].predict_on_batch(x), np.float32).reshape(len(x), -1)
+        out = np.asarray(self._parts[layer].predict_on_batch(padded(x, 64)), np.float32)
+        return out[: len(x)].reshape(len(x), -1)
 
 
 def load_stage(key: str, root: Path | None = None) -> LoadedStage:
