@@ -65,9 +65,9 @@ def tta_levels(model, x, batch_size: int = 256, tta="none") -> dict[str, np.ndar
         return levels
     levels["flip"] = (levels["none"] + flipped(x)) / 2
     if mode == "flip_shift":
-        padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+        framed = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
         h, w = x.shape[1:3]
-        views = [padded[:, :h, :w], padded[:, 2 : h + 2, 2 : w + 2]]
+        views = [framed[:, :h, :w], framed[:, 2 : h + 2, 2 : w + 2]]
         shifted = sum((run(v) + flipped(v)) / 2 for v in views) / 2
         levels["flip_shift"] = (levels["flip"] + shifted) / 2
     return levels
