@@ -22,6 +22,22 @@ class LoadedStage:
     tta: str  # test-time augmentation mode (evaluate.tta_mode)
     _parts: dict = field(default_factory=dict, repr=False)  # layer name -> a model ending at that layer
 
+    def probs_and_features(self, layer: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 10) probabilities and (n, d) outputs of the named layer, from one model call where the stage has no
+        test-time augmentation (each call costs a pass through the model)."""
+        if self.tta != "none":
+            return predict(self, images), self.layer_features(layer, images)
+        both = f"{layer}+probs"
+        if both not in self._parts:
+            import keras
+
+            self._parts[both] = keras.Model(self.model.inputs, [self.model.get_layer(layer).output, self.model.outputs[0]])
+        from .evaluate import padded
+
+        x = np.asarray(images, dtype=np.float32).reshape(-1, 32, 32, 3)
+        feats, probs = self._parts[both].predict_on_batch(padded(x, 64))
+        return np.asarray(probs, np.float32)[: len(x)], np.asarray(feats, np.float32)[: len(x)].reshape(len(x), -1)
+
     def layer_features(self, layer: str, images: np.ndarray) -> np.ndarray:
         """(n, d) float32 outputs of the named layer for raw uint8 images (the sub-model is built once)."""
         if layer not in self._parts:
@@ -82,6 +98,27 @@ class PredictionCache:
     def features(self, key: str, version, layer: str, images: np.ndarray, load: Callable[[], LoadedStage]):
         """(n, d) outputs of stage ``key``'s ``layer`` for ``images``, cached like ``probs``."""
         return self._cached((key, version, layer), images, lambda x: load().layer_features(layer, x), f"{key}/{layer}")
+
+    def probs_and_features(self, key: str, version, layer: str, images: np.ndarray, load: Callable[[], LoadedStage]):
+        """``probs`` and ``features`` of the same images, from one model call for the images that have neither."""
+        images = np.asarray(images, dtype=np.uint8).reshape(-1, 32, 32, 3)
+        digests = [image_digest(im) for im in images]
+        with self._lock:
+            neither = [
+                i
+                for i, d in enumerate(digests)
+                if (key, version, d) not in self._probs and (key, version, layer, d) not in self._probs
+            ]
+        if neither:
+            probs, feats = load().probs_and_features(layer, images[neither])
+            by_digest = {digests[i]: (p, f) for i, p, f in zip(neither, probs, feats)}
+
+            def stored(part):  # the rows just computed, for whichever of these images the cache still lacks
+                return lambda x: np.stack([by_digest[image_digest(im)][part] for im in x])
+
+            self._cached((key, version), images[neither], stored(0), key)
+            self._cached((key, version, layer), images[neither], stored(1), f"{key}/{layer}")
+        return self.probs(key, version, images, load), self.features(key, version, layer, images, load)
 
     def _cached(self, what: tuple, images: np.ndarray, run: Callable[[np.ndarray], np.ndarray], key: str):
         images = np.asarray(images, dtype=np.uint8).reshape(-1, 32, 32, 3)

@@ -136,12 +136,18 @@ def _card(key: str, p: np.ndarray, label, differs: bool = False) -> str:
 
 
 probs = {}
+found = _shared.detector()  # the none-of-these detector, or why there is none
+feats = None  # its stage's features of the batch, from the same model call as that stage's probabilities
 progress = st.progress(0.0) if len(trained) > 1 else None
 for i, key in enumerate(trained):
     if progress is not None:
         progress.progress(i / len(trained), text=f"Stage {i + 1} of {len(trained)}: {labels[key]}")
     try:  # only images this stage has not seen yet are predicted
-        probs[key] = _cache().probs(key, _shared._stamp(key), batch, lambda key=key: _shared.stage_model(key))
+        load, stamp = (lambda key=key: _shared.stage_model(key)), _shared._stamp(key)
+        if key == ood.STAGE and not isinstance(found, Exception):
+            probs[key], feats = _cache().probs_and_features(key, stamp, ood.LAYER, batch, load)
+        else:
+            probs[key] = _cache().probs(key, stamp, batch, load)
     except Exception as e:  # a damaged model file: that stage shows the error, the rest work
         for *_, cards, _, _ in rows:
             cards[key].markdown(f"**{labels[key]}**  \n:red[no answer: the model did not load]")
@@ -161,16 +167,7 @@ for key in stage_keys:
     probs[key], temperature = answers.calibrated(probs[key], by_key[key].metrics if key in by_key else None)
     if temperature is None:
         uncalibrated.append(key)
-found = _shared.detector()
-scores = None
-if not isinstance(found, Exception) and ood.STAGE in stage_keys:
-    try:
-        feats = _cache().features(
-            ood.STAGE, _shared._stamp(ood.STAGE), ood.LAYER, batch, lambda: _shared.stage_model(ood.STAGE)
-        )
-        scores = found.scores(feats)
-    except Exception as e:  # the detector's stage cannot give features: the answers stand, without the flag
-        found = e
+scores = found.scores(feats) if feats is not None else None
 if scores is not None:
     r = found.record
     rule_box.caption(
