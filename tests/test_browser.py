@@ -309,6 +309,7 @@ def test_every_page_on_a_phone(server, browser, tmp_path):
     context.close()
 
 
+@pytest.mark.slow  # a server and a phone-sized browser of its own (about a minute); CI runs it with the slow checks
 def test_on_a_phone_a_tap_selects_the_tapped_confusion_cell_and_galleries_are_grids(server, browser, trained_root):
     """390 px wide, touch: tapping a cell of the confusion matrix shows that cell's images (not a neighbour's),
     every class name is on both axes, and the cell's gallery is a grid of thumbnails, not one image per row. The cell
