@@ -1,7 +1,7 @@
 """What is fit on held-out images after training: each stage's temperature and the none-of-these detector.
 
-``python -m cifar_dash calibrate [STAGE ...]`` runs it for the published stages (all by default); a new run's
-evaluation fits its own temperature (evaluate.evaluate_into). Nothing here runs while a page renders.
+``python -m cifar_dash calibrate [STAGE ...]`` runs it for the published stages (all by default); ``train`` fits a new
+run's temperature right after evaluating it, and ``evaluate`` refits it. Nothing here runs while a page renders.
 """
 
 from __future__ import annotations

@@ -135,7 +135,9 @@ def _card(key: str, p: np.ndarray, label, differs: bool = False) -> str:
     return text
 
 
-probs = {}
+probs = {}  # per stage: calibrated probabilities of the batch (raw where no temperature is fitted yet)
+by_key = {r.stage.key: r for r in _shared.trained_results()}
+uncalibrated = []
 found = _shared.detector()  # the none-of-these detector, or why there is none
 feats = None  # its stage's features of the batch, from the same model call as that stage's probabilities
 progress = st.progress(0.0) if len(trained) > 1 else None
@@ -145,14 +147,17 @@ for i, key in enumerate(trained):
     try:  # only images this stage has not seen yet are predicted
         load, stamp = (lambda key=key: _shared.stage_model(key)), _shared._stamp(key)
         if key == ood.STAGE and not isinstance(found, Exception):
-            probs[key], feats = _cache().probs_and_features(key, stamp, ood.LAYER, batch, load)
+            raw, feats = _cache().probs_and_features(key, stamp, ood.LAYER, batch, load)
         else:
-            probs[key] = _cache().probs(key, stamp, batch, load)
+            raw = _cache().probs(key, stamp, batch, load)
     except Exception as e:  # a damaged model file: that stage shows the error, the rest work
         for *_, cards, _, _ in rows:
             cards[key].markdown(f"**{labels[key]}**  \n:red[no answer: the model did not load]")
         st.error(_shared.md_escape(f"{key}: {e}"))
         continue
+    probs[key], temperature = answers.calibrated(raw, by_key[key].metrics if key in by_key else None)
+    if temperature is None:
+        uncalibrated.append(key)
     for r, _, _, label, cards, _, _ in rows:
         cards[key].markdown(_card(key, probs[key][r], label))
 if progress is not None:
@@ -160,13 +165,7 @@ if progress is not None:
 stage_keys = list(probs)
 if not stage_keys:
     st.stop()
-by_key = {r.stage.key: r for r in _shared.trained_results()}
 accuracy = {k: by_key[k].accuracy for k in stage_keys if k in by_key}
-uncalibrated = []
-for key in stage_keys:
-    probs[key], temperature = answers.calibrated(probs[key], by_key[key].metrics if key in by_key else None)
-    if temperature is None:
-        uncalibrated.append(key)
 scores = found.scores(feats) if feats is not None else None
 if scores is not None:
     r = found.record
@@ -178,7 +177,12 @@ if scores is not None:
     )
 else:
     why = str(found) if isinstance(found, Exception) else f"it needs the trained stage {ood.STAGE}"
-    rule_box.caption(_shared.md_escape(f"No none-of-these-classes flag: {why}."))
+    rule_box.caption(
+        _shared.md_escape(f"No none-of-these-classes flag: {why}.")
+        + " The summary answer weighs the stages: "
+        + analysis.VOTE_RULE
+        + "."
+    )
 if uncalibrated:
     st.caption(  # stage keys and a command of our own: code spans, where Markdown interprets nothing
         f"Not calibrated yet (raw probabilities shown): {', '.join(f'`{k}`' for k in uncalibrated)}. "
