@@ -39,11 +39,16 @@ def features_and_probs(model, x: np.ndarray, batch_size: int = 128) -> tuple[np.
     return np.concatenate(feats), np.concatenate(probs)
 
 
-def layer_features(model, layer: str, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
-    """(n, d) float32 outputs of the named layer for raw uint8 images (flattened), without test-time augmentation."""
+def layer_model(model, layer: str):
+    """A model sharing ``model``'s weights that ends at the named layer."""
     import keras
 
-    part = keras.Model(model.inputs, model.get_layer(layer).output)
+    return keras.Model(model.inputs, model.get_layer(layer).output)
+
+
+def layer_features(model, layer: str, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    """(n, d) float32 outputs of the named layer for raw uint8 images (flattened), without test-time augmentation."""
+    part = layer_model(model, layer)
     x = np.asarray(x, dtype=np.float32)
     out = [np.asarray(part.predict_on_batch(x[i : i + batch_size]), np.float32) for i in range(0, len(x), batch_size)]
     return np.concatenate(out).reshape(len(x), -1) if out else np.zeros((0, 0), np.float32)

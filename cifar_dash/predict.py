@@ -41,9 +41,9 @@ class LoadedStage:
     def layer_features(self, layer: str, images: np.ndarray) -> np.ndarray:
         """(n, d) float32 outputs of the named layer for raw uint8 images (the sub-model is built once)."""
         if layer not in self._parts:
-            import keras
+            from .features import layer_model
 
-            self._parts[layer] = keras.Model(self.model.inputs, self.model.get_layer(layer).output)
+            self._parts[layer] = layer_model(self.model, layer)
         from .evaluate import padded
 
         x = np.asarray(images, dtype=np.float32).reshape(-1, 32, 32, 3)
