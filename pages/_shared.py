@@ -350,6 +350,14 @@ def page_setup(title: str):
     _job_banner()
 
 
+def _done(p: dict) -> float:
+    """The share of a run's steps done, 0..1, from its progress.json (0 before the first epoch has a step count)."""
+    if not (p.get("epochs") and p.get("steps")):
+        return 0.0
+    done = ((p["epoch"] - 1) * p["steps"] + p.get("step", 0)) / (p["epochs"] * p["steps"])
+    return min(max(done, 0.0), 1.0)
+
+
 @st.fragment(run_every=2)
 def _job_banner():
     """A running job's progress at the top of every page (the sidebar's card is out of view on a phone, where the
@@ -357,14 +365,12 @@ def _job_banner():
     for s in (s for s in jobs.all_status().values() if s.active):
         p = s.progress
         text = f"Training {s.stage}"
-        done = 0.0
         if p.get("epochs") and p.get("steps"):
-            done = ((p["epoch"] - 1) * p["steps"] + p.get("step", 0)) / (p["epochs"] * p["steps"])
             text += f": epoch {p.get('epoch')}/{p.get('epochs')}, ETA {fmt_seconds(p.get('eta_seconds'))}"
         else:
             text += f": {s.state}"
         row = st.columns([4, 1], vertical_alignment="center")
-        row[0].progress(min(max(done, 0.0), 1.0), text=text)
+        row[0].progress(_done(p), text=text)
         row[1].page_link("pages/training.py", label="Details", icon=":material/model_training:")
 
 
@@ -576,9 +582,8 @@ def _job_card(s: jobs.JobStatus):
         box.caption(s.message)
     if s.active:
         if p.get("steps"):
-            done = ((p["epoch"] - 1) * p["steps"] + p.get("step", 0)) / (p["epochs"] * p["steps"])
             box.progress(
-                min(max(done, 0.0), 1.0),
+                _done(p),
                 text=f"step {p.get('step')}/{p.get('steps')} · ETA {fmt_seconds(p.get('eta_seconds'))}",
             )
             m = p.get("metrics") or {}
