@@ -8,7 +8,7 @@ import os
 import pandas as pd
 import streamlit as st
 
-from cifar_dash import analysis, claims, data, figures, jobs
+from cifar_dash import analysis, claims, data, figures, inside_figures, jobs
 from pages import _shared
 
 _shared.page_setup("Journey")
@@ -19,10 +19,11 @@ st.caption(
     "Each stage changes one idea. Dashed grey: the seed deck's reported figure. Blue: what this project's "
     "code measured on the 10,000 CIFAR-10 test images, with the evidence on hover."
 )
-go1, go2, go3 = st.columns(3)
+go1, go2, go3, go4 = st.columns(4)
 go1.page_link("pages/predict.py", label="Upload a photo: watch every stage answer", icon=":material/upload:")
 go2.page_link("pages/explorer.py", label="Explore a stage: its mistakes and curves", icon=":material/search:")
-go3.caption("Retrain any stage from the sidebar; a run's progress shows there and on the Training page.")
+go3.page_link("pages/inside.py", label="Inside the stages: feature maps, doubtful labels", icon=":material/scatter_plot:")
+go4.caption("Retrain any stage from the sidebar; a run's progress shows there and on the Training page.")
 st.plotly_chart(figures.growth_curve(res), key="growth_curve")
 for note in analysis.order_inversions(res):
     st.info(note, icon=":material/swap_vert:")
@@ -30,7 +31,18 @@ for note in analysis.order_inversions(res):
 rows = analysis.stage_rows(res)
 df = pd.DataFrame(rows).drop(columns=["error"])
 # the columns a reader compares first, then the evidence; numbers with thousands separators
-first = ["stage", "title", "reported %", "measured %", "backbone", "epochs", "train s", "params", "status"]
+first = [
+    "stage",
+    "title",
+    "reported %",
+    "measured %",
+    "kNN separation %",
+    "backbone",
+    "epochs",
+    "train s",
+    "params",
+    "status",
+]
 df = df[first + [c for c in df.columns if c not in first]]
 df["backbone"] = df["backbone"].fillna("-")
 st.subheader("Stages")
@@ -42,6 +54,9 @@ st.dataframe(
         "title": st.column_config.TextColumn(width="medium"),
         "reported %": st.column_config.NumberColumn(format="%.2f"),
         "measured %": st.column_config.NumberColumn(format="%.2f"),
+        "kNN separation %": st.column_config.NumberColumn(
+            format="%.2f", help="how well the classes separate in the stage's features: Inside the stages"
+        ),
         "train s": st.column_config.NumberColumn("train time (s)", format="localized"),
         "params": st.column_config.NumberColumn(format="localized"),
         "trainable": st.column_config.NumberColumn(format="localized"),
@@ -64,6 +79,13 @@ for r in missing:
                 st.warning(_shared.md_escape(str(e)))
     else:
         st.error(f"**{r.stage.key}**: " + _shared.md_escape(r.error))
+
+st.subheader("Accuracy beside class separation")
+st.plotly_chart(inside_figures.separation_chart(res), key="separation_chart")
+st.caption(
+    "kNN separation: leave-one-out 10-nearest-neighbour accuracy of the true labels in each stage's penultimate "
+    "features (cosine distance), measured by `python -m cifar_dash embed`. See the maps on *Inside the stages*."
+)
 
 st.subheader("Accuracy against cost")
 axis = st.radio(

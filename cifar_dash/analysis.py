@@ -28,6 +28,7 @@ def stage_rows(results) -> list[dict]:
                 "ms/image (batch 1)": round(inf["batch_1_ms"], 2) if inf else None,
                 "ms/image (batch 256)": round(inf["batch_256_ms_per_image"], 3) if inf else None,
                 "ECE": round(m["calibration"]["ece"], 4) if m else None,
+                "kNN separation %": round(100 * m["separation"]["knn_accuracy"], 2) if m.get("separation") else None,
                 "train machine": m.get("train_machine"),
                 "backbone": backbone_label(r),
                 "error": r.error,

@@ -20,6 +20,7 @@ TRAIN_INFO = "train_info.json"
 PREDICTIONS = "test_predictions.npz"
 VAL_PREDICTIONS = "val_predictions.npz"  # the validation images' probabilities the temperature was fit on
 ROBUSTNESS = "robustness.json"
+EMBEDDING = "embedding.npz"  # embedding.py: the test images' 2-D feature map
 SEEDS = "seeds.json"  # `python -m cifar_dash seeds`: one recipe trained with several seeds
 ABLATIONS = "ablations.json"  # benchmarks/ablate_speedrun.py: the recipe with one trick removed at a time
 

@@ -248,6 +248,20 @@ def _calibrate(args):
     return 0
 
 
+def _embed(args):
+    from . import embedding
+
+    embedding.embed(args.stages, data_path=args.data, root=args.checkpoints)
+    return 0
+
+
+def _label_issues(args):
+    from . import label_issues
+
+    label_issues.build(root=args.checkpoints)
+    return 0
+
+
 def _robustness(args):
     from . import robustness
 
@@ -273,8 +287,14 @@ def _seeds(args):
 def _test_sample(args):
     from . import data, results, stages, testimages
 
+    from . import artifacts, label_issues
+
     preds = {s.key: results.predictions(s.key) for s in stages.STAGES if results.load_result(s.key).ok}
-    info = testimages.write_sample(data.load(args.data), testimages.select(preds))
+    try:
+        suspects = [e["index"] for e in label_issues.load()["entries"][:96]]
+    except artifacts.ArtifactError:
+        suspects = []
+    info = testimages.write_sample(data.load(args.data), testimages.select(preds, suspects=suspects))
     print(
         f"wrote {testimages.assets_dir() / testimages.SAMPLE}: {info['n_images']:,} of {info['of']:,} test images "
         f"(sha256 {info['sha256'][:12]}), chosen from {len(preds)} stages' predictions"
@@ -458,6 +478,19 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--data")
     ca.add_argument("--no-detector", action="store_true", help="fit the temperatures only")
     ca.set_defaults(fn=_calibrate)
+
+    em = sub.add_parser(
+        "embed",
+        help="each stage's 2-D map of its test features (checkpoints/STAGE/embedding.npz) and its kNN separation",
+    )
+    em.add_argument("stages", nargs="*", type=_stage_key, help="stages to map (default: every trained stage)")
+    em.add_argument("--data")
+    em.set_defaults(fn=_embed)
+
+    sub.add_parser(
+        "label-issues",
+        help="rank the test images whose labels the strongest stages contradict (checkpoints/label_issues.json)",
+    ).set_defaults(fn=_label_issues)
 
     rb = sub.add_parser(
         "robustness",

@@ -21,6 +21,7 @@ DOCUMENTS = (
     "docs/benchmarks.md",
     "docs/reproduce.md",
     "docs/calibration.md",
+    "docs/inside.md",
 )
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
 
@@ -155,6 +156,59 @@ def ood_table(res) -> str:
         "stay under)."
     )
     return rule + "\n\n" + _table(head, rows)
+
+
+def separation_table(res) -> str:
+    """Per stage: accuracy, kNN separation of its features and what the map cost, from metrics.json/embedding.npz."""
+    from . import embedding
+
+    rows = []
+    for r in res:
+        if not r.metrics:
+            continue
+        try:
+            meta = embedding.load(r.folder).meta
+        except artifacts.ArtifactError:
+            rows.append([r.stage.key, _pct(r.accuracy), "-", "-", "-", "no map: `python -m cifar_dash embed`"])
+            continue
+        sep = meta["separation"]
+        cost = f"{meta.get('features_seconds', 0):.0f} s + {meta['seconds']:.0f} s"
+        rows.append([r.stage.key, _pct(r.accuracy), _pct(sep["knn_accuracy"]), meta["feature_dims"], cost, meta["method"]])
+    head = ["stage", "test accuracy", "kNN separation", "feature dims", "features + map", "map"]
+    return _table(head, rows)
+
+
+def label_issues_table(res) -> str:
+    """The planted-noise check, the top suspects and the what-if accuracies, from checkpoints/label_issues.json."""
+    from . import label_issues
+    from .data import CLASS_NAMES
+
+    roots = {r.folder.parent for r in res if r.folder is not None}
+    try:
+        d = label_issues.load(next(iter(roots)) if len(roots) == 1 else None)
+    except artifacts.ArtifactError as e:
+        return f"No ranking yet ({e})."
+    nc = d["noise_check"]
+    head = (
+        f"{len(d['entries'])} suspects ranked from {', '.join(d['strong'])}; {d['n_flagged']} flagged by cleanlab. "
+        f"Planted noise ({nc['n_flipped']} labels flipped, seeds {nc['seeds'][0]}-{nc['seeds'][-1]}): "
+        f"top 100 holds {nc['recall_at']['100']:.1%} of them (lowest seed {nc['min_recall_at']['100']:.0%}), top 200 "
+        f"{nc['recall_at']['200']:.1%} (lowest {nc['min_recall_at']['200']:.0%})."
+    )
+    top = [
+        [k + 1, e["index"], CLASS_NAMES[e["label"]], CLASS_NAMES[e["suggested"]], f"{e['score']:.4f}",
+         f"{e['agree']}/{len(d['stages'])}", "yes" if e.get("flagged") else ""]
+        for k, e in enumerate(d["entries"][:10])
+    ]  # fmt: skip
+    wi = [[k, _pct(v["accuracy"]), _pct(v["accuracy_without"]), v["left_out"]] for k, v in d["what_if"].items()]
+    return "\n\n".join(
+        [
+            head,
+            _table(["rank", "test image", "given", "suggested", "score", "stages agreeing", "flagged"], top),
+            "What-if (never instead of the measured figure):",
+            _table(["stage", "measured", "without the flagged images", "left out"], wi),
+        ]
+    )
 
 
 def speedrun_runs(res) -> str:
@@ -312,6 +366,8 @@ BLOCKS: dict[str, Callable] = {
     "calibration": calibration_table,
     "ood": ood_table,
     "ood-selection": ood_selection,
+    "separation": separation_table,
+    "label-issues": label_issues_table,
     "speedrun-runs": speedrun_runs,
     "speedrun-ablations": speedrun_ablations,
     "training-benchmarks": training_benchmarks,

@@ -37,7 +37,7 @@ ACTIVE = ("loading", "running", "evaluating")
 # what a published stage consists of, in the order a promotion moves it (metrics last: readers never see new
 # metrics beside an old model); robustness.json is optional and belongs to the model it was measured on
 PUBLISHED = (artifacts.MODEL, artifacts.TRAIN_INFO, artifacts.HISTORY, artifacts.PREDICTIONS, artifacts.METRICS)
-OPTIONAL = (artifacts.ROBUSTNESS, artifacts.VAL_PREDICTIONS)
+OPTIONAL = (artifacts.ROBUSTNESS, artifacts.VAL_PREDICTIONS, artifacts.EMBEDDING)
 
 
 class RunError(ValueError):

@@ -53,8 +53,18 @@ class TestImages:
         return [k for k, i in enumerate(indices) if 0 <= int(i) < len(self.available) and self.available[int(i)]]
 
 
-def select(preds: dict, per_cell: int = 2, mistakes: int = 12, disputed: int = 16, per_pair: int = 4) -> np.ndarray:
-    """The test indices the pages show first, from every stage's stored predictions (artifacts.Predictions)."""
+def select(
+    preds: dict,
+    per_cell: int = 2,
+    mistakes: int = 12,
+    disputed: int = 16,
+    per_pair: int = 4,
+    suspects=(),
+    random: int = 500,
+) -> np.ndarray:
+    """The test indices the pages show first, from every stage's stored predictions (artifacts.Predictions), the
+    ``suspects`` the doubtful-labels gallery shows, and ``random`` test images drawn with seed 0 (a selection on a
+    feature map finds some of its images offline)."""
     from . import analysis
 
     need: set[int] = set()
@@ -72,6 +82,10 @@ def select(preds: dict, per_cell: int = 2, mistakes: int = 12, disputed: int = 1
         fb = analysis.fixed_and_broken(preds[a], preds[b])
         add(fb["fixed"][:per_pair])
         add(fb["broken"][:per_pair])
+    add(suspects)
+    if preds and random:
+        n = len(next(iter(preds.values())).indices)
+        add(np.random.default_rng(0).choice(n, min(random, n), replace=False))
     return np.array(sorted(need), dtype=np.int64)
 
 
@@ -91,7 +105,8 @@ def write_sample(cifar: data_mod.Cifar10, indices: np.ndarray, folder: Path | No
         "test_data_fingerprint": cifar.fingerprints()["test"],
         "rule": "per stage, the 2 most confident test images of every confusion-matrix cell and its 12 most "
         "confident mistakes; the 16 images the stages disagree on most; per pair of stages, 4 images fixed and 4 "
-        "broken (cifar_dash/testimages.py, select)",
+        "broken; the 96 most doubtful test labels (label_issues.json); 500 random test images (seed 0) "
+        "(cifar_dash/testimages.py, select)",
     }
     artifacts.write_json(folder / SAMPLE_INFO, info)
     return info

@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import artifacts, distribute, heldout, models, runs, runtime, stages
+from . import artifacts, distribute, embedding, heldout, models, runs, runtime, stages
 from . import data as data_mod
 from . import evaluate as evaluate_mod
 from .artifacts import write_json
@@ -410,6 +410,7 @@ def train(
             evaluate_mod.evaluate_into(clean, info, x_te, y_te, folder, stream=stream)
             # the run's temperature, on its own validation images (none held out: cross-fit on the test set)
             heldout.calibrate_folder(folder, x_val, y_val, model=clean, stream=stream)
+            embedding.embed_folder(folder, x_te, model=clean, stream=stream)  # the feature map the explorer draws
         shutil.rmtree(folder / runs.BACKUP, ignore_errors=True)
         say("done", epoch=recipe.epochs, epochs=recipe.epochs, out=str(folder))
         print(

@@ -229,7 +229,7 @@ def touch_hover() -> None:
     st.html(_TOUCH_HOVER, unsafe_allow_javascript=True, width="content")
 
 
-def gallery(indices, captions, empty: str = "No images."):
+def gallery(indices, captions, empty: str = "No images.", width: int = THUMB):
     t = test_set()
     if t.x is None:
         st.warning("Test images unavailable: " + md_escape(t.error))
@@ -262,7 +262,7 @@ def gallery(indices, captions, empty: str = "No images."):
     # phone); each image's toolbar opens it full screen
     with st.container(horizontal=True, gap="small"):
         for i, cap in zip(indices, captions):
-            st.image(upscale(t.x[i], 3), caption=cap, width=THUMB)
+            st.image(upscale(t.x[i], 3 if width <= THUMB else 5), caption=cap, width=width)
 
 
 def _runs_stamp(key: str) -> tuple:
@@ -329,6 +329,7 @@ def fmt_seconds(s) -> str:
 NAV = (
     ("app.py", "Journey", ":material/trending_up:"),
     ("pages/explorer.py", "Stage explorer", ":material/search:"),
+    ("pages/inside.py", "Inside the stages", ":material/scatter_plot:"),
     ("pages/compare.py", "Compare", ":material/compare_arrows:"),
     ("pages/predict.py", "Upload & predict", ":material/upload:"),
     ("pages/training.py", "Training", ":material/model_training:"),

@@ -14,7 +14,7 @@ from cifar_dash import analysis, claims, results
 from cifar_dash.data import CLASS_NAMES
 from tests.conftest import ROOT
 
-PAGES = ["pages/explorer.py", "pages/compare.py", "pages/predict.py", "pages/training.py"]
+PAGES = ["pages/explorer.py", "pages/inside.py", "pages/compare.py", "pages/predict.py", "pages/training.py"]
 
 
 @pytest.fixture
@@ -867,3 +867,48 @@ def test_the_explorer_lists_the_stages_runs(runs_env):
     assert not at.exception
     assert any(e.label == "Runs of this stage: 2 (1 besides the published one)" for e in at.expander)
     assert any(list(df.value.get("run", []))[-1:] == [new] for df in at.dataframe)
+
+
+def test_inside_maps_two_stages_and_ranks_doubtful_labels(checkpoints_copy):
+    from cifar_dash import embedding, label_issues
+
+    label_issues.build(checkpoints_copy, stream=io.StringIO())
+    at = _app()
+    table = at.dataframe[0].value
+    mlp = json.loads((checkpoints_copy / "mlp" / "metrics.json").read_text())
+    assert table["kNN separation %"][0] == pytest.approx(round(100 * mlp["separation"]["knn_accuracy"], 2))
+    at.switch_page("pages/inside.py").run()
+    assert not at.exception, at.exception
+    # left: the first stage; right: the most accurate of the others
+    best = max(("deep_mlp", "cnn"), key=lambda k: results.load_result(k).accuracy)
+    assert at.selectbox(key="map_left").value == "mlp" and at.selectbox(key="map_right").value == best
+    maps = [c for c in _charts(at) if c["data"][0].get("type") == "scattergl"]
+    assert len(maps) == 2
+    for chart, key in zip(maps, ("mlp", best)):
+        preds = results.predictions(key)
+        shown = np.concatenate([_arr(t["customdata"]).reshape(-1) for t in chart["data"]]).astype(int)
+        assert sorted(shown.tolist()) == sorted(preds.indices.tolist())  # every test image once
+        crosses = sum(len(_arr(t["customdata"]).reshape(-1)) for t in chart["data"] if t["marker"]["symbol"] == "x")
+        assert crosses == int((preds.predicted != preds.labels).sum())
+        sep = embedding.load(checkpoints_copy / key).meta["separation"]["knn_accuracy"]
+        assert f"kNN separation {100 * sep:.1f}%" in chart["layout"]["title"]["text"]
+        assert chart["layout"]["dragmode"] == "lasso"
+    record = label_issues.load(checkpoints_copy)
+    shown = min(24, len(record["entries"]))
+    assert len(at.get("image")) == shown  # the suspects' gallery (no selection yet)
+    suspects = next(d.value for d in at.dataframe if "suggested" in d.value.columns)
+    assert list(suspects["test image"]) == [e["index"] for e in record["entries"][:shown]]
+    what_if = next(d.value for d in at.dataframe if "measured %" in d.value.columns and "stage" in d.value.columns)
+    assert set(what_if["stage"]) == {"mlp", "deep_mlp", "cnn"}
+    assert any("not always right" in t for t in _texts(at))
+
+
+def test_inside_says_how_to_compute_a_missing_map_and_ranking(checkpoints_copy):
+    (checkpoints_copy / "mlp" / "embedding.npz").unlink()
+    at = _app()
+    at.switch_page("pages/inside.py").run()
+    assert not at.exception, at.exception
+    notes = [i.value for i in at.info]
+    assert any("No feature map for mlp yet" in n and "python -m cifar_dash embed mlp" in n for n in notes)
+    assert any("python -m cifar_dash label-issues" in n for n in notes)
+    assert len([c for c in _charts(at) if c["data"][0].get("type") == "scattergl"]) == 1  # the other map still drawn

@@ -42,6 +42,7 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 PAGES = [
     ("", re.compile(r"^CIFAR-10, from ")),
     ("explorer", "Stage explorer"),
+    ("inside", "Inside the stages"),
     ("compare", "Compare stages"),
     ("predict", "Upload & predict"),
     ("training", "Training jobs"),
@@ -279,6 +280,48 @@ def test_a_click_on_a_confusion_matrix_cell_shows_that_cells_images(page, server
     )
     page.mouse.click(box["x"], box["y"])
     main.get_by_text(re.compile(r"test images of bird predicted as horse")).wait_for(timeout=60_000)
+    _no_exception(page)
+
+
+_MAP = "Array.from(document.querySelectorAll('.js-plotly-plot')).filter(p => p.data && p.data[0].type === 'scattergl')"
+
+
+def _map_points(pg, n_map=0):
+    """Screen positions of the map's points (Plotly's own axis conversion), with their test indices."""
+    return pg.evaluate(
+        f"() => {{ const p = {_MAP}[{n_map}]; p.scrollIntoView({{block: 'center'}}); const L = p._fullLayout, "
+        "r = p.getBoundingClientRect(), out = []; p._fullData.forEach(t => Array.from(t.x).forEach((x, i) => out.push({"
+        "x: r.x + L._size.l + L.xaxis.l2p(x), y: r.y + L._size.t + L.yaxis.l2p(t.y[i]), index: t.customdata[i]})));"
+        " return out; }"
+    )
+
+
+def test_a_lasso_on_the_feature_map_shows_the_selected_images(page, server):
+    """Draw a lasso around a patch of the MLP's map: the page lists exactly the images inside it, as thumbnails."""
+    page.goto(f"{server}/inside")
+    page.get_by_role("heading", name="Inside the stages").wait_for()
+    page.wait_for_function(f"{_MAP}.length === 2 && {_MAP}.every(p => p._fullLayout)")
+    page.wait_for_timeout(2000)
+    pts = _map_points(page)
+    # a square around one point, wide enough to hold its 20 nearest neighbours, drawn as a lasso (four corners)
+    c = pts[len(pts) // 3]
+    reach = sorted(max(abs(p["x"] - c["x"]), abs(p["y"] - c["y"])) for p in pts)[20] + 2
+    x0, x1, y0, y1 = c["x"] - reach, c["x"] + reach, c["y"] - reach, c["y"] + reach
+    inside = {p["index"] for p in pts if x0 < p["x"] < x1 and y0 < p["y"] < y1}
+    assert 5 <= len(inside) < len(pts)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for x, y in ((x1, y0), (x1, y1), (x0, y1), (x0, y0 + 1)):
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    main = page.locator("[data-testid='stMain']")
+    said = main.get_by_text(re.compile(r"Selected on the mlp map: [\d,]+ images"))
+    said.wait_for(timeout=60_000)
+    n = int(re.search(r"map: ([\d,]+) images", said.inner_text()).group(1).replace(",", ""))
+    assert abs(n - len(inside)) <= 2  # points on the lasso's edge may fall either way
+    page.wait_for_timeout(1500)
+    thumbs = main.locator("[data-testid='stImage'] img")
+    assert thumbs.count() >= min(n, 48)
     _no_exception(page)
 
 
