@@ -285,9 +285,7 @@ def _seeds(args):
 
 
 def _test_sample(args):
-    from . import data, results, stages, testimages
-
-    from . import artifacts, label_issues
+    from . import artifacts, data, label_issues, results, stages, testimages
 
     preds = {s.key: results.predictions(s.key) for s in stages.STAGES if results.load_result(s.key).ok}
     try:
