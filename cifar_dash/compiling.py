@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from . import models, stages
+from .keras_workarounds import allow_jit
 from .layers import LookaheadSGD, TriangularSchedule
 
 
@@ -35,7 +36,7 @@ def make_optimizer(recipe: stages.Recipe, learning_rate, steps_per_epoch: int = 
 
 def compile_for_phase(model, recipe, phase, steps_per_epoch):
     models.set_trainable(model, phase.trainable, bn_trainable=recipe.backbone_bn_training)
-    models.allow_jit(model)  # else one augmentation layer leaves a JAX train step uncompiled
+    allow_jit(model)  # else one augmentation layer leaves a JAX train step uncompiled
     lr = phase.learning_rate
     if recipe.lr_schedule == "onecycle":
         peak_at, start, end = recipe.onecycle

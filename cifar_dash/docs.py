@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import artifacts, claims, report, results
+from .markdown import pct as _pct
+from .markdown import table as _table
 
 DOCUMENTS = (
     "README.md",
@@ -24,18 +26,6 @@ DOCUMENTS = (
     "docs/inside.md",
 )
 _BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
-
-
-def _pct(v, digits=2) -> str:
-    return "-" if v is None else f"{100 * v:.{digits}f}%"
-
-
-def _row(cells) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
-
-
-def _table(head: list[str], rows: list[list]) -> str:
-    return "\n".join([_row(head), "|" + "---|" * len(head), *(_row(r) for r in rows)])
 
 
 def results_compact(res) -> str:

@@ -264,36 +264,12 @@ def transfer(recipe, backbone_weights="imagenet", **_):
     return keras.Model(inp, _classifier(x), name=f"{name}_transfer")
 
 
-# Keras' affine image-augmentation layers set ``supports_jit = False`` because TensorFlow's transform op has no XLA
-# kernel, and that one flag turns compilation off for the whole train step (Trainer.compile -> model_supports_jit).
-# Under JAX a step that is not jitted runs op by op: on an H200 the ResNet stages trained 146x slower than plain
-# ResNet50. Under JAX the same layers are jax.scipy.ndimage.map_coordinates calls, which compile.
-AFFINE_AUGMENTATION = (layers.RandomTranslation, layers.RandomRotation, layers.RandomZoom)
-JIT_SAFE_BACKENDS = ("jax",)
-
-
 def walk(model):
     """Every layer of a model, nested models included (Keras' public ``layers``, recursively)."""
     for layer in model.layers:
         yield layer
         if hasattr(layer, "layers"):
             yield from walk(layer)
-
-
-def allow_jit(model) -> list[str]:
-    """Let the train step compile under backends where Keras' affine augmentation layers do compile (JAX); returns
-    the names of the layers it changed. Under TensorFlow nothing changes (its transform op cannot be XLA-compiled,
-    and without XLA TensorFlow still runs the step as one graph)."""
-    if keras.backend.backend() not in JIT_SAFE_BACKENDS:
-        return []
-    changed = []
-    for layer in walk(model):
-        if isinstance(layer, AFFINE_AUGMENTATION) and not layer.supports_jit:
-            layer.supports_jit = True
-            changed.append(layer.name)
-    if changed and not model.compiled:
-        model.jit_compile = True  # loading may already have settled it to False; under JAX "auto" means True
-    return changed
 
 
 def set_trainable(model, trainable: str, bn_trainable: bool = True) -> None:

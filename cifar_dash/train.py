@@ -29,6 +29,7 @@ from .batches import Batches, EpochOrder
 from .compiling import compile_for_phase
 from .data import NUM_CLASSES
 from .failures import OutOfMemory, is_out_of_memory, out_of_memory_advice
+from .keras_workarounds import Backup, EpochTensorBoard, Plateau, plateau_replay
 from .runs import continued_from_record, read_continuation
 
 
@@ -56,6 +57,7 @@ class Progress(keras.callbacks.Callback):
     does not make the next step wait for it; a lock keeps the calls one at a time."""
 
     TRACE = 400  # points of the live per-step curve kept (every other one dropped when full)
+    async_safe = True  # keras_workarounds.py: Keras' per-batch dispatch off the main thread reads this
 
     def __init__(self, folder, stage, total_epochs, steps, stream=sys.stderr):
         super().__init__()
@@ -69,7 +71,6 @@ class Progress(keras.callbacks.Callback):
         self.last_write = 0.0
         self.last_line_fraction = -1
         self.trace = []  # [epochs done as a fraction, loss, accuracy]
-        self.async_safe = True
         self.lock = threading.Lock()
 
     def write(self, state, **extra):
@@ -146,11 +147,11 @@ class CancelOnSignal(keras.callbacks.Callback):
     interrupts at once. ``restore`` puts the previous handlers back."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    async_safe = True  # reads a flag; Keras re-raises the Cancelled of a worker thread in fit's own
 
     def __init__(self):
         super().__init__()
         self.requested = False
-        self.async_safe = True  # reads a flag; Keras re-raises the Cancelled of a worker thread in fit's own
         self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
 
     def _handler(self, signum, frame):
@@ -171,44 +172,6 @@ class CancelOnSignal(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if self.requested:
             raise Cancelled()
-
-
-class Plateau(keras.callbacks.ReduceLROnPlateau):
-    """Keras' ReduceLROnPlateau whose memory (best, wait) is replayed from the epochs this phase already finished
-    (the run's log, or a continued run's history), so a resumed or continued run halves its rate when an
-    uninterrupted one would have. BackupAndRestore restores the rate itself with the optimizer."""
-
-    def __init__(self, rows_before, phase_lr, **kwargs):
-        super().__init__(**kwargs)
-        self.rows_before, self.phase_lr = rows_before, phase_lr
-        self.first = True
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.first:  # the epoch fit really starts at (after BackupAndRestore restored its own)
-            self.first = False
-            rows = [r for r in self.rows_before() if r["epoch"] < epoch]
-            self.best, self.wait, _ = plateau_replay(rows, self.phase_lr, self.factor, self.patience)
-            if self.best is None:
-                self.best = -np.inf
-
-
-def plateau_replay(rows, learning_rate, factor, patience, min_lr=1e-7, min_delta=1e-4):
-    """Replay Keras' ReduceLROnPlateau (monitor val_accuracy, mode max, no cooldown) over finished epochs of one
-    phase. ``rows`` are history rows (``val_accuracy``, the ``learning_rate`` the epoch ran at); ``learning_rate``
-    is the phase's starting rate. Returns (best, wait, rate for the next epoch)."""
-    best, wait, lr = None, 0, float(learning_rate)
-    for row in rows:
-        lr = float(row.get("learning_rate", lr))
-        current = row["val_accuracy"]
-        if best is None or current - min_delta > best:
-            best, wait = current, 0
-        else:
-            wait += 1
-            if wait >= patience:
-                if lr > np.float32(min_lr):
-                    lr = max(lr * factor, min_lr)
-                wait = 0
-    return best, wait, lr
 
 
 def _tensorboard_available() -> bool:
@@ -315,7 +278,7 @@ def train(
             # "tf.Variable on a different device"): the step runs as a graph there
             recipe = dataclasses.replace(recipe, jit_compile=False)
             choice = choice._replace(xla=False, source=f"{choice.source}; XLA off: several TensorFlow devices")
-        if keras.backend.backend() == "jax":  # jit_compile "auto" compiles there too (models.allow_jit)
+        if keras.backend.backend() == "jax":  # jit_compile "auto" compiles there too (keras_workarounds.allow_jit)
             xla_text = "compiled step (JAX compiles with or without --xla)"
         else:
             xla_text = "XLA on" if choice.xla else "XLA off"
@@ -547,9 +510,7 @@ def _fit(stage, recipe, info, folder, prior, train_data, val_data, save_every, c
             canceller,
         ]
         if _tensorboard_available():  # Keras' TensorBoard writes through tf.summary; before Progress adds text
-            board = keras.callbacks.TensorBoard(str(folder / runs.TENSORBOARD), write_graph=False)
-            board.async_safe = True  # epoch summaries only: its per-batch hook records nothing
-            callbacks.append(board)
+            callbacks.append(EpochTensorBoard(str(folder / runs.TENSORBOARD), write_graph=False))
         callbacks += [
             progress,
             keras.callbacks.CSVLogger(str(folder / runs.LOG), append=True),
@@ -569,16 +530,14 @@ def _fit(stage, recipe, info, folder, prior, train_data, val_data, save_every, c
             )
         # last: an epoch is backed up after its log row is written and the plateau rule has set the next rate (a
         # kill in between repeats the epoch and its row, which read_log counts once)
-        backup = keras.callbacks.BackupAndRestore(
+        # With every callback's per-batch hook safe off the main thread, Keras dispatches them asynchronously where
+        # the backend allows (JAX): the step's loss is read while the next step runs (keras_workarounds.py)
+        backup = Backup(
             str(folder / runs.BACKUP / f"phase-{i}"),
             save_freq=save_freq,
             double_checkpoint=True,
             delete_checkpoint=False,
         )
-        # With every callback's per-batch hook safe off the main thread, Keras dispatches them asynchronously where
-        # the backend allows (JAX): the step's loss is read while the next step runs, instead of the device waiting
-        # on Python between steps. A backup every N steps reads the weights, so it stays on the main thread.
-        backup.async_safe = save_freq == "epoch"
         callbacks.append(backup)
         progress.phase = phase.name
         model.fit(

@@ -100,7 +100,27 @@ def test_ablation_script_writes_its_rows(cifar_npz, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["protocol"] == {"epochs": 1, "limit": 100}
     assert [r["variant"] for r in doc["rows"]] == ["full"] and 0 <= doc["rows"][0]["test_accuracy"] <= 1
-    assert doc["summary"][0]["variant"] == "full" and doc["summary"][0]["vs_full_points"] == 0.0
+    assert doc["summary"][0]["variant"] == "full" and doc["summary"][0]["runs"] == 1
+
+
+def test_ablation_summary_by_hand():
+    """Two seeds of the full recipe and of one variant: means, sample deviations and the change in points."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablate_speedrun", ROOT / "benchmarks" / "ablate_speedrun.py")
+    ablate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablate)
+    rows = [
+        {"variant": "full", "test_accuracy": 0.94, "train_seconds": 100.0},
+        {"variant": "full", "test_accuracy": 0.92, "train_seconds": 110.0},
+        {"variant": "no_lookahead", "test_accuracy": 0.90, "train_seconds": 90.0},
+        {"variant": "no_lookahead", "test_accuracy": 0.89, "train_seconds": 80.0},
+    ]
+    out = {r["variant"]: r for r in ablate.summary(rows)}
+    assert out["full"]["mean_accuracy"] == pytest.approx(0.93) and out["full"]["vs_full_points"] == 0.0
+    assert out["full"]["std"] == pytest.approx(0.01414, abs=1e-5)  # sample deviation of 0.94 and 0.92
+    assert out["no_lookahead"]["vs_full_points"] == pytest.approx(-3.5)  # (0.895 - 0.93) * 100
+    assert out["no_lookahead"]["mean_train_seconds"] == 85.0 and out["no_lookahead"]["runs"] == 2
 
 
 def _gpu_check(steps, tmp_path, carried):

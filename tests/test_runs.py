@@ -235,7 +235,20 @@ def test_compare_two_runs(stage):
     assert [h["epoch"] for h in listed[a].history()] == [1, 2]
 
 
-def test_run_ids_sort_by_time_and_are_unique():
-    ids = {runs.new_run_id() for _ in range(50)}
+def test_run_ids_sort_by_time_and_are_unique(monkeypatch):
+    import datetime
+
+    moments = iter(datetime.datetime(2026, m, d, h, tzinfo=datetime.UTC) for m, d, h in [(12, 7, 9), (1, 2, 3), (12, 7, 8)])
+
+    class Clock(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return next(moments)
+
+    monkeypatch.setattr(runs.datetime, "datetime", Clock)
+    made = [runs.new_run_id() for _ in range(3)]
+    monkeypatch.undo()
+    assert sorted(made) == [made[1], made[2], made[0]]  # the string order is the time order
+    ids = {runs.new_run_id() for _ in range(50)}  # fifty in the same second
     assert len(ids) > 45 and all(runs.valid_run_id(i) for i in ids)
     assert not runs.valid_run_id("") and not runs.valid_run_id("-x") and not runs.valid_run_id("a/b")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_dash import artifacts, compiling, evaluate, failures, results, runs, stages, train
+from cifar_dash import artifacts, compiling, evaluate, failures, keras_workarounds, results, runs, stages, train
 from tests.conftest import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -581,13 +581,13 @@ def test_plateau_replay_matches_keras_on_a_real_run(cifar_npz, tmp_path):
     rates = [h["learning_rate"] for h in hist]
     assert min(rates) < rates[0]  # the schedule did act, so the replay is checked against real halvings
     for k in range(1, len(hist)):
-        best, wait, lr = train.plateau_replay(hist[:k], 1e-3, 0.5, 1)
+        best, wait, lr = keras_workarounds.plateau_replay(hist[:k], 1e-3, 0.5, 1)
         assert lr == pytest.approx(rates[k], rel=1e-6), k
         assert best == max(h["val_accuracy"] for h in hist[:k])
-    assert train.plateau_replay([], 1e-3, 0.5, 1) == (None, 0, 1e-3)
+    assert keras_workarounds.plateau_replay([], 1e-3, 0.5, 1) == (None, 0, 1e-3)
     rows = [{"val_accuracy": a, "learning_rate": r} for a, r in [(0.5, 1e-3), (0.6, 1e-3), (0.6, 1e-3)]]
-    assert train.plateau_replay(rows, 1e-3, 0.5, 1) == (0.6, 0, 5e-4)
-    assert train.plateau_replay(rows, 1e-3, 0.5, 2)[:2] == (0.6, 1)
+    assert keras_workarounds.plateau_replay(rows, 1e-3, 0.5, 1) == (0.6, 0, 5e-4)
+    assert keras_workarounds.plateau_replay(rows, 1e-3, 0.5, 2)[:2] == (0.6, 1)
 
 
 def test_continue_from_adds_epochs_to_a_run(cifar_npz, tmp_path):
@@ -612,7 +612,7 @@ def test_continue_from_adds_epochs_to_a_run(cifar_npz, tmp_path):
     assert prior["run_id"] == first_info["run_id"] != info["run_id"] and prior["epochs"] == 2
     assert info["train_seconds"] == pytest.approx(sum(h["seconds"] for h in hist), abs=0.05)
     assert info["started"] == first_info["started"]
-    assert hist[2]["learning_rate"] == pytest.approx(train.plateau_replay(first_hist, 1e-3, 0.5, 1)[2])
+    assert hist[2]["learning_rate"] == pytest.approx(keras_workarounds.plateau_replay(first_hist, 1e-3, 0.5, 1)[2])
     from cifar_dash import report
 
     r = results.load_folder("mlp", second)

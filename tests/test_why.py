@@ -99,7 +99,10 @@ def test_claims_are_computed_from_artifacts(trained_root, monkeypatch):
     found = {c.claim: c for c in claims.evaluate_claims(res)}
     deep = next(c for k, c in found.items() if "deep" in k)
     dm = results.load_result("deep_mlp")
-    assert deep.verdict in ("supported", "contradicted") and f"test {100 * dm.accuracy:.1f}%" in deep.evidence
+    mlp = results.load_result("mlp")
+    gap = {r.stage.key: r.history[-1]["accuracy"] - r.history[-1]["val_accuracy"] for r in (mlp, dm)}
+    expected = "supported" if dm.accuracy < mlp.accuracy and gap["deep_mlp"] > gap["mlp"] else "contradicted"
+    assert deep.verdict == expected and f"test {100 * dm.accuracy:.1f}%" in deep.evidence
     assert next(c for k, c in found.items() if "Label smoothing" in k).verdict == "not measured"
 
 

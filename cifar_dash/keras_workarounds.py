@@ -1,0 +1,98 @@
+"""Where this project relies on Keras behaviour that Keras does not document, in one place, each with its reason.
+tests/test_keras_workarounds.py fails the day Keras changes what these rely on.
+
+1. ``allow_jit``: Keras' affine image-augmentation layers set ``supports_jit = False`` (TensorFlow's transform op has
+   no XLA kernel), and that one flag turns compilation off for the whole train step (``Trainer.compile`` ->
+   ``model_supports_jit``). Under JAX a step that is not jitted runs op by op: on an H200 the ResNet stages trained
+   146x slower than plain ResNet50, while under JAX the same layers are ``map_coordinates`` calls that compile.
+2. ``async_safe``: Keras' ``CallbackList`` dispatches per-batch hooks from a worker thread (JAX) only when every
+   callback with such a hook says ``async_safe``; Keras' own TensorBoard (epoch summaries only here) and
+   BackupAndRestore (when it saves at epoch ends) do not say it, so subclasses here do.
+3. ``Plateau``: ReduceLROnPlateau's memory (``best``, ``wait``) is not in BackupAndRestore's backup; a resumed or
+   continued run sets it from the epochs it already finished (``plateau_replay``, checked against Keras' own
+   callback by a test), so it halves its rate when an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers
+
+AFFINE_AUGMENTATION = (layers.RandomTranslation, layers.RandomRotation, layers.RandomZoom)
+JIT_SAFE_BACKENDS = ("jax",)
+
+
+def _walk(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _walk(layer)
+
+
+def allow_jit(model) -> list[str]:
+    """Let the train step compile under backends where Keras' affine augmentation layers do compile (JAX); returns
+    the names of the layers it changed. Under TensorFlow nothing changes (its transform op cannot be XLA-compiled,
+    and without XLA TensorFlow still runs the step as one graph)."""
+    if keras.backend.backend() not in JIT_SAFE_BACKENDS:
+        return []
+    changed = []
+    for layer in _walk(model):
+        if isinstance(layer, AFFINE_AUGMENTATION) and not layer.supports_jit:
+            layer.supports_jit = True
+            changed.append(layer.name)
+    if changed and not model.compiled:
+        model.jit_compile = True  # loading may already have settled it to False; under JAX "auto" means True
+    return changed
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard, declared safe off the main thread: it writes epoch summaries only (no per-batch data)."""
+
+    async_safe = True
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, declared safe off the main thread when it saves at epoch ends only (a backup every N
+    steps reads the weights mid-epoch, so it stays on the main thread)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.async_safe = kwargs.get("save_freq", "epoch") == "epoch"
+
+
+class Plateau(keras.callbacks.ReduceLROnPlateau):
+    """Keras' ReduceLROnPlateau whose memory (best, wait) is replayed from the epochs this phase already finished
+    (``rows_before()``: the run's log, or a continued run's history)."""
+
+    def __init__(self, rows_before, phase_lr, **kwargs):
+        super().__init__(**kwargs)
+        self.rows_before, self.phase_lr = rows_before, phase_lr
+        self.first = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first:  # the epoch fit really starts at (after BackupAndRestore restored its own)
+            self.first = False
+            rows = [r for r in self.rows_before() if r["epoch"] < epoch]
+            self.best, self.wait, _ = plateau_replay(rows, self.phase_lr, self.factor, self.patience)
+            if self.best is None:
+                self.best = -np.inf
+
+
+def plateau_replay(rows, learning_rate, factor, patience, min_lr=1e-7, min_delta=1e-4):
+    """Replay Keras' ReduceLROnPlateau (monitor val_accuracy, mode max, no cooldown) over finished epochs of one
+    phase. ``rows`` are history rows (``val_accuracy``, the ``learning_rate`` the epoch ran at); ``learning_rate``
+    is the phase's starting rate. Returns (best, wait, rate for the next epoch)."""
+    best, wait, lr = None, 0, float(learning_rate)
+    for row in rows:
+        lr = float(row.get("learning_rate", lr))
+        current = row["val_accuracy"]
+        if best is None or current - min_delta > best:
+            best, wait = current, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                if lr > np.float32(min_lr):
+                    lr = max(lr * factor, min_lr)
+                wait = 0
+    return best, wait, lr

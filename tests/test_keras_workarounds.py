@@ -1,0 +1,57 @@
+"""keras_workarounds.py relies on Keras behaviour Keras does not document; these fail the day it changes."""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+
+from cifar_dash import keras_workarounds as kw
+
+
+def test_keras_dispatches_per_batch_hooks_by_the_async_safe_attribute():
+    from keras.src.callbacks.callback_list import CallbackList
+
+    assert "async_safe" in inspect.getsource(CallbackList._configure_async_dispatch)
+    assert kw.EpochTensorBoard("/tmp/unused", write_graph=False).async_safe is True
+    assert kw.Backup("/tmp/unused-backup", save_freq="epoch").async_safe is True
+    assert kw.Backup("/tmp/unused-backup", save_freq=100).async_safe is False  # reads weights mid-epoch
+    # Keras' own classes still do not declare it (else the subclasses are no longer needed)
+    assert not getattr(keras.callbacks.TensorBoard, "async_safe", False)
+
+
+def test_affine_augmentation_layers_still_block_compilation_and_the_trainer_reads_the_flag():
+    from keras.src.trainers import trainer
+
+    assert all(not layer().supports_jit for layer in (lambda: keras.layers.RandomRotation(0.1),))
+    assert "supports_jit" in inspect.getsource(trainer)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.RandomZoom(0.1), keras.layers.Flatten()])
+    changed = kw.allow_jit(model)
+    if keras.backend.backend() in kw.JIT_SAFE_BACKENDS:
+        assert changed == [model.layers[0].name] and model.layers[0].supports_jit
+    else:
+        assert changed == [] and not model.layers[0].supports_jit  # TensorFlow: left as Keras set it
+
+
+def _plateau(rows, patience=1):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    cb = kw.Plateau(lambda: rows, 1e-3, monitor="val_accuracy", mode="max", factor=0.5, patience=patience, verbose=0)
+    cb.set_model(model)
+    cb.on_train_begin()
+    return cb, model
+
+
+def test_the_restored_plateau_memory_is_what_keras_decides_with():
+    """Resumed at epoch 2 after epochs 0-1 (best 0.6): a worse third epoch halves the rate (patience 1); without the
+    memory Keras would take the third epoch's 0.5 as its first best and keep the rate."""
+    rows = [{"epoch": 0, "val_accuracy": 0.6, "learning_rate": 1e-3}, {"epoch": 1, "val_accuracy": 0.6}]
+    cb, model = _plateau(rows)
+    cb.on_epoch_begin(2)
+    assert (cb.best, cb.wait) == (0.6, 0)
+    cb.on_epoch_end(2, {"val_accuracy": 0.5})
+    assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(5e-4)
+    fresh, model2 = _plateau([])
+    fresh.on_epoch_begin(0)
+    fresh.on_epoch_end(0, {"val_accuracy": 0.5})
+    assert float(np.asarray(model2.optimizer.learning_rate)) == pytest.approx(1e-3)
