@@ -1,6 +1,6 @@
 """cifar-dash: CIFAR-10 from an MLP to an ImageNet ResNet, stage by stage. Run with `streamlit run app.py`.
 
-This file is the Journey page; the other pages are in pages/. Every page starts with _shared.page_setup(), which draws
+This file is the Journey page; the other pages are in pages/. Every page starts with _frame.page_setup(), which draws
 the navigation and the training sidebar, so any page URL works on its own."""
 
 import os
@@ -9,9 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from cifar_dash import analysis, claims, data, figures, inside_figures, jobs
-from pages import _shared
+from pages import _frame, _shared
 
-_shared.page_setup("Journey")
+_frame.page_setup("Journey")
 
 res = _shared.all_results()
 st.title(analysis.journey_title(res))

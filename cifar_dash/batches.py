@@ -129,8 +129,7 @@ class Batches(keras.utils.PyDataset):
         """Under TensorFlow, the same batches bit for bit as a ``tf.data`` pipeline: when an epoch's iterator starts
         (after EpochOrder set the epoch), one NumPy call draws the whole epoch's decisions (``epoch_plan``); the
         pixels are gathered, flipped, shifted and MixUp-blended by TensorFlow ops, so no Python runs per batch (the
-        PyDataset route ran every batch through a Python generator: on a 2-core CPU 0.3-0.6 s at some epoch starts
-        and up to twice a small model's step time)."""
+        PyDataset route runs every batch through a Python generator, which stalls a small model's steps)."""
         import tensorflow as tf
 
         n, b, channels = len(self.x), self.batch_size, self.x.shape[-1]

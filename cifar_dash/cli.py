@@ -9,55 +9,23 @@ from pathlib import Path
 
 import numpy as np
 
+from . import request
+
 
 def _stages(args):
-    from . import results, stages
+    from . import report, results
 
-    rows = [("key", "title", "reported", "measured", "status")]
-    for r in results.load_all(args.checkpoints):
-        measured = f"{100 * r.accuracy:.2f}%" if r.accuracy is not None else "-"
-        rows.append(
-            (
-                r.stage.key,
-                r.stage.title,
-                f"{r.stage.reported_accuracy:.2f}%",
-                measured,
-                r.status + (f" ({r.error})" if r.error else ""),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
-    assert len(rows) - 1 == len(stages.STAGES)
+    print(report.stages_text(results.load_all(args.checkpoints)))
     return 0
 
 
 def _train(args):
     from . import runtime, train
 
-    if args.mixed_precision and (note := runtime.bfloat16_warning()):
+    req = request.TrainingRequest.from_namespace(args)
+    if req.mixed_precision and (note := runtime.bfloat16_warning()):
         print(f"note: --mixed-precision: {note}", file=sys.stderr)
-    out = train.train(
-        args.stage,
-        epochs=args.epochs,
-        limit=args.limit,
-        data_path=args.data,
-        backbone=args.backbone,
-        backbone_weights=args.backbone_weights,
-        out_dir=args.out,
-        resume=args.resume,
-        evaluate=not args.no_evaluate,
-        mixed_precision=args.mixed_precision,
-        xla={"on": True, "off": False, None: None}[args.xla],
-        speed=args.speed,
-        seed=args.seed,
-        continue_from=args.continue_from,
-        save_every=args.save_every,
-        run_id=args.run_id,
-        devices=args.devices,
-        batch_size=args.batch_size,
-    )
-    print(f"run folder {out}")
+    print(f"run folder {train.train(req)}")
     return 0
 
 
@@ -164,7 +132,9 @@ def _predict(args):
         print(f"error: {problem}", file=sys.stderr)
     if not decoded:
         return 1
-    out = _answers([p for p, _ in decoded], np.stack([a for _, a in decoded]), args.checkpoints)
+    from . import answers
+
+    out = answers.for_files([p for p, _ in decoded], np.stack([a for _, a in decoded]), args.checkpoints)
     if out is None:
         print("no trained stages: run `python -m cifar_dash train mlp` first", file=sys.stderr)
         return 1
@@ -176,69 +146,8 @@ def _predict(args):
         print(json.dumps(rows, indent=1))
     else:
         for row in rows:
-            _print_answer(row)
+            print(answers.as_text(row))
     return 1 if problems else 0
-
-
-def _answers(files, batch, root):
-    """Every trained stage's calibrated answer per image, the summary and the detector's flag; None when no stage is
-    trained. A stage that cannot answer is reported in its place."""
-    from . import answers, artifacts, ood, predict, results
-
-    trained = [r for r in results.load_all(root) if r.status != "untrained"]
-    if not trained:
-        return None
-    per_stage, accuracy, notes, features = {}, {}, [], None
-    for r in trained:
-        key = r.stage.key
-        if r.status == "damaged":
-            per_stage[key] = f"damaged: {r.error}"
-            continue
-        try:
-            loaded = predict.load_stage(key, root)
-            per_stage[key], temperature = answers.calibrated(predict.predict(loaded, batch), r.metrics)
-            if key == ood.STAGE:
-                features = loaded.layer_features(ood.LAYER, batch)
-        except Exception as e:  # a model that does not load: that stage says so, the others answer
-            per_stage[key] = f"no answer: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-            continue
-        accuracy[key] = r.accuracy
-        if temperature is None:
-            notes.append(f"{key} is not calibrated (raw probabilities): `python -m cifar_dash calibrate {key}`")
-    flags = scores = None
-    try:
-        detector = ood.load(root)
-        if features is not None:
-            scores = detector.scores(features)
-            flags = scores > detector.threshold
-        else:
-            notes.append(f"no none-of-these flag: it needs the trained stage {ood.STAGE}")
-    except artifacts.ArtifactError as e:
-        notes.append(str(e))
-    rows = []
-    for i, path in enumerate(files):
-        mine = {k: (v if isinstance(v, str) else v[i]) for k, v in per_stage.items()}
-        row = answers.answer(mine, accuracy, None if flags is None else flags[i], None if scores is None else scores[i])
-        rows.append({"file": path, **row, "ood_threshold": None if flags is None else detector.threshold})
-    return rows, notes
-
-
-def _print_answer(row) -> None:
-    print(row["file"])
-    summary = row["summary"]
-    if summary:
-        print(f"  summary: {summary['class']} {summary['probability']:.1%} (stages weighted by measured accuracy)")
-    if row["none_of_these"] is not None:
-        verdict = "probably none of the ten classes" if row["none_of_these"] else "looks like CIFAR-10"
-        print(f"  none-of-these detector: {verdict} (score {row['ood_score']:.3f}, threshold {row['ood_threshold']:.3f})")
-    for key, a in row["stages"].items():
-        if "error" in a:
-            print(f"  {key:22s} {a['error']}")
-            continue
-        top3 = sorted(a["probabilities"].items(), key=lambda kv: -kv[1])[:3]
-        mark = "  (differs from the summary)" if a["differs_from_summary"] else ""
-        print(f"  {key:22s} " + "  ".join(f"{c} {p:.1%}" for c, p in top3) + mark)
-    print("  (calibrated probabilities: each stage's temperature, fit on held-out images)")
 
 
 def _calibrate(args):
@@ -330,35 +239,6 @@ def _stage_key(text: str) -> str:
     return text
 
 
-def _epochs_arg(text: str) -> int | tuple[int, ...]:
-    try:
-        counts = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a comma-separated list of numbers") from None
-    if any(c < 0 for c in counts) or (len(counts) == 1 and counts[0] < 1):
-        raise argparse.ArgumentTypeError(f"{text!r}: epochs must be positive")
-    return counts[0] if len(counts) == 1 else tuple(counts)
-
-
-def _at_least(parse, low, what: str, bound: str):
-    """An argparse type: ``parse(text)``, refused unless a finite number >= ``low``, with a message naming it."""
-
-    def check(text: str):
-        try:
-            value = parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not (low <= value < float("inf")):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be {bound}")
-        return value
-
-    return check
-
-
-_positive_int = _at_least(int, 1, "a whole number", "1 or more")
-_non_negative_int = _at_least(int, 0, "a whole number", "0 or more")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .stages import KEYS
 
@@ -373,81 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a stage (then evaluate it) into a new run folder checkpoints/STAGE/runs/RUN_ID/; "
         "the published model changes only by `promote`",
     )
-    t.add_argument("stage", choices=KEYS)
-    t.add_argument(
-        "--epochs",
-        type=_epochs_arg,
-        metavar="N[,N...]",
-        help="epochs for every phase of the recipe, or one count per phase (e.g. 5,6 for a head phase and "
-        "a fine-tuning phase; 0 keeps that phase's own); default: the recipe's",
-    )
-    t.add_argument(
-        "--limit", type=_positive_int, help="train on the first N training images, test on the first N test images"
-    )
-    t.add_argument(
-        "--data",
-        help="CIFAR-10 .npz, cifar-10-batches-py folder or tar.gz (default: $CIFAR10_PATH, else the Keras download)",
-    )
-    t.add_argument("--backbone", help="ResNet stages: resnet50v2 (default) or resnet50")
-    t.add_argument(
-        "--backbone-weights",
-        help="local ImageNet weights file for the backbone (default: $CIFAR_DASH_<BACKBONE>_WEIGHTS, else Keras' download)",
-    )
-    t.add_argument("--out", type=Path, help="stage folder; the run goes into OUT/runs/RUN_ID (default: checkpoints/STAGE)")
-    t.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="RUN_ID",
-        help="continue an interrupted run (default: the stage's latest) with the settings it was started with",
-    )
-    t.add_argument(
-        "--continue-from",
-        metavar="RUN",
-        help="add epochs to a finished run of the same recipe: 'published', a run id or a folder, with --epochs "
-        "above its own; the new run starts from its weights and history with a fresh optimizer",
-    )
-    t.add_argument(
-        "--save-every",
-        type=_positive_int,
-        metavar="STEPS",
-        help="BackupAndRestore every STEPS steps as well as at epoch ends (default: epoch ends; every 100 steps "
-        "when an epoch has over 200)",
-    )
-    t.add_argument(
-        "--devices",
-        metavar="all|N|I,J",
-        help="train on several devices (Keras DataParallel under JAX, MirroredStrategy under TensorFlow): 'all', "
-        "the first N, or device numbers; default: every GPU when there are several, else one device",
-    )
-    t.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        metavar="N",
-        help="images per step in place of the recipe's (less device memory; the learning rate stays the recipe's)",
-    )
-    t.add_argument("--run-id", help=argparse.SUPPRESS)  # the dashboard names its job's run before it starts
-    t.add_argument("--no-evaluate", action="store_true", help="train without evaluating (resume evaluates later)")
-    t.add_argument("--seed", type=_non_negative_int, help="random seed (default: the recipe's); for run-to-run spread")
-    t.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPUs); weights stay float32")
-    t.add_argument("--xla", choices=["on", "off"], help="XLA-compile the train step (TensorFlow; JAX always compiles)")
-    t.add_argument(
-        "--speed",
-        choices=["auto", "recipe"],
-        default=os.environ.get("CIFAR_DASH_SPEED", "auto"),
-        help="precision and XLA when neither --mixed-precision nor --xla is given: 'auto' (default) takes what "
-        "'tune' measured fastest on this machine, else a rule (bfloat16 without XLA on CPUs with AMX or "
-        "AVX-512 BF16, the recipe's own elsewhere); 'recipe' the recipe's own (default: $CIFAR_DASH_SPEED, else auto)",
-    )
+    request.add_arguments(t)  # one flag per field of the training request
     t.set_defaults(fn=_train)
+    _add_model_commands(sub, KEYS)
+    _add_run_commands(sub, KEYS)
+    return p
 
+
+def _add_model_commands(sub, KEYS) -> None:
+    """Commands that measure or use the published models: tune, evaluate, predict, calibrate, embed, label-issues,
+    robustness."""
     tu = sub.add_parser(
         "tune",
         help="measure which precision and XLA setting trains STAGE fastest on this machine; train --speed auto then uses it",
     )
     tu.add_argument("stage", choices=KEYS)
-    tu.add_argument("--steps", type=_positive_int, default=3, help="timed steps per setting (after one warm-up)")
+    tu.add_argument("--steps", type=request.positive_int, default=3, help="timed steps per setting (after one warm-up)")
     tu.add_argument("--dry-run", action="store_true", help="print the figures without keeping them")
     tu.add_argument("--json", action="store_true", help="also write benchmarks/results/tune-STAGE-<device>-<backend>.json")
     tu.set_defaults(fn=_tune)
@@ -456,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("stage", choices=KEYS)
     e.add_argument("--data")
     e.add_argument("--out", type=Path)
-    e.add_argument("--limit", type=_positive_int, help="first N test images")
+    e.add_argument("--limit", type=request.positive_int, help="first N test images")
     e.set_defaults(fn=_evaluate)
 
     pr = sub.add_parser(
@@ -496,10 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
         "and shape-only views; writes checkpoints/STAGE/robustness.json",
     )
     rb.add_argument("stage", choices=KEYS)
-    rb.add_argument("--limit", type=_non_negative_int, default=2000, help="first N test images (default 2000; 0 = all)")
+    rb.add_argument(
+        "--limit", type=request.non_negative_int, default=2000, help="first N test images (default 2000; 0 = all)"
+    )
     rb.add_argument("--data")
     rb.set_defaults(fn=_robustness)
 
+
+def _add_run_commands(sub, KEYS) -> None:
+    """Commands about runs and the generated files: runs, promote, delete-run, seeds, test-sample, results-table,
+    docs."""
     ru = sub.add_parser("runs", help="list a stage's runs: id, state, date, epochs, test accuracy, time, machine")
     ru.add_argument("stage", choices=KEYS)
     ru.set_defaults(fn=_runs)
@@ -534,36 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     dc = sub.add_parser("docs", help="rewrite the generated tables of README.md and docs/*.md from the artifacts")
     dc.add_argument("--check", action="store_true", help="only say which documents are out of date (exit 1 if any)")
     dc.set_defaults(fn=_docs)
-    return p
-
-
-def _quiet_native_logging() -> None:
-    """Keep TensorFlow's and XLA's C++ start-up lines (absl, CUDA probing) off the terminal: they write to file
-    descriptor 2 directly, so it goes to /dev/null while Python's own stderr (messages, warnings, tracebacks) keeps
-    the real one. ``--verbose`` leaves both alone."""
-    import logging
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. "triggered tf.function retracing" per new model
-    if sys.stderr is not sys.__stderr__:  # already redirected by a caller (a test's capture): leave it be
-        return
-    try:
-        if sys.stderr.fileno() != 2:
-            return
-        real = os.dup(2)
-        sink = os.open(os.devnull, os.O_WRONLY)
-    except (OSError, ValueError):
-        return
-    sys.stderr.flush()
-    os.dup2(sink, 2)
-    os.close(sink)
-    sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
 
 
 def main(argv=None) -> int:
+    from . import runtime
+
     args = build_parser().parse_args(argv)
     if not args.verbose:
-        _quiet_native_logging()
+        runtime.quiet_native_logging()
     if args.checkpoints:
         os.environ["CIFAR_DASH_CHECKPOINTS"] = str(args.checkpoints)
     from . import artifacts, data, images

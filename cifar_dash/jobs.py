@@ -7,19 +7,19 @@ progress.json and log.csv (runs.py), so any process can poll it. No Keras here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import artifacts, runs, stages
+from .request import TrainingRequest
 
-ACTIVE_STATES = ("starting", "loading", "running", "evaluating")
 _POPEN: dict[int, subprocess.Popen] = {}  # children of this process, kept to reap them
 
 
@@ -30,7 +30,7 @@ class JobRunning(RuntimeError):
 @dataclass
 class JobStatus:
     stage: str
-    state: str  # idle | starting | loading | running | evaluating | done | failed | cancelled | killed
+    state: str  # runs.IDLE, runs.LIVE or runs.ENDED
     job: dict | None = None
     progress: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
@@ -39,7 +39,7 @@ class JobStatus:
 
     @property
     def active(self) -> bool:
-        return self.state in ACTIVE_STATES
+        return self.state in runs.LIVE
 
 
 def jobs_dir() -> Path:
@@ -66,38 +66,19 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def start(
-    stage: str,
-    epochs: int | Sequence[int] | None = None,
-    limit: int | None = None,
-    data_path: str | None = None,
-    extra_env: dict | None = None,
-    backbone: str | None = None,
-    mixed_precision: bool = False,
-    continue_from: str | Path | None = None,
-    batch_size: int | None = None,
-) -> dict:
-    """Start training ``stage`` in the background. Raises JobRunning when one is already live."""
-    # an unknown stage, bad epochs, backbone or batch size fails here
-    stages.recipe_for(stages.get(stage), epochs, backbone, batch_size=batch_size)
-    out = artifacts.stage_dir(stage)
-    run_id = runs.new_run_id()
-    cmd = [sys.executable, "-m", "cifar_dash", "train", stage, "--out", str(out), "--run-id", run_id]
-    if epochs:  # one count for every phase, or one per phase
-        cmd += ["--epochs", str(int(epochs)) if isinstance(epochs, int) else ",".join(str(int(e)) for e in epochs)]
-    if limit:
-        cmd += ["--limit", str(int(limit))]
-    if data_path:
-        cmd += ["--data", str(data_path)]
-    if backbone:
-        cmd += ["--backbone", backbone]
-    if mixed_precision:
-        cmd += ["--mixed-precision"]
-    if continue_from:
-        cmd += ["--continue-from", str(continue_from)]
-    if batch_size:
-        cmd += ["--batch-size", str(int(batch_size))]
-    return _launch(stage, cmd, out, {"epochs": epochs, "limit": limit, "run_id": run_id}, extra_env)
+def start(request: TrainingRequest | str, extra_env: dict | None = None, **options) -> dict:
+    """Start a training request (or a stage key with TrainingRequest's fields as keywords) in the background as
+    ``python -m cifar_dash train``, in a new run of the stage's folder. Raises JobRunning when one is already live,
+    and the request's own error when it cannot run."""
+    if isinstance(request, str):
+        request = TrainingRequest(request, **options)
+    elif options:
+        raise TypeError(f"start(request) takes no further options ({', '.join(options)})")
+    out = artifacts.stage_dir(request.stage)
+    request = dataclasses.replace(request, out_dir=str(out), run_id=runs.new_run_id()).validate()
+    cmd = [sys.executable, "-m", "cifar_dash", "train", *request.to_argv()]
+    meta = {"epochs": request.epochs, "limit": request.limit, "run_id": request.run_id}
+    return _launch(request.stage, cmd, out, meta, extra_env)
 
 
 def run_folder(job: dict) -> Path:
@@ -122,9 +103,11 @@ def resume(stage: str, extra_env: dict | None = None) -> dict:
     job = _read(_record_path(stage))
     if not resumable(stage):
         raise ValueError(f"{stage}: no interrupted dashboard run to resume")
-    cmd = [sys.executable, "-m", "cifar_dash", "train", stage, "--out", job["out"], "--resume", job["run_id"]]
-    if "--data" in job["cmd"]:
-        cmd += ["--data", job["cmd"][job["cmd"].index("--data") + 1]]
+    started = TrainingRequest.from_argv(job["cmd"][job["cmd"].index("train") + 1 :])
+    again = TrainingRequest(
+        stage, out_dir=job["out"], resume=job["run_id"], data_path=started.data_path, speed=started.speed
+    )
+    cmd = [sys.executable, "-m", "cifar_dash", "train", *again.to_argv()]
     deadline = time.time() + 60
     while _alive(job["pid"]) and time.time() < deadline:  # let the cancelled process finish exiting
         time.sleep(0.1)
@@ -215,25 +198,25 @@ def status(stage: str) -> JobStatus:
 def _job_status(stage: str) -> JobStatus:
     job = _read(_record_path(stage))
     if not job:
-        return JobStatus(stage, "idle")
+        return JobStatus(stage, runs.IDLE)
     if not job.get("run_id"):  # a record from before runs had folders
-        return JobStatus(stage, "idle")
+        return JobStatus(stage, runs.IDLE)
     folder = run_folder(job)
     progress = runs.read_progress(folder)
     if progress.get("pid") != job["pid"]:
         progress = {}  # written by an earlier process of the same run (before a resume)
     history = runs.read_log(folder) if progress else []
     alive = _alive(job["pid"])
-    state = progress.get("state", "starting")
+    state = progress.get("state", runs.STARTING)
     message = progress.get("message")
     refused = (
         [line for line in tail_log(stage, 5).splitlines() if line.startswith("error: ")]
-        if (not alive and state in ACTIVE_STATES)
+        if (not alive and state in runs.LIVE)
         else []
     )
     if refused:  # the command refused to start (e.g. it lost a start race to a run from a terminal)
         state, message = "failed", refused[-1][len("error: ") :]
-    elif not alive and state in ACTIVE_STATES:
+    elif not alive and state in runs.LIVE:
         code = _POPEN[job["pid"]].returncode if job["pid"] in _POPEN else None
         state = "killed"
         message = (

@@ -259,3 +259,14 @@ def seeds_summary(stage: str, folders: list[Path]) -> dict:
         "mean_train_seconds": statistics.fmean(secs) if secs else None,
         "mean_one_view_accuracy": statistics.fmean(one) if len(one) == len(runs) and one else None,
     }
+
+
+def stages_text(res) -> str:
+    """`python -m cifar_dash stages`: one line per stage, reported against measured, and its status."""
+    rows = [("key", "title", "reported", "measured", "status")]
+    for r in res:
+        measured = f"{100 * r.accuracy:.2f}%" if r.accuracy is not None else "-"
+        status = r.status + (f" ({r.error})" if r.error else "")
+        rows.append((r.stage.key, r.stage.title, f"{r.stage.reported_accuracy:.2f}%", measured, status))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4] for row in rows)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import artifacts, stages
+from . import artifacts
 from .artifacts import write_json
 
 RUNS_DIR = "runs"
@@ -33,7 +33,12 @@ LOG = "log.csv"
 BACKUP = "backup"
 TENSORBOARD = "tensorboard"
 JOURNAL = ".promote.json"
+# The one vocabulary of run states. A run's progress.json says one of ACTIVE while its process works, then one of
+# ENDED; a dashboard job is STARTING until its process writes progress, IDLE when the stage has none.
+STARTING, IDLE = "starting", "idle"
 ACTIVE = ("loading", "running", "evaluating")
+ENDED = ("done", "failed", "cancelled", "killed")
+LIVE = (STARTING, *ACTIVE)
 # what a published stage consists of, in the order a promotion moves it (metrics last: readers never see new
 # metrics beside an old model); robustness.json is optional and belongs to the model it was measured on
 PUBLISHED = (artifacts.MODEL, artifacts.TRAIN_INFO, artifacts.HISTORY, artifacts.PREDICTIONS, artifacts.METRICS)
@@ -339,86 +344,6 @@ def compare(a: Run, b: Run) -> dict:
 
 
 # ---- continuation: a new run that adds epochs to a finished one -------------------------------------------------
-
-
-class ContinueError(ValueError):
-    """A published checkpoint that cannot be continued with the requested recipe."""
-
-
-def _comparable(recipe: dict) -> dict:
-    """A stored recipe without what a continuation may change: epochs, the compute precision and XLA."""
-    speed = ("mixed_precision", "jit_compile")
-    out = {k: v for k, v in stages.stored_recipe(json.loads(json.dumps(recipe))).items() if k not in speed}
-    out["phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in out["phases"]]
-    return out
-
-
-def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fingerprint: str) -> dict:
-    """Check that the published run in ``folder`` is ``recipe`` cut short (same stage, data, limit, settings; fewer
-    epochs in its last phase, every earlier phase complete) and return what a continuation needs from it."""
-    folder = Path(folder)
-    try:
-        info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
-        history = artifacts.read_json(folder / artifacts.HISTORY)["epochs"]
-    except (artifacts.ArtifactError, KeyError, TypeError) as e:
-        raise ContinueError(f"{folder} holds no finished run to continue ({e})") from e
-    if not (folder / artifacts.MODEL).exists():
-        raise ContinueError(f"{folder / artifacts.MODEL} is missing: nothing to continue")
-    if info.get("stage") != stage_key:
-        raise ContinueError(f"{folder} holds stage {info.get('stage')!r}, not {stage_key!r}")
-    if info.get("limit") != limit:
-        raise ContinueError(f"{folder} was trained with limit {info.get('limit')}, not {limit}")
-    if info.get("train_data_fingerprint") != fingerprint:
-        raise ContinueError(f"{folder} was trained on other data (fingerprint {info.get('train_data_fingerprint')})")
-    stored = info.get("recipe") or {}
-    a, b = _comparable(stored), _comparable(recipe.to_dict())
-    if a != b:
-        changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-        raise ContinueError(
-            f"{folder} was trained with other settings ({', '.join(changed) or 'phases'}); "
-            "a continuation may only add epochs"
-        )
-    if not recipe.extendable:
-        raise ContinueError(
-            "this recipe's schedule spans the whole run (one-cycle rate or Lookahead), so it cannot "
-            "be extended; train afresh with --epochs"
-        )
-    done = [p["epochs"] for p in stored["phases"]]
-    problem = stages.extension_problem(done, [p.epochs for p in recipe.phases])
-    if problem:
-        raise ContinueError(f"{folder}: {problem}" + (" (--epochs takes one count per phase)" if len(done) > 1 else ""))
-    if len(history) != sum(done):
-        raise ContinueError(f"{folder}: history has {len(history)} epochs, train_info {sum(done)}")
-    try:  # what the published run measured (its own evaluation, not a stale one), kept beside the continuation's
-        metrics = artifacts.read_json(folder / artifacts.METRICS)
-        test_accuracy = metrics.get("test_accuracy") if metrics.get("run_id") == info.get("run_id") else None
-    except (artifacts.ArtifactError, AttributeError):
-        test_accuracy = None
-    return {
-        "folder": str(folder),
-        "run_id": info.get("run_id"),
-        "epochs": sum(done),
-        "train_seconds": float(info.get("train_seconds") or 0.0),
-        "history": history,
-        "started": info.get("started"),
-        "backbone_weights": info.get("backbone_weights"),
-        "mixed_precision": bool(info.get("mixed_precision")),
-        "train_runtime": info.get("train_runtime"),
-        "test_accuracy": test_accuracy,
-        "continued_from": info.get("continued_from"),
-    }
-
-
-def continued_from_record(prior: dict) -> dict:
-    """What train_info records of the published run a continuation started from, with the run that one continued
-    (nested, oldest innermost), so every epoch keeps where and in which precision it was trained."""
-    out = {k: prior[k] for k in ("run_id", "epochs", "train_seconds", "mixed_precision", "train_runtime", "test_accuracy")}
-    if prior.get("continued_from"):
-        out["continued_from"] = prior["continued_from"]
-    return out
-
-
-# ---- promotion and deletion --------------------------------------------------------------------------------------
 
 
 @contextmanager

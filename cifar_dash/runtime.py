@@ -150,3 +150,27 @@ def results_name(kind: str, machine: dict) -> str:
     ``accelerator-amd-epyc-tensorflow.json``."""
     device = (machine.get("gpu") or machine.get("cpu") or "cpu").lower().replace(" ", "-")
     return f"{kind}-{device}-{machine['backend']}.json"
+
+
+def quiet_native_logging() -> None:
+    """Keep TensorFlow's and XLA's C++ start-up lines (absl, CUDA probing) off the terminal: they write to file
+    descriptor 2 directly, so it goes to /dev/null while Python's own stderr (messages, warnings, tracebacks) keeps
+    the real one. ``--verbose`` leaves both alone."""
+    import logging
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # e.g. "triggered tf.function retracing" per new model
+    if sys.stderr is not sys.__stderr__:  # already redirected by a caller (a test's capture): leave it be
+        return
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+        real = os.dup(2)
+        sink = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        return
+    sys.stderr.flush()
+    os.dup2(sink, 2)
+    os.close(sink)
+    sys.stderr = os.fdopen(real, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")

@@ -1,11 +1,9 @@
 """Which precision and XLA setting trains a stage fastest on this machine: a short measurement (``python -m cifar_dash
 tune STAGE``), kept per machine, or else a documented rule.
 
-The rule, from measurements of the speedrun step at batch 1024 on 2-core CPUs (median of interleaved steps):
-- a CPU with AMX or AVX-512 BF16 (Intel Xeon): ``mixed_bfloat16`` without XLA. TensorFlow float32 with XLA 4.27 s,
-  float32 without XLA 3.13 s, mixed_bfloat16 with XLA 4.56 s, mixed_bfloat16 without XLA 1.99 s;
-- any other CPU (AVX2, AVX-512 without BF16): the recipe's own setting (float32; the speedrun with XLA, which was
-  the faster one on an AVX2 AMD EPYC: see ``tune`` there and docs/benchmarks.md);
+The rule (the measurements behind it: docs/benchmarks.md, "Precision and XLA per machine"):
+- a CPU with AMX or AVX-512 BF16 (Intel Xeon): ``mixed_bfloat16`` without XLA, the fastest there;
+- any other CPU (AVX2, AVX-512 without BF16): the recipe's own setting;
 - a GPU: the recipe's own setting (``--mixed-precision`` asks for bfloat16).
 A measurement for this machine, stage and backend replaces the rule; it keeps the recipe's own setting unless another
 is over 10% faster. Nothing here imports Keras until it measures.

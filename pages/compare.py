@@ -3,9 +3,9 @@ import streamlit as st
 
 from cifar_dash import analysis, figures
 from cifar_dash.data import CLASS_NAMES
-from pages import _shared
+from pages import _frame, _shared, _widgets
 
-_shared.page_setup("Compare")
+_frame.page_setup("Compare")
 
 st.title("Compare stages")
 trained = [r.stage.key for r in _shared.trained_results()]
@@ -47,10 +47,10 @@ def _captions(indices):
 t1, t2 = st.tabs([f"Fixed ({len(fb['fixed'])})", f"Broken ({len(fb['broken'])})"])
 with t1:
     show = fb["fixed"][:32]
-    _shared.gallery(show, _captions(show))
+    _widgets.gallery(show, _captions(show))
 with t2:
     show = fb["broken"][:32]
-    _shared.gallery(show, _captions(show))
+    _widgets.gallery(show, _captions(show))
 
 st.subheader("Agreement between all trained stages")
 all_preds = {k: _shared.stage_predictions(k) for k in trained}
@@ -60,7 +60,7 @@ st.caption("Share of test images on which two stages predict the same class.")
 
 st.subheader("Where the stages disagree most")
 disputed = analysis.most_disputed(all_preds, 16)
-_shared.gallery(
+_widgets.gallery(
     [d["index"] for d in disputed], [f"true {CLASS_NAMES[d['label']]}: {d['distinct']} different answers" for d in disputed]
 )
 with st.expander("Votes"):

@@ -3,9 +3,9 @@ import streamlit as st
 
 from cifar_dash import analysis, artifacts, figures, report, stages
 from cifar_dash.data import CLASS_NAMES
-from pages import _shared
+from pages import _frame, _shared, _widgets
 
-_shared.page_setup("Stage explorer")
+_frame.page_setup("Stage explorer")
 
 st.title("Stage explorer")
 res = {r.stage.key: r for r in _shared.all_results()}
@@ -98,7 +98,7 @@ if ablations:
 stage_runs = _shared.stage_runs(key)
 others = [x for x in stage_runs if not x.published]
 with st.expander(f"Runs of this stage: {len(stage_runs)} ({len(others)} besides the published one)"):
-    _shared.runs_table(stage_runs)
+    _widgets.runs_table(stage_runs)
     st.page_link("pages/training.py", label="Compare, promote or delete runs", icon=":material/compare_arrows:")
 
 st.subheader("Training curves")
@@ -139,7 +139,7 @@ normalize = st.toggle("Row-normalised", key="cm_norm")
 event = st.plotly_chart(
     figures.confusion_heatmap(m["confusion_matrix"], normalize), key="cm_chart", on_select="rerun", selection_mode="points"
 )
-_shared.touch_hover()
+_widgets.touch_hover()
 points = [p for p in ((event or {}).get("selection", {}).get("points", []) if event else []) if p.get("x") in CLASS_NAMES]
 preds = _shared.stage_predictions(key)
 cm = pd.DataFrame(m["confusion_matrix"]).to_numpy()
@@ -160,7 +160,7 @@ st.markdown(
     "in the matrix or pick the classes)."
 )
 shown = idx[:32]
-_shared.gallery(
+_widgets.gallery(
     preds.indices[shown],
     [f"{CLASS_NAMES[preds.labels[j]]} → {CLASS_NAMES[preds.predicted[j]]} {preds.confidence[j]:.0%}" for j in shown],
 )
@@ -181,9 +181,9 @@ if len(shown):
             st.caption("None of this cell's images is in the shipped sample; set CIFAR10_PATH to see them.")
         else:
             pick = st.selectbox("Test image", choices, key="explain_pick")
-            method = _shared.saliency_method("explorer_saliency_method")
+            method = _widgets.saliency_method("explorer_saliency_method")
             keys = [r.stage.key for r in _shared.trained_results()]
-            _shared.saliency_row(t.x[pick], keys, method=method)
+            _widgets.saliency_row(t.x[pick], keys, method=method)
             st.caption("Red = the region the stage's answer depends on most; each map is scaled to its own peak.")
 
 c1, c2 = st.columns(2)
@@ -211,7 +211,7 @@ with c2:
 
 st.subheader("Most confident mistakes")
 worst = analysis.confident_mistakes(preds, 24)
-_shared.gallery(
+_widgets.gallery(
     preds.indices[worst],
     [
         f"true {CLASS_NAMES[preds.labels[j]]}, said {CLASS_NAMES[preds.predicted[j]]} {preds.confidence[j]:.0%}"

@@ -6,9 +6,9 @@ import streamlit as st
 
 from cifar_dash import artifacts, embedding, figures, inside_figures, label_issues, stages
 from cifar_dash.data import CLASS_NAMES
-from pages import _shared
+from pages import _frame, _shared, _widgets
 
-_shared.page_setup("Inside the stages")
+_frame.page_setup("Inside the stages")
 
 
 def _file_stamp(path) -> int | None:
@@ -104,7 +104,7 @@ with c1:
     selected[left] = stage_map(left, "left") if left in trained else st.info(f"{left} is not trained yet.") or []
 with c2:
     selected[right] = stage_map(right, "right") if right in trained else st.info(f"{right} is not trained yet.") or []
-_shared.touch_hover()  # a tap on a phone selects the dot under the finger
+_widgets.touch_hover()  # a tap on a phone selects the dot under the finger
 
 for key, picked in selected.items():
     if not picked:
@@ -119,7 +119,7 @@ for key, picked in selected.items():
         f"({100 * correct / max(len(rows), 1):.0f}%); true classes: " + ", ".join(f"{c} {n}" for c, n in counts.items())
     )
     shown = rows[:48]
-    _shared.gallery(
+    _widgets.gallery(
         [int(preds.indices[j]) for j in shown],
         [f"{CLASS_NAMES[preds.labels[j]]} → {CLASS_NAMES[preds.predicted[j]]}" for j in shown],
     )
@@ -155,14 +155,14 @@ st.caption(
 )
 n_show = st.select_slider("Suspects shown", [12, 24, 48, 96], value=24, key="suspects_n")
 entries = li["entries"][:n_show]
-_shared.gallery(
+_widgets.gallery(
     [e["index"] for e in entries],
     [
         f"#{k + 1} given {CLASS_NAMES[e['label']]} · suggested {CLASS_NAMES[e['suggested']]} "
         f"({e['agree']}/{len(li['stages'])} stages)"
         for k, e in enumerate(entries)
     ],
-    width=_shared.THUMB * 2,
+    width=_widgets.THUMB * 2,
 )
 st.dataframe(
     pd.DataFrame(

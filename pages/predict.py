@@ -5,9 +5,9 @@ import streamlit as st
 
 from cifar_dash import analysis, answers, figures, images, ood, predict, stages
 from cifar_dash.data import CLASS_NAMES
-from pages import _shared
+from pages import _frame, _shared, _widgets
 
-_shared.page_setup("Upload & predict")
+_frame.page_setup("Upload & predict")
 
 st.title("Upload & predict")
 st.caption(
@@ -38,7 +38,7 @@ if c2.button("Draw random test images", key="draw"):
         pool = np.flatnonzero(t.available)  # every test image, or the shipped sample's
         n = min(int(n_random), len(pool))
         st.session_state["drawn"] = np.random.default_rng().choice(pool, n, replace=False).tolist()
-        _shared.test_images_note(t)
+        _widgets.test_images_note(t)
 if st.session_state.get("drawn") and st.button("Clear test images", key="clear_drawn"):
     st.session_state["drawn"] = []
 
@@ -81,7 +81,7 @@ show_saliency = st.toggle(
     key="saliency",
     help="Red = the region the stage's answer depends on most. Each stage's map has its own scale (colour bar).",
 )
-method = _shared.saliency_method("saliency_method") if show_saliency else "occlusion"
+method = _widgets.saliency_method("saliency_method") if show_saliency else "occlusion"
 rule_box = st.empty()
 
 # Lay every row out first, with one card per stage, then fill the cards stage by stage: the first answers show while
@@ -97,12 +97,12 @@ for it in items:
     try:  # one image that cannot be shown never hides the rows after it
         top_row = st.columns([1, 1, 3])
         top_row[0].image(
-            preview if preview is not None else _shared.upscale(arr, 3),
+            preview if preview is not None else _widgets.upscale(arr, 3),
             caption=_shared.md_escape(name),
             width="stretch",
         )
         top_row[1].image(
-            _shared.upscale(arr, 4),
+            _widgets.upscale(arr, 4),
             caption="the 32x32 the models see" + (f" · true: {CLASS_NAMES[label]}" if label is not None else ""),
             width="stretch",
         )
@@ -145,7 +145,7 @@ for i, key in enumerate(trained):
     if progress is not None:
         progress.progress(i / len(trained), text=f"Stage {i + 1} of {len(trained)}: {labels[key]}")
     try:  # only images this stage has not seen yet are predicted
-        load, stamp = (lambda key=key: _shared.stage_model(key)), _shared._stamp(key)
+        load, stamp = (lambda key=key: _shared.stage_model(key)), _shared.stage_stamp(key)
         if key == ood.STAGE and not isinstance(found, Exception):
             raw, feats = _cache().probs_and_features(key, stamp, ood.LAYER, batch, load)
         else:
@@ -213,7 +213,7 @@ for r, name, arr, label, cards, verdict_box, extras in rows:
         verdict_box.markdown(verdict)
         with extras:
             if show_saliency:
-                _shared.saliency_row(arr, stage_keys, method=method)
+                _widgets.saliency_row(arr, stage_keys, method=method)
             if show_details:
                 with st.expander(f"Probability bars for {_shared.md_escape(name)}"):
                     cols = st.columns(min(3, len(stage_keys)))

@@ -4,9 +4,9 @@ import pandas as pd
 import streamlit as st
 
 from cifar_dash import figures, jobs, runs, stages
-from pages import _shared
+from pages import _frame, _shared, _widgets
 
-_shared.page_setup("Training")
+_frame.page_setup("Training")
 
 st.title("Training jobs and runs")
 st.caption(
@@ -60,7 +60,7 @@ if not listed:
     st.stop()
 # a line between the selector and the table: the table's toolbar (on hover, at its top right) covered the selector
 st.caption(f"{figures.plural(len(listed), 'run')} of {stage}, oldest first; the published one is marked.")
-_shared.runs_table(listed)
+_widgets.runs_table(listed)
 st.caption(f"Open every run's curves in TensorBoard: `tensorboard --logdir checkpoints/{stage}/runs`.")
 
 finished = [r for r in listed if r.state == "finished"]

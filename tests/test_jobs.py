@@ -73,9 +73,14 @@ def test_idle_stage():
     assert jobs.status("vgg_aug").state == "idle" and not jobs.cancel("vgg_aug")
 
 
+def _arg(cmd: list, flag: str):
+    """The value given to ``flag`` on a command line."""
+    return cmd[cmd.index(flag) + 1]
+
+
 def test_sidebar_options_reach_the_training_command(root, cifar_npz):
     rec = jobs.start("mlp", epochs=1, limit=120, data_path=str(cifar_npz), mixed_precision=True, batch_size=32)
-    assert "--mixed-precision" in rec["cmd"] and rec["cmd"][-2:] == ["--batch-size", "32"]
+    assert "--mixed-precision" in rec["cmd"] and _arg(rec["cmd"], "--batch-size") == "32"
     st = _wait("mlp", timeout=240)
     assert st.state == "done", (st.message, jobs.tail_log("mlp"))
     r = results.load_folder("mlp", jobs.run_folder(rec))
@@ -90,7 +95,7 @@ def test_sidebar_options_reach_the_training_command(root, cifar_npz):
 def test_a_job_can_continue_the_published_run(root, cifar_npz):
     before = json.loads((root / "mlp" / "train_info.json").read_text())
     rec = jobs.start("mlp", epochs=before["epochs"] + 1, limit=400, data_path=str(cifar_npz), continue_from="published")
-    assert rec["cmd"][-2:] == ["--continue-from", "published"]
+    assert _arg(rec["cmd"], "--continue-from") == "published"
     st = _wait("mlp", timeout=240)
     assert st.state == "done", (st.message, jobs.tail_log("mlp"))
     info = json.loads((jobs.run_folder(rec) / "train_info.json").read_text())
@@ -131,7 +136,8 @@ def test_a_cancelled_job_resumes_from_the_dashboard(root, cifar_npz):
     assert saved and saved["epochs"] == 20 and 2 <= saved["epochs_done"] < 20 and saved["run_id"] == rec["run_id"]
 
     again = jobs.resume("mlp")
-    assert again["cmd"][-4:-2] == ["--resume", rec["run_id"]] and again["lineage"] == [rec["pid"]]
+    assert _arg(again["cmd"], "--resume") == rec["run_id"] and again["lineage"] == [rec["pid"]]
+    assert _arg(again["cmd"], "--data") == _arg(rec["cmd"], "--data")
     assert again["run_id"] == rec["run_id"]
     st = _wait("mlp", timeout=240)
     assert st.state == "done", (st.message, jobs.tail_log("mlp"))

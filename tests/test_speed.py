@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cifar_dash import speed, stages, train
+from cifar_dash import runplan, speed, stages
 from tests.conftest import ROOT
 
 AMX = {"cpu": "Intel Xeon", "cpu_isa": "AMX", "cpu_count": 2, "gpu": None, "backend": "tensorflow", "versions": {}}
@@ -55,17 +55,17 @@ def test_an_unreadable_record_falls_back_to_the_rule(cache):
 
 def test_train_takes_what_is_asked_for_else_the_choice(cache, monkeypatch):
     recipe = stages.get("speedrun").recipe
-    r, c = train._speed_setting("speedrun", recipe, "recipe", False, None)
+    r, c = runplan.speed_setting("speedrun", recipe, "recipe", False, None)
     assert (r.mixed_precision, r.jit_compile, c.source) == (False, True, "recipe")
-    r, c = train._speed_setting("speedrun", recipe, "auto", False, False)  # --xla off
+    r, c = runplan.speed_setting("speedrun", recipe, "auto", False, False)  # --xla off
     assert (r.mixed_precision, r.jit_compile, c.source) == (False, False, "asked for")
-    r, c = train._speed_setting("speedrun", recipe, "auto", True, None)  # --mixed-precision
+    r, c = runplan.speed_setting("speedrun", recipe, "auto", True, None)  # --mixed-precision
     assert (r.mixed_precision, r.jit_compile, c.source) == (True, True, "asked for")
     monkeypatch.setattr(speed.runtime, "info", lambda: AMX)
-    r, c = train._speed_setting("speedrun", recipe, "auto", False, None)
+    r, c = runplan.speed_setting("speedrun", recipe, "auto", False, None)
     assert (r.mixed_precision, r.jit_compile) == (True, False) and c.source.startswith("rule")
     with pytest.raises(ValueError, match="speed must be"):
-        train._speed_setting("speedrun", recipe, "fast", False, None)
+        runplan.speed_setting("speedrun", recipe, "fast", False, None)
 
 
 def test_tune_measures_every_setting_and_train_auto_uses_it(cifar_npz, tmp_path):

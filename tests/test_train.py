@@ -11,7 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_dash import artifacts, compiling, evaluate, failures, keras_workarounds, results, runs, stages, train
+from cifar_dash import (
+    artifacts,
+    batches,
+    callbacks,
+    compiling,
+    continuation,
+    evaluate,
+    failures,
+    keras_workarounds,
+    results,
+    runplan,
+    runs,
+    stages,
+    train,
+)
 from tests.conftest import ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -184,7 +198,7 @@ def test_a_cancel_loses_at_most_the_steps_since_the_last_backup(cifar_npz, tmp_p
     backed up at its last step (Keras restores epochs, not steps) and finishes with every epoch logged once."""
     kwargs = dict(epochs=3, limit=600, data_path=cifar_npz, evaluate=False)  # 540 training images: 5 steps an epoch
     out = tmp_path / "mlp"
-    original = train.Progress.on_train_batch_end
+    original = callbacks.Progress.on_train_batch_end
     fired = []
 
     def on_train_batch_end(self, batch, logs=None):
@@ -193,12 +207,12 @@ def test_a_cancel_loses_at_most_the_steps_since_the_last_backup(cifar_npz, tmp_p
             fired.append(batch)
             signal.raise_signal(signal.SIGTERM)  # what the dashboard's Cancel sends
 
-    monkeypatch.setattr(train.Progress, "on_train_batch_end", on_train_batch_end)
-    handlers = {s: signal.getsignal(s) for s in train.CancelOnSignal.SIGNALS}
+    monkeypatch.setattr(callbacks.Progress, "on_train_batch_end", on_train_batch_end)
+    handlers = {s: signal.getsignal(s) for s in callbacks.CancelOnSignal.SIGNALS}
     with pytest.raises(train.Cancelled):
         train.train("mlp", out_dir=out, save_every=1, **kwargs)
     assert {s: signal.getsignal(s) for s in handlers} == handlers  # the caller's handlers are back
-    monkeypatch.setattr(train.Progress, "on_train_batch_end", original)
+    monkeypatch.setattr(callbacks.Progress, "on_train_batch_end", original)
     folder = _only_run(out)
     meta = json.loads((folder / "backup" / "phase-0" / "training_metadata.json").read_text())
     assert meta["epoch"] == 1  # resume restarts epoch 2 (from the weights of its last backed-up step)
@@ -217,17 +231,17 @@ def test_a_resumed_plateau_run_halves_its_rate_as_an_uninterrupted_one(cifar_npz
     ref_hist = json.loads((ref / "history.json").read_text())["epochs"]
     assert len({h["learning_rate"] for h in ref_hist}) > 1  # the schedule acted
 
-    original = train.Progress.on_epoch_end
+    original = callbacks.Progress.on_epoch_end
 
     def on_epoch_end(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 2:
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(train.Progress, "on_epoch_end", on_epoch_end)
+    monkeypatch.setattr(callbacks.Progress, "on_epoch_end", on_epoch_end)
     with pytest.raises(train.Cancelled):
         train.train("mlp", out_dir=tmp_path / "b", **kwargs)
-    monkeypatch.setattr(train.Progress, "on_epoch_end", original)
+    monkeypatch.setattr(callbacks.Progress, "on_epoch_end", original)
     folder = train.train("mlp", out_dir=tmp_path / "b", resume=True, data_path=cifar_npz)
     hist = json.loads((folder / "history.json").read_text())["epochs"]
     assert [h["learning_rate"] for h in hist] == pytest.approx([h["learning_rate"] for h in ref_hist])
@@ -267,7 +281,7 @@ def test_resuming_a_live_run_is_refused_and_two_runs_of_a_stage_may_train_at_onc
     folder = out / "runs" / "20260101-000000-abcd"
     proc = _fake_live_run(folder)
     try:
-        with pytest.raises(train.AlreadyTraining, match=f"already training \\(pid {proc.pid}\\)"):
+        with pytest.raises(runplan.AlreadyTraining, match=f"already training \\(pid {proc.pid}\\)"):
             train.train("mlp", out_dir=out, resume=folder.name, data_path=cifar_npz)
         assert [r.state for r in runs.list_runs("mlp", where=out)] == ["training"]
         other = train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out, evaluate=False)
@@ -328,7 +342,7 @@ def test_missing_backbone_weights_file_is_a_clear_error(cifar_npz, tmp_path):
 def test_mixup_batches_blend_images_and_labels():
     x = np.stack([np.full((32, 32, 3), 0, np.uint8), np.full((32, 32, 3), 200, np.uint8)] * 8)
     y = np.array([0, 1] * 8)
-    b = train.Batches(x, y, batch_size=16, mixup_alpha=0.4, seed=3)
+    b = batches.Batches(x, y, batch_size=16, mixup_alpha=0.4, seed=3)
     xb, yb = b[0]
     np.testing.assert_allclose(yb.sum(axis=1), 1, rtol=1e-6)
     # pixel value / 200 equals the weight of class 1 in the label, image by image
@@ -340,7 +354,7 @@ def test_loader_shifts_are_exact_pixels_and_flips_alternate_by_epoch():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(40, 32, 32, 3)).astype("uint8")
     y = np.arange(40) % 10
-    b = train.Batches(x, y, batch_size=40, seed=5, augment=("flip_alternate", "crop:2"))
+    b = batches.Batches(x, y, batch_size=40, seed=5, augment=("flip_alternate", "crop:2"))
     padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
     flips = {}
     for epoch in (0, 1, 2):
@@ -368,11 +382,11 @@ def test_loader_shifts_are_exact_pixels_and_flips_alternate_by_epoch():
             assert a != c and a == e
     # the same (seed, epoch, batch) gives the same batch: a resumed run sees what an uninterrupted one would
     b.set_epoch(1)
-    again = train.Batches(x, y, batch_size=40, seed=5, augment=("flip_alternate", "crop:2"))
+    again = batches.Batches(x, y, batch_size=40, seed=5, augment=("flip_alternate", "crop:2"))
     again.set_epoch(1)
     np.testing.assert_array_equal(b[0][0], again[0][0])
     with pytest.raises(ValueError, match="unknown loader augmentation"):
-        train.Batches(x, y, batch_size=8, augment=("rotate",))
+        batches.Batches(x, y, batch_size=8, augment=("rotate",))
 
 
 def test_speedrun_resume_state_keeps_its_lookahead_optimizer(tmp_path):
@@ -652,18 +666,18 @@ def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp
     ]
     for kwargs, message in cases:
         kw = {"limit": 200, "recipe": recipe, **kwargs}
-        with pytest.raises(runs.ContinueError, match=re.escape(message)):
+        with pytest.raises(continuation.ContinueError, match=re.escape(message)):
             train.train("mlp", data_path=cifar_npz, out_dir=out, continue_from=first.name, **kw)
-    with pytest.raises(runs.ContinueError, match="holds stage 'mlp', not 'cnn'"):
+    with pytest.raises(continuation.ContinueError, match="holds stage 'mlp', not 'cnn'"):
         train.train("cnn", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "cnn", continue_from=first)
-    with pytest.raises(runs.ContinueError, match="no finished run"):
+    with pytest.raises(continuation.ContinueError, match="no finished run"):
         train.train(
             "mlp", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "x", recipe=recipe,
             continue_from=tmp_path / "nothing",
         )  # fmt: skip
     # a one-cycle recipe's rate spans the whole run: extending it would not be the recipe
     vgg = train.train("vgg_aug", epochs=1, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg", evaluate=False)
-    with pytest.raises(runs.ContinueError, match="cannot be extended"):
+    with pytest.raises(continuation.ContinueError, match="cannot be extended"):
         train.train("vgg_aug", epochs=2, limit=24, data_path=cifar_npz, out_dir=tmp_path / "vgg", continue_from=vgg)
 
 
@@ -672,23 +686,23 @@ def test_a_two_phase_run_resumes_and_is_continued_in_its_last_phase(cifar_npz, t
     first phase's saved weights and its own backup; a continuation adds fine-tuning epochs only."""
     out = tmp_path / "mobilenetv2_finetune"
     kw = dict(limit=24, data_path=cifar_npz, out_dir=out, backbone_weights="none")
-    original = train.Progress.on_epoch_end
+    original = callbacks.Progress.on_epoch_end
 
     def on_epoch_end(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 1:  # the first fine-tuning epoch
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(train.Progress, "on_epoch_end", on_epoch_end)
+    monkeypatch.setattr(callbacks.Progress, "on_epoch_end", on_epoch_end)
     with pytest.raises(train.Cancelled):
         train.train("mobilenetv2_finetune", epochs=(1, 2), evaluate=False, **kw)
-    monkeypatch.setattr(train.Progress, "on_epoch_end", original)
+    monkeypatch.setattr(callbacks.Progress, "on_epoch_end", original)
     folder = _only_run(out)
     assert (folder / "phase-0.keras").exists() and (folder / "backup" / "phase-1").is_dir()
     first = train.train("mobilenetv2_finetune", resume=True, data_path=cifar_npz, out_dir=out)
     hist = json.loads((first / "history.json").read_text())["epochs"]
     assert [h["phase"] for h in hist] == ["head", "finetune", "finetune"] and not (first / "phase-0.keras").exists()
-    with pytest.raises(runs.ContinueError, match=re.escape("not 2,3 (e.g. 1,3)")):
+    with pytest.raises(continuation.ContinueError, match=re.escape("not 2,3 (e.g. 1,3)")):
         train.train("mobilenetv2_finetune", epochs=(2, 3), continue_from=first.name, **kw)
     cont = train.train("mobilenetv2_finetune", epochs=(1, 3), continue_from=first.name, **kw)
     info = json.loads((cont / "train_info.json").read_text())
@@ -724,21 +738,21 @@ def test_an_unwritable_runs_folder_is_refused_before_training(cifar_npz, tmp_pat
     out = tmp_path / "mlp"
     out.mkdir()
     (out / "runs").write_text("a file where the runs folder should be")
-    with pytest.raises(train.PublishError, match="choose another --out"):
+    with pytest.raises(runplan.PublishError, match="choose another --out"):
         train.train("mlp", epochs=1, limit=100, data_path=cifar_npz, out_dir=out)
 
 
 def test_progress_keeps_a_bounded_per_step_trace(tmp_path, monkeypatch):
     from cifar_dash import figures
 
-    p = train.Progress(tmp_path, "mlp", total_epochs=2, steps=1000, stream=open(os.devnull, "w"))
-    monkeypatch.setattr(train.time, "time", iter(range(0, 10**6)).__next__)  # one second per call: every step writes
+    p = callbacks.Progress(tmp_path, "mlp", total_epochs=2, steps=1000, stream=open(os.devnull, "w"))
+    monkeypatch.setattr(callbacks.time, "time", iter(range(0, 10**6)).__next__)  # one second per call: every step writes
     for epoch in range(2):
         p.on_epoch_begin(epoch)
         for step in range(1000):
             p.on_train_batch_end(step, {"loss": 2.0 - epoch - step / 1000, "accuracy": 0.1 + epoch * 0.4})
     trace = json.loads((tmp_path / "progress.json").read_text())["trace"]
-    assert len(trace) <= train.Progress.TRACE and trace[-1][0] == 2.0
+    assert len(trace) <= callbacks.Progress.TRACE and trace[-1][0] == 2.0
     xs = [r[0] for r in trace]
     assert xs == sorted(xs) and xs[0] < 0.05  # the whole run's shape, from its first steps
     fig = figures.step_curve(trace)
@@ -760,13 +774,13 @@ def test_out_of_memory_names_the_settings_to_change_and_a_smaller_batch_trains(c
     out = tmp_path / "mlp"
     train_and_publish("mlp", out, epochs=1, limit=300, data_path=cifar_npz)
     before = _published_files(out)
-    original = train.Progress.on_train_batch_end
+    original = callbacks.Progress.on_train_batch_end
 
     def on_train_batch_end(self, batch, logs=None):
         original(self, batch, logs)
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[128,3072]")
 
-    monkeypatch.setattr(train.Progress, "on_train_batch_end", on_train_batch_end)
+    monkeypatch.setattr(callbacks.Progress, "on_train_batch_end", on_train_batch_end)
     with pytest.raises(failures.OutOfMemory) as caught:
         train.train("mlp", out_dir=out, epochs=1, limit=300, data_path=cifar_npz)
     message = str(caught.value)
@@ -781,7 +795,7 @@ def test_out_of_memory_names_the_settings_to_change_and_a_smaller_batch_trains(c
     with pytest.raises(ValueError, match="keeps it; start a new run for --batch-size 64"):
         train.train("mlp", out_dir=out, resume=failed.run_id, batch_size=64)
 
-    monkeypatch.setattr(train.Progress, "on_train_batch_end", original)
+    monkeypatch.setattr(callbacks.Progress, "on_train_batch_end", original)
     import io
 
     said = io.StringIO()

@@ -1,0 +1,105 @@
+"""Continuing a finished run: what a continuation may start from (same recipe, data and limit; only more epochs),
+the record it keeps of the run it continued, and what stops the sidebar's "Continue the published run"."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import artifacts, stages
+
+
+class ContinueError(ValueError):
+    """A published checkpoint that cannot be continued with the requested recipe."""
+
+
+def _comparable(recipe: dict) -> dict:
+    """A stored recipe without what a continuation may change: epochs, the compute precision and XLA."""
+    speed = ("mixed_precision", "jit_compile")
+    out = {k: v for k, v in stages.stored_recipe(json.loads(json.dumps(recipe))).items() if k not in speed}
+    out["phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in out["phases"]]
+    return out
+
+
+def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fingerprint: str) -> dict:
+    """Check that the published run in ``folder`` is ``recipe`` cut short (same stage, data, limit, settings; fewer
+    epochs in its last phase, every earlier phase complete) and return what a continuation needs from it."""
+    folder = Path(folder)
+    try:
+        info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
+        history = artifacts.read_json(folder / artifacts.HISTORY)["epochs"]
+    except (artifacts.ArtifactError, KeyError, TypeError) as e:
+        raise ContinueError(f"{folder} holds no finished run to continue ({e})") from e
+    if not (folder / artifacts.MODEL).exists():
+        raise ContinueError(f"{folder / artifacts.MODEL} is missing: nothing to continue")
+    if info.get("stage") != stage_key:
+        raise ContinueError(f"{folder} holds stage {info.get('stage')!r}, not {stage_key!r}")
+    if info.get("limit") != limit:
+        raise ContinueError(f"{folder} was trained with limit {info.get('limit')}, not {limit}")
+    if info.get("train_data_fingerprint") != fingerprint:
+        raise ContinueError(f"{folder} was trained on other data (fingerprint {info.get('train_data_fingerprint')})")
+    stored = info.get("recipe") or {}
+    a, b = _comparable(stored), _comparable(recipe.to_dict())
+    if a != b:
+        changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        raise ContinueError(
+            f"{folder} was trained with other settings ({', '.join(changed) or 'phases'}); "
+            "a continuation may only add epochs"
+        )
+    if not recipe.extendable:
+        raise ContinueError(
+            "this recipe's schedule spans the whole run (one-cycle rate or Lookahead), so it cannot "
+            "be extended; train afresh with --epochs"
+        )
+    done = [p["epochs"] for p in stored["phases"]]
+    problem = stages.extension_problem(done, [p.epochs for p in recipe.phases])
+    if problem:
+        raise ContinueError(f"{folder}: {problem}" + (" (--epochs takes one count per phase)" if len(done) > 1 else ""))
+    if len(history) != sum(done):
+        raise ContinueError(f"{folder}: history has {len(history)} epochs, train_info {sum(done)}")
+    try:  # what the published run measured (its own evaluation, not a stale one), kept beside the continuation's
+        metrics = artifacts.read_json(folder / artifacts.METRICS)
+        test_accuracy = metrics.get("test_accuracy") if metrics.get("run_id") == info.get("run_id") else None
+    except (artifacts.ArtifactError, AttributeError):
+        test_accuracy = None
+    return {
+        "folder": str(folder),
+        "run_id": info.get("run_id"),
+        "epochs": sum(done),
+        "train_seconds": float(info.get("train_seconds") or 0.0),
+        "history": history,
+        "started": info.get("started"),
+        "backbone_weights": info.get("backbone_weights"),
+        "mixed_precision": bool(info.get("mixed_precision")),
+        "train_runtime": info.get("train_runtime"),
+        "test_accuracy": test_accuracy,
+        "continued_from": info.get("continued_from"),
+    }
+
+
+def continued_from_record(prior: dict) -> dict:
+    """What train_info records of the published run a continuation started from, with the run that one continued
+    (nested, oldest innermost), so every epoch keeps where and in which precision it was trained."""
+    out = {k: prior[k] for k in ("run_id", "epochs", "train_seconds", "mixed_precision", "train_runtime", "test_accuracy")}
+    if prior.get("continued_from"):
+        out["continued_from"] = prior["continued_from"]
+    return out
+
+
+# ---- promotion and deletion --------------------------------------------------------------------------------------
+
+
+def continuation_problems(published_metrics: dict, stage: stages.Stage, epochs, limit) -> list[str]:
+    """Why a continuation of the published run (its ``metrics.json``) with ``epochs`` and ``limit`` would be refused,
+    in words for the sidebar; empty when it can go ahead (read_continuation checks the rest when it starts)."""
+    done = [p["epochs"] for p in (published_metrics.get("recipe") or {}).get("phases", [])]
+    wanted = [p.epochs for p in stages.recipe_for(stage, epochs).phases]
+    problems = [p for p in [stages.extension_problem(done, wanted)] if p]
+    trained_on = published_metrics.get("limit")
+    if trained_on != limit:
+        problems.append(
+            "the published run was trained on "
+            + (f"the first {trained_on:,} images: set 'Limit images' to {trained_on:,}" if trained_on else
+               "all images: set 'Limit images' to 0")
+        )  # fmt: skip
+    return problems

@@ -1,0 +1,281 @@
+"""What a training request resolves to before any training: the run folder (new, or the interrupted one to resume),
+the recipe with its precision and XLA choice, the devices, the data, the run a continuation starts from, and the
+run's train_info record. Every refusal happens here, before a run writes anything but its folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from . import artifacts, distribute, models, runs, runtime, stages
+from . import data as data_mod
+from .continuation import continued_from_record, read_continuation
+from .request import TrainingRequest
+
+VALIDATION_BATCH = 256
+
+
+class AlreadyTraining(ValueError):
+    """Another live process is training this run."""
+
+
+@dataclass
+class RunPlan:
+    request: TrainingRequest  # as started: a resumed run's own request, with this call's data path and devices
+    stage: stages.Stage
+    recipe: stages.Recipe
+    folder: Path
+    out: Path
+    placement: distribute.Plan
+    choice: object | None  # speed.Choice of a new run; None when resuming (the recipe keeps its own)
+    info: dict | None  # the resumed run's train_info; None for a new run until ``describe`` makes it
+
+
+def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=sys.stderr) -> RunPlan:
+    """Resolve ``request`` (``recipe`` replaces the stage's own: ablations) into a run folder and its settings."""
+    stage = stages.get(request.stage)
+    out = Path(request.out_dir) if request.out_dir else artifacts.stage_dir(stage.key)
+    root = runs.runs_root(stage.key, where=out)
+    ensure_writable(root)  # before any training: a run that cannot be written is refused up front
+    if request.resume:
+        return _plan_resume(request, stage, out, stream)
+    recipe = stages.recipe_for(
+        dataclasses.replace(stage, recipe=recipe) if recipe else stage,
+        request.epochs,
+        request.backbone,
+        request.seed,
+        request.batch_size,
+    )
+    recipe, choice = speed_setting(stage.key, recipe, request.speed, request.mixed_precision, request.xla)
+    placement = distribute.plan(request.devices, recipe.batch_size)  # a bad setting fails before the run has a folder
+    if placement.devices and keras.backend.backend() == "tensorflow" and recipe.jit_compile:
+        # XLA cannot reach a MirroredStrategy's per-device variables (TensorFlow's XLA known issue "tf.Variable on a
+        # different device"): the step runs as a graph there
+        recipe = dataclasses.replace(recipe, jit_compile=False)
+        choice = choice._replace(xla=False, source=f"{choice.source}; XLA off: several TensorFlow devices")
+    if keras.backend.backend() == "jax":  # jit_compile "auto" compiles there too (keras_workarounds.allow_jit)
+        xla_text = "compiled step (JAX compiles with or without --xla)"
+    else:
+        xla_text = "XLA on" if choice.xla else "XLA off"
+    print(f"{stage.key}: {choice.precision}, {xla_text} ({choice.source})", file=stream)
+    folder = root / (request.run_id or runs.new_run_id())
+    if folder.exists():
+        raise ValueError(f"run {folder.name} already exists in {root}")
+    folder.mkdir(parents=True)
+    return RunPlan(request, stage, recipe, folder, out, placement, choice, None)
+
+
+def _plan_resume(request: TrainingRequest, stage, out: Path, stream) -> RunPlan:
+    folder = _resume_folder(stage.key, out, request.resume)
+    info = json.loads((folder / artifacts.TRAIN_INFO).read_text())
+    stored = info["request"]
+    recipe = stages.recipe_from_dict(info["recipe"])
+    if request.batch_size is not None and request.batch_size != recipe.batch_size:
+        raise ValueError(
+            f"run {folder.name} trains with batch size {recipe.batch_size} and a resumed run keeps it; "
+            f"start a new run for --batch-size {request.batch_size}"
+        )
+    request = dataclasses.replace(
+        request,
+        limit=stored["limit"],
+        evaluate=stored.get("evaluate", True),
+        backbone_weights=stored.get("backbone_weights_path"),
+        data_path=request.data_path or stored.get("data_path"),
+        continue_from=stored.get("continue_from"),
+        devices=request.devices or stored.get("devices"),
+    )
+    print(f"resuming {stage.key} run {folder.name}", file=stream)
+    placement = distribute.plan(request.devices, recipe.batch_size)
+    return RunPlan(request, stage, recipe, folder, out, placement, None, info)
+
+
+def check_data(p: RunPlan, cifar, splits) -> dict | None:
+    """Refuse data a resumed run was not trained on, or batches the devices cannot split; the run a continuation
+    starts from (continuation.read_continuation's record), or None."""
+    (x_tr, _), (x_val, _), _ = splits
+    prints = cifar.fingerprints()
+    if p.placement.devices and p.info is None:  # a new run: refused before it writes anything but its progress
+        problem = uneven_batches(p.placement, p.recipe, len(x_tr), len(x_val))
+        if problem:
+            import shutil
+
+            shutil.rmtree(p.folder, ignore_errors=True)
+            raise distribute.DeviceError(f"{problem}; {even_limits(p.placement, p.recipe, cifar, p.request.limit)}")
+    if p.info and p.info["train_data_fingerprint"] != prints["train"]:
+        raise ValueError(
+            f"run {p.folder.name} was trained on other data (fingerprint {p.info['train_data_fingerprint'][:12]}, "
+            f"this data {prints['train'][:12]}); give --data the same CIFAR-10"
+        )
+    if not p.request.continue_from:
+        return None
+    start = resolve_continuation(p.request.continue_from, p.stage.key, p.out)
+    return read_continuation(start, p.stage.key, p.recipe, p.request.limit, prints["train"])
+
+
+def describe(p: RunPlan, cifar, splits, prior: dict | None) -> dict:
+    """A new run's train_info: the recipe, data, weights, machine and the request it can be resumed with."""
+    (x_tr, _), (x_val, _), _ = splits
+    prints = cifar.fingerprints()
+    req, recipe = p.request, p.recipe
+    weights = resolve_backbone_weights(recipe, req.backbone_weights)
+    info = {
+        "stage": p.stage.key,
+        "run_id": p.folder.name,
+        "title": p.stage.title,
+        "epochs": recipe.epochs,
+        "n_train": len(x_tr),
+        "n_validation": len(x_val),
+        "limit": req.limit,
+        "recipe": recipe.to_dict(),
+        "backbone": recipe.backbone,
+        "backbone_weights": prior["backbone_weights"] if prior else describe_weights(recipe, weights),
+        "data_fingerprint": prints["all"],
+        "train_data_fingerprint": prints["train"],
+        "test_data_fingerprint": prints["test"],
+        "data_source": cifar.source,
+        "mixed_precision": recipe.mixed_precision,
+        "speed": p.choice.as_dict() if p.choice else None,
+        "started": time.time(),
+        "finished": None,
+        "train_runtime": runtime.info(),
+        "devices": p.placement.describe(),
+        "request": {
+            "devices": req.devices,
+            "limit": req.limit,
+            "evaluate": req.evaluate,
+            "data_path": str(req.data_path) if req.data_path else None,
+            "backbone_weights_path": weights if weights != "imagenet" else None,
+            "continue_from": str(req.continue_from) if req.continue_from else None,
+        },
+    }
+    if prior:
+        info["continued_from"] = continued_from_record(prior)
+    return info
+
+
+def log_rows(folder: Path, start_epoch: int, end_epoch: int, prior: list) -> list:
+    """History rows (1-based ``epoch``) of epochs start..end-1: from a continued run's history, then this run's log."""
+    rows = [dict(r) for r in prior] + runs.read_log(folder)
+    by_epoch = {r["epoch"]: r for r in rows}
+    return [by_epoch[e] for e in sorted(by_epoch) if start_epoch < e <= end_epoch]
+
+
+def history_rows(folder: Path, prior: list) -> list:
+    """The run's whole history (continued run's epochs first), one row per epoch, in the order of history.json."""
+    out = []
+    for r in log_rows(folder, 0, 10**9, prior):
+        row = {"epoch": r["epoch"], "phase": r.get("phase"), "seconds": r.get("seconds")}
+        row.update({k: v for k, v in r.items() if k not in row})
+        out.append(row)
+    return out
+
+
+def resolve_continuation(value, stage_key: str, where: Path) -> Path:
+    """``--continue-from``: "published" (the stage folder ``where``), a run id of the stage, or a folder."""
+    if str(value) == "published":
+        return Path(where)
+    if runs.valid_run_id(str(value)) and (folder := runs.runs_root(stage_key, where=where) / str(value)).is_dir():
+        return folder
+    return Path(value)
+
+
+def uneven_batches(placement, recipe, n_train: int, n_val: int) -> str | None:
+    sizes = {"training": (n_train, recipe.batch_size), "validation": (n_val, VALIDATION_BATCH)}
+    return distribute.uneven(len(placement.devices), sizes)
+
+
+def even_limits(placement, recipe, cifar, limit) -> str:
+    """What to change: the nearest --limit values whose batches all split, or --devices 1."""
+    total = len(cifar.x_train)
+    fits = []
+    for lim in range(max(2, (limit or total) - 2000), min(total, (limit or total) + 2000) + 1):
+        (x, _), (v, _), _ = data_mod.split(cifar, lim, recipe.validation_size)
+        if not uneven_batches(placement, recipe, len(x), len(v)):
+            fits.append(lim)
+    near = sorted(fits, key=lambda lim: (abs(lim - (limit or total)), lim))[:2]
+    return f"choose --limit {' or '.join(map(str, sorted(near)))}, or --devices 1" if near else "choose --devices 1"
+
+
+def speed_setting(stage_key, recipe, speed, mixed_precision, xla):
+    """The recipe with the precision and XLA setting to train with, and why: asked for (``mixed_precision``,
+    ``xla``), this machine's measured or ruled fastest (``speed="auto"``, see speed.py), or the recipe's own."""
+    from . import speed as speed_mod
+
+    if mixed_precision or xla is not None:
+        precision = "mixed_bfloat16" if mixed_precision or recipe.mixed_precision else "float32"
+        choice = speed_mod.Choice(precision, recipe.jit_compile if xla is None else bool(xla), "asked for")
+    elif speed == "auto":
+        choice = speed_mod.choose(stage_key, recipe)
+    elif speed == "recipe":
+        choice = speed_mod.of_recipe(recipe)
+    else:
+        raise ValueError(f"speed must be 'auto' or 'recipe', not {speed!r}")
+    recipe = dataclasses.replace(recipe, mixed_precision=choice.precision == "mixed_bfloat16", jit_compile=choice.xla)
+    return recipe, choice
+
+
+def _resume_folder(stage_key: str, out: Path, resume) -> Path:
+    root = runs.runs_root(stage_key, where=out)
+    if resume is True:
+        candidates = [r for r in runs.list_runs(stage_key, where=out) if r.resumable]
+        if not candidates:
+            raise ValueError(f"{stage_key} has no interrupted run to resume (`python -m cifar_dash runs {stage_key}`)")
+        folder = candidates[-1].folder
+    else:
+        folder = runs.run_dir(stage_key, str(resume), where=out)
+        if not folder.is_dir():
+            raise ValueError(f"{stage_key} has no run {resume!r} in {root}")
+    progress = runs.read_progress(folder)
+    if runs.is_live(progress):
+        raise AlreadyTraining(
+            f"{stage_key} run {folder.name} is already training (pid {progress['pid']}); wait for it or cancel it"
+        )
+    if not (folder / artifacts.TRAIN_INFO).exists():
+        raise ValueError(f"run {folder.name} has no train_info.json: it cannot be resumed; delete it")
+    return folder
+
+
+class PublishError(OSError):
+    """The runs folder cannot be written; str(e) names the setting to change."""
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and write a file in it, or raise PublishError naming the setting to change."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PublishError(f"cannot write into {folder} ({e.strerror or e}); choose another --out") from e
+
+
+def resolve_backbone_weights(recipe, explicit):
+    """An explicit path, else $CIFAR_DASH_<BACKBONE>_WEIGHTS, else "imagenet" (the Keras download)."""
+    if not recipe.backbone:
+        return None
+    path = explicit or os.environ.get(models.BACKBONE_WEIGHT_ENV[recipe.backbone])
+    if path == "none":  # random init: smoke tests and from-scratch experiments
+        return None
+    if path:
+        if not Path(path).exists():
+            raise models.BackboneWeightsError(f"backbone weights file {path} does not exist")
+        return str(path)
+    return "imagenet"
+
+
+def describe_weights(recipe, weights):
+    if not recipe.backbone:
+        return None
+    if weights in (None, "imagenet"):
+        return {"source": weights or "random"}
+    return {"source": "file", "file": Path(weights).name, "sha256": artifacts.file_sha256(Path(weights))}
