@@ -1,5 +1,6 @@
 """AppTest per page, on fixture checkpoints trained in the test session."""
 
+import dataclasses
 import io
 import json
 import os
@@ -295,7 +296,7 @@ def test_sidebar_offers_to_continue_the_published_run(app_env, monkeypatch):
     from cifar_dash import jobs
 
     calls = []
-    monkeypatch.setattr(jobs, "start", lambda key, **kw: calls.append((key, kw)) or {})
+    monkeypatch.setattr(jobs, "start", lambda req: calls.append((req.stage, dataclasses.asdict(req))) or {})
     at = _app()
     box = at.checkbox(key="train_continue")
     assert box.label == "Continue the published 3-epoch run"  # the fixture's mlp: 3 epochs
@@ -319,7 +320,7 @@ def test_sidebar_sets_epochs_per_phase(app_env, monkeypatch):
     from cifar_dash import jobs
 
     calls = []
-    monkeypatch.setattr(jobs, "start", lambda key, **kw: calls.append((key, kw)) or {})
+    monkeypatch.setattr(jobs, "start", lambda req: calls.append((req.stage, dataclasses.asdict(req))) or {})
     at = _app()
     at.selectbox(key="train_stage").set_value("mobilenetv2_finetune").run()
     head, finetune = (
