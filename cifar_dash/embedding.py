@@ -59,12 +59,15 @@ def project(features: np.ndarray, seed: int = SEED) -> tuple[np.ndarray, dict]:
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     dims = min(PCA_DIMS, f.shape[1], len(f))
     z = PCA(dims, random_state=seed).fit_transform(f) if f.shape[1] > dims else f
-    xy = np.asarray(openTSNE.TSNE(perplexity=min(PERPLEXITY, (len(f) - 1) / 3), n_jobs=2, random_state=seed).fit(z))
+    threads = 2 if len(f) >= 2000 else 1  # a second thread only costs time on a small set (a smoke run's)
+    perplexity = min(PERPLEXITY, (len(f) - 1) / 3)
+    xy = np.asarray(openTSNE.TSNE(perplexity=perplexity, n_jobs=threads, random_state=seed).fit(z))
     params = {
         "method": "openTSNE",
         "version": openTSNE.__version__,
         "preprocessing": f"L2-normalised, PCA to {dims} dimensions",
-        "perplexity": min(PERPLEXITY, (len(f) - 1) / 3),
+        "perplexity": perplexity,
+        "threads": threads,
         "seed": seed,
         "features": "input of the last Dense layer",
         "feature_dims": int(f.shape[1]),

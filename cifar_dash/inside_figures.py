@@ -63,6 +63,7 @@ def embedding_map(xy: np.ndarray, labels: np.ndarray, predicted: np.ndarray, ind
         margin=dict(l=5, r=5, t=40 if title else 10, b=5),
         legend=dict(orientation="h", yanchor="top", y=-0.02, x=0, font=dict(size=10), itemsizing="constant"),
         dragmode="lasso",
+        clickmode="event+select",  # a click or a tap on a dot selects it
         hovermode="closest",
         plot_bgcolor="white",
     )

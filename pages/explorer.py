@@ -210,6 +210,11 @@ with c2:
     st.caption(said)
 
 st.subheader("Most confident mistakes")
+st.page_link(
+    "pages/inside.py",
+    label="Some of these may be wrong test labels: see the ones the strongest stages doubt, and this stage's map",
+    icon=":material/scatter_plot:",
+)
 worst = analysis.confident_mistakes(preds, 24)
 _widgets.gallery(
     preds.indices[worst],

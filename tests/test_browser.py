@@ -412,3 +412,28 @@ def test_on_a_phone_a_tap_selects_the_tapped_confusion_cell_and_galleries_are_gr
     assert span <= 2 * 844, span  # the gallery fits in two screens
     _no_exception(pg)
     context.close()
+
+
+@pytest.mark.slow  # a phone-sized browser on the fixture server (about a minute); CI runs it with the slow checks
+def test_on_a_phone_a_tap_on_the_feature_map_selects_that_image(server, browser):
+    """390 px wide, touch: the two maps stack full width, and tapping a dot lists exactly that test image."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    pg = context.new_page()
+    pg.set_default_timeout(90_000)
+    pg.goto(f"{server}/inside")
+    pg.get_by_role("heading", name="Inside the stages").wait_for()
+    pg.wait_for_function(f"{_MAP}.length === 2 && {_MAP}.every(p => p._fullLayout)")
+    pg.wait_for_timeout(2000)
+    widths = pg.evaluate(f"() => {_MAP}.map(p => p.getBoundingClientRect().width)")
+    assert all(w > 300 for w in widths), widths  # stacked, not two slivers
+    pts = _map_points(pg)
+    # a dot with no other dot within 12 px, so the tap can only mean that one
+    lonely = next(p for p in pts if all(abs(p["x"] - q["x"]) + abs(p["y"] - q["y"]) > 12 for q in pts if q is not p))
+    pg.touchscreen.tap(lonely["x"], lonely["y"])
+    main = pg.locator("[data-testid='stMain']")
+    main.get_by_text(re.compile(r"Selected on the mlp map: 1 image\b")).wait_for(timeout=60_000)
+    pg.wait_for_timeout(1000)
+    captions = main.locator("[data-testid='stImage']").all_inner_texts()
+    assert any("→" in c for c in captions)
+    _no_exception(pg)
+    context.close()

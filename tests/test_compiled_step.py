@@ -60,6 +60,7 @@ def _run(backend):
     return json.loads(line[len("RESULT ") :])
 
 
+@pytest.mark.slow  # builds three stages under JAX in a fresh process (about 40 s); CI runs it with the slow checks
 def test_under_jax_the_augmented_stages_train_in_one_compiled_step():
     pytest.importorskip("jax")
     out = _run("jax")

@@ -148,6 +148,7 @@ def test_a_cancelled_job_resumes_from_the_dashboard(root, cifar_npz):
     assert jobs.resumable("mlp") is None  # the run finished
 
 
+@pytest.mark.slow  # three background trainings one after another (about 30 s); CI runs it with the slow checks
 def test_a_finished_job_stays_done_while_other_runs_of_the_stage_come_and_go(root, cifar_npz):
     from tests.test_train import _fake_live_run
 

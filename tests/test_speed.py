@@ -68,6 +68,7 @@ def test_train_takes_what_is_asked_for_else_the_choice(cache, monkeypatch):
         runplan.speed_setting("speedrun", recipe, "fast", False, None)
 
 
+@pytest.mark.slow  # times every precision and XLA setting (about 25 s); CI runs it with the slow checks
 def test_tune_measures_every_setting_and_train_auto_uses_it(cifar_npz, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "CIFAR_DASH_CACHE": str(tmp_path)}
     env["CIFAR_DASH_SPEED"] = "auto"  # the CLI's own default (conftest sets "recipe" for the other tests)
