@@ -22,9 +22,12 @@ CLASS_COLOURS = (
 )
 
 
-def embedding_map(xy: np.ndarray, labels: np.ndarray, predicted: np.ndarray, indices: np.ndarray, title: str = ""):
+def embedding_map(
+    xy: np.ndarray, labels: np.ndarray, predicted: np.ndarray, indices: np.ndarray, title: str = "", drag="tap"
+):
     """WebGL scatter of one stage's map: a colour per true class, misclassified images as crosses. Each point carries
-    its test index (``customdata``) so a lasso, box or tap selection names the images."""
+    its test index (``customdata``) so a selection names the images. ``drag``: "tap" (a drag scrolls the page, a tap
+    or click selects a dot: Streamlit selects on click only outside the lasso and box modes), "lasso" or "box"."""
     xy = np.asarray(xy, np.float32)
     labels, predicted, indices = (np.asarray(a).reshape(-1) for a in (labels, predicted, indices))
     fig = go.Figure()
@@ -62,8 +65,8 @@ def embedding_map(xy: np.ndarray, labels: np.ndarray, predicted: np.ndarray, ind
         height=460,
         margin=dict(l=5, r=5, t=40 if title else 10, b=5),
         legend=dict(orientation="h", yanchor="top", y=-0.02, x=0, font=dict(size=10), itemsizing="constant"),
-        dragmode="lasso",
-        clickmode="event+select",  # a click or a tap on a dot selects it
+        dragmode={"tap": False, "lasso": "lasso", "box": "select"}[drag],
+        clickmode="event+select",  # a click or a tap on a dot selects it (in tap mode)
         hovermode="closest",
         plot_bgcolor="white",
     )

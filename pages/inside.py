@@ -34,7 +34,7 @@ def _label_issues(root: str, stamp: int | None):
         return str(e)
 
 
-def stage_map(key: str, slot: str) -> list[int]:
+def stage_map(key: str, slot: str, drag: str) -> list[int]:
     """One stage's map with its separation figure; returns the test indices the user selected on it."""
     folder = artifacts.stage_dir(key)
     emb = _embedding(str(folder), _file_stamp(folder / artifacts.EMBEDDING))
@@ -59,7 +59,7 @@ def stage_map(key: str, slot: str) -> list[int]:
     title = f"{key}: accuracy {100 * r.accuracy:.1f}%" if r.metrics else key
     if sep.get("knn_accuracy") is not None:
         title += f" · kNN separation {100 * sep['knn_accuracy']:.1f}%"
-    fig = inside_figures.embedding_map(emb.xy, labels, predicted, emb.indices, title=title)
+    fig = inside_figures.embedding_map(emb.xy, labels, predicted, emb.indices, title=title, drag=drag)
     event = st.plotly_chart(
         fig,
         key=f"map_{slot}_{key}",
@@ -89,7 +89,19 @@ st.subheader("How the classes separate, stage by stage")
 st.markdown(
     "Each dot is one of the 10,000 test images, placed by the stage's penultimate features (what its last layer "
     "reads): images the stage sees as alike land together. Watch the ten colours pull apart from the MLP to the "
-    "ResNet. **Draw a lasso or a box** (or tap a dot) to see the images you selected."
+    "ResNet. **Tap a dot, or draw a lasso or a box** (choose below) to see the images you selected."
+)
+DRAG = {"tap": "Tap or click dots", "lasso": "Draw a lasso", "box": "Draw a box"}
+drag = (
+    st.segmented_control(
+        "Select on the maps",
+        list(DRAG),
+        default="tap",
+        format_func=DRAG.get,
+        key="map_drag",
+        help="Tapping keeps the page scrolling on a phone; a lasso or a box selects many images at once.",
+    )
+    or "tap"
 )
 c1, c2 = st.columns(2)
 best = max([k for k in trained if k != trained[0]] or trained, key=lambda k: results_by_key[k].accuracy)
@@ -101,9 +113,9 @@ right = c2.selectbox(
 )
 selected = {}
 with c1:
-    selected[left] = stage_map(left, "left") if left in trained else st.info(f"{left} is not trained yet.") or []
+    selected[left] = stage_map(left, "left", drag) if left in trained else st.info(f"{left} is not trained yet.") or []
 with c2:
-    selected[right] = stage_map(right, "right") if right in trained else st.info(f"{right} is not trained yet.") or []
+    selected[right] = stage_map(right, "right", drag) if right in trained else st.info(f"{right} is not trained yet.") or []
 _widgets.touch_hover()  # a tap on a phone selects the dot under the finger
 
 for key, picked in selected.items():

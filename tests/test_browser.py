@@ -301,6 +301,8 @@ def test_a_lasso_on_the_feature_map_shows_the_selected_images(page, server):
     page.goto(f"{server}/inside")
     page.get_by_role("heading", name="Inside the stages").wait_for()
     page.wait_for_function(f"{_MAP}.length === 2 && {_MAP}.every(p => p._fullLayout)")
+    page.locator("[data-testid='stMain']").get_by_text("Draw a lasso", exact=True).click()  # taps select by default
+    page.wait_for_function(f"{_MAP}.length === 2 && {_MAP}.every(p => p._fullLayout && p._fullLayout.dragmode === 'lasso')")
     page.wait_for_timeout(2000)
     pts = _map_points(page)
     # a square around one point, wide enough to hold its 20 nearest neighbours, drawn as a lasso (four corners)
@@ -427,8 +429,13 @@ def test_on_a_phone_a_tap_on_the_feature_map_selects_that_image(server, browser)
     widths = pg.evaluate(f"() => {_MAP}.map(p => p.getBoundingClientRect().width)")
     assert all(w > 300 for w in widths), widths  # stacked, not two slivers
     pts = _map_points(pg)
-    # a dot with no other dot within 12 px, so the tap can only mean that one
-    lonely = next(p for p in pts if all(abs(p["x"] - q["x"]) + abs(p["y"] - q["y"]) > 12 for q in pts if q is not p))
+
+    # the dot farthest from any other, so the tap can only mean that one
+    def room(p):
+        return min(abs(p["x"] - q["x"]) + abs(p["y"] - q["y"]) for q in pts if q is not p)
+
+    lonely = max(pts, key=room)
+    assert room(lonely) > 8
     pg.touchscreen.tap(lonely["x"], lonely["y"])
     main = pg.locator("[data-testid='stMain']")
     main.get_by_text(re.compile(r"Selected on the mlp map: 1 image\b")).wait_for(timeout=60_000)
