@@ -22,7 +22,7 @@ from cifar_dash.request import TrainingRequest
 from pages._shared import all_results, fmt_seconds, md_escape, stage_label
 
 NAV = (
-    ("app.py", "Journey", ":material/trending_up:"),
+    ("pages/journey.py", "Journey", ":material/trending_up:"),
     ("pages/explorer.py", "Stage explorer", ":material/search:"),
     ("pages/inside.py", "Inside the stages", ":material/scatter_plot:"),
     ("pages/compare.py", "Compare", ":material/compare_arrows:"),
@@ -342,4 +342,4 @@ def _job_card(s: jobs.JobStatus):
 
 
 if __name__ == "__main__":  # opened as a page by URL: there is nothing to show here
-    st.switch_page("app.py")
+    st.switch_page("pages/journey.py")
