@@ -101,51 +101,74 @@ else:
     )
 
 st.subheader("Publish or delete a run")
-candidates = [r.run_id for r in finished if not r.published]
-pending = st.session_state.get("promote_pending")
-if pending and pending[0] == stage and pending[1] in by_id:
-    new = by_id[pending[1]]
-    old = next((r for r in listed if r.published), None)
-    with st.container(border=True):
-        st.markdown(f"**Promote run {new.run_id}?** It becomes the published {stage} model on every page.")
-        c1, c2 = st.columns(2)
-        if old is not None:
-            c1.metric(f"Published now: {old.run_id}", f"{100 * old.test_accuracy:.2f}%" if old.test_accuracy else "-")
-            c1.caption(
-                f"{figures.plural(old.epochs, 'epoch')} · {_shared.fmt_seconds(old.train_seconds)} · {old.machine or '-'}"
-            )
-        diff = (new.test_accuracy - old.test_accuracy) if old is not None and old.test_accuracy else None
-        c2.metric(
-            f"Would become: {new.run_id}",
-            f"{100 * new.test_accuracy:.2f}%",
-            delta=f"{100 * diff:+.2f} points" if diff is not None else None,
+
+
+def _forget(key: str):
+    st.session_state.pop(key, None)
+
+
+@st.dialog("Promote a run", width="medium", on_dismiss=lambda: _forget("promote_pending"))
+def _promote_dialog(new, old):
+    """The confirmation: what is published now beside what would be; Confirm publishes, Cancel or closing keeps all."""
+    st.markdown(f"**Promote run {new.run_id}?** It becomes the published {stage} model on every page.")
+    c1, c2 = st.columns(2)
+    if old is not None:
+        c1.metric(f"Published now: {old.run_id}", f"{100 * old.test_accuracy:.2f}%" if old.test_accuracy else "-")
+        c1.caption(
+            f"{figures.plural(old.epochs, 'epoch')} · {_shared.fmt_seconds(old.train_seconds)} · {old.machine or '-'}"
         )
-        c2.caption(
-            f"{figures.plural(new.epochs, 'epoch')} · {_shared.fmt_seconds(new.train_seconds)} · {new.machine or '-'}"
-        )
-        if diff is not None and diff < 0:
-            st.warning("This run scores lower than the published one.")
-        st.caption("The published run is kept as a run: promote it again to undo.")
-        b1, b2 = st.columns(2)
-        if b1.button("Confirm promotion", type="primary", key="promote_confirm"):
-            try:
-                done = runs.promote(stage, new.run_id)
-                st.session_state.pop("promote_pending", None)
-                st.session_state["promote_done"] = done
-                st.rerun()
-            except runs.RunError as e:
-                st.error(_shared.md_escape(str(e)))
-        if b2.button("Cancel", key="promote_cancel"):
-            st.session_state.pop("promote_pending", None)
+    diff = (new.test_accuracy - old.test_accuracy) if old is not None and old.test_accuracy else None
+    c2.metric(
+        f"Would become: {new.run_id}",
+        f"{100 * new.test_accuracy:.2f}%",
+        delta=f"{100 * diff:+.2f} points" if diff is not None else None,
+    )
+    c2.caption(f"{figures.plural(new.epochs, 'epoch')} · {_shared.fmt_seconds(new.train_seconds)} · {new.machine or '-'}")
+    if diff is not None and diff < 0:
+        st.warning("This run scores lower than the published one.")
+    st.caption("The published run is kept as a run: promote it again to undo.")
+    b1, b2 = st.columns(2)
+    if b1.button("Confirm promotion", type="primary", key="promote_confirm"):
+        try:
+            st.session_state["promote_done"] = runs.promote(stage, new.run_id)
+            _forget("promote_pending")
             st.rerun()
-elif candidates:
+        except runs.RunError as e:
+            st.error(_shared.md_escape(str(e)))
+    if b2.button("Cancel", key="promote_cancel"):
+        _forget("promote_pending")
+        st.rerun()
+
+
+@st.dialog("Delete a run", on_dismiss=lambda: _forget("delete_pending"))
+def _delete_dialog(run_id: str):
+    st.warning(f"Delete run {run_id} and all its files? This cannot be undone.")
+    b1, b2 = st.columns(2)
+    if b1.button("Delete for good", key="delete_confirm"):
+        try:
+            runs.delete(stage, run_id)
+            st.toast(f"Deleted run {run_id}")
+        except runs.RunError as e:
+            st.error(_shared.md_escape(str(e)))
+            return
+        _forget("delete_pending")
+        st.rerun()
+    if b2.button("Keep it", key="delete_cancel"):
+        _forget("delete_pending")
+        st.rerun()
+
+
+candidates = [r.run_id for r in finished if not r.published]
+if candidates:
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     choice = c1.selectbox("Finished run", candidates, index=len(candidates) - 1, key=f"promote_pick_{stage}")
     if c2.button("Promote…", key="promote_ask"):
         st.session_state["promote_pending"] = (stage, choice)
-        st.rerun()
 else:
     st.caption("No finished run other than the published one.")
+pending = st.session_state.get("promote_pending")
+if pending and pending[0] == stage and pending[1] in by_id:  # kept in the session so a rerun keeps the dialog open
+    _promote_dialog(by_id[pending[1]], next((r for r in listed if r.published), None))
 if done := st.session_state.pop("promote_done", None):
     st.success(
         f"Published run {done['promoted']}" + (f"; {done['replaced']} is kept as a run." if done["replaced"] else ".")
@@ -153,24 +176,10 @@ if done := st.session_state.pop("promote_done", None):
 
 deletable = [r.run_id for r in listed if not r.published and r.state != "training" and r.folder is not None]
 if deletable:
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    pick = c1.selectbox("Run to delete", deletable, key=f"delete_pick_{stage}", format_func=lambda i: by_id[i].label)
+    if c2.button("Delete…", key="delete_ask"):
+        st.session_state["delete_pending"] = (stage, pick)
     doomed = st.session_state.get("delete_pending")
     if doomed and doomed[0] == stage and doomed[1] in by_id:
-        st.warning(f"Delete run {doomed[1]} and all its files? This cannot be undone.")
-        b1, b2 = st.columns(2)
-        if b1.button("Delete for good", key="delete_confirm"):
-            try:
-                runs.delete(stage, doomed[1])
-                st.toast(f"Deleted run {doomed[1]}")
-            except runs.RunError as e:
-                st.error(_shared.md_escape(str(e)))
-            st.session_state.pop("delete_pending", None)
-            st.rerun()
-        if b2.button("Keep it", key="delete_cancel"):
-            st.session_state.pop("delete_pending", None)
-            st.rerun()
-    else:
-        c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-        pick = c1.selectbox("Run to delete", deletable, key=f"delete_pick_{stage}", format_func=lambda i: by_id[i].label)
-        if c2.button("Delete…", key="delete_ask"):
-            st.session_state["delete_pending"] = (stage, pick)
-            st.rerun()
+        _delete_dialog(doomed[1])

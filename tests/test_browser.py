@@ -202,9 +202,11 @@ def test_sidebar_retrain_runs_to_the_end(page, server):
     side.get_by_role("link", name="Compare or promote it").click()
     page.get_by_role("heading", name="Training jobs and runs").wait_for()
     page.get_by_role("button", name="Promote…").click()
-    page.get_by_text(f"Would become: {run_id}").wait_for()
-    page.get_by_role("button", name="Confirm promotion").click()
+    dialog = page.get_by_role("dialog")  # a modal dialog: nothing is published before its confirmation
+    dialog.get_by_text(f"Would become: {run_id}").wait_for()
+    dialog.get_by_role("button", name="Confirm promotion").click()
     page.get_by_text(re.compile(f"^Published run {run_id}")).wait_for()
+    dialog.wait_for(state="detached")
     _no_exception(page)
     _ = io
 
