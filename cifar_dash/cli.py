@@ -81,9 +81,9 @@ def _runs(args):
 
 
 def _promote(args):
-    from . import runs
+    from . import publish
 
-    done = runs.promote(args.stage, args.run_id)
+    done = publish.promote(args.stage, args.run_id)
     old = f"{100 * done['old_accuracy']:.2f}%" if done["old_accuracy"] is not None else "-"
     print(
         f"{args.stage}: published run {done['promoted']} ({100 * done['new_accuracy']:.2f}%), replacing "
@@ -96,9 +96,9 @@ def _promote(args):
 
 
 def _delete_run(args):
-    from . import runs
+    from . import publish
 
-    runs.delete(args.stage, args.run_id)
+    publish.delete(args.stage, args.run_id)
     print(f"{args.stage}: deleted run {args.run_id}")
     return 0
 

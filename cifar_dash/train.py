@@ -1,7 +1,7 @@
 """Train a stage's recipe into a new run folder (``checkpoints/STAGE/runs/RUN_ID/``, see runs.py): build -> compile
 per phase -> Keras' ``fit`` -> evaluate. Keras' own machinery does the work (BackupAndRestore for resuming after a
 kill, ReduceLROnPlateau and learning-rate schedules, CSVLogger and TensorBoard logs). What a request resolves to
-is runplan.py's, the callbacks are callbacks.py's. The published model is never touched here: ``runs.promote``
+is runplan.py's, the callbacks are callbacks.py's. The published model is never touched here: ``publish.promote``
 publishes a finished run. Keras APIs only, so it runs under any Keras backend (TensorFlow by default, JAX on a GPU).
 """
 

@@ -3,7 +3,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from cifar_dash import figures, jobs, runs, stages
+from cifar_dash import figures, jobs, publish, runs, stages
 from pages import _frame, _shared, _widgets
 
 _frame.page_setup("Training")
@@ -130,7 +130,7 @@ def _promote_dialog(new, old):
     b1, b2 = st.columns(2)
     if b1.button("Confirm promotion", type="primary", key="promote_confirm"):
         try:
-            st.session_state["promote_done"] = runs.promote(stage, new.run_id)
+            st.session_state["promote_done"] = publish.promote(stage, new.run_id)
             _forget("promote_pending")
             st.rerun()
         except runs.RunError as e:
@@ -146,7 +146,7 @@ def _delete_dialog(run_id: str):
     b1, b2 = st.columns(2)
     if b1.button("Delete for good", key="delete_confirm"):
         try:
-            runs.delete(stage, run_id)
+            publish.delete(stage, run_id)
             st.toast(f"Deleted run {run_id}")
         except runs.RunError as e:
             st.error(_shared.md_escape(str(e)))

@@ -43,10 +43,10 @@ def _isolated_cache(tmp_path, monkeypatch):
 
 def train_and_publish(key, out_dir, **kwargs):
     """A run of ``key`` into ``out_dir``/runs/, then promoted: ``out_dir`` holds it as the published model."""
-    from cifar_dash import runs, train
+    from cifar_dash import publish, train
 
     folder = train.train(key, out_dir=out_dir, **kwargs)
-    runs.promote(key, folder.name, where=out_dir)
+    publish.promote(key, folder.name, where=out_dir)
     return folder
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cifar_dash import artifacts, runs, train
+from cifar_dash import artifacts, publish, runs, train
 from tests.conftest import ROOT
 
 
@@ -56,7 +56,7 @@ def test_runs_are_listed_with_the_published_one_marked(stage):
 def test_promote_and_undo(stage):
     out, a, b = stage
     published_a = _files(out)
-    done = runs.promote("mlp", b, where=out)
+    done = publish.promote("mlp", b, where=out)
     assert done["promoted"] == b and done["replaced"] == a
     assert done["new_accuracy"] == json.loads((out / "runs" / b / "metrics.json").read_text())["test_accuracy"]
     assert done["old_accuracy"] == json.loads(published_a["metrics.json"])["test_accuracy"]
@@ -66,12 +66,12 @@ def test_promote_and_undo(stage):
 
     assert results.load_folder("mlp", out).status == "trained"
     assert [r.run_id for r in runs.list_runs("mlp", where=out) if r.published] == [b]
-    runs.promote("mlp", a, where=out)  # undo: promote the replaced run back
+    publish.promote("mlp", a, where=out)  # undo: promote the replaced run back
     assert {k: v for k, v in _files(out).items() if k in runs.PUBLISHED} == {
         k: v for k, v in published_a.items() if k in runs.PUBLISHED
     }
     with pytest.raises(runs.RunError, match="already the published one"):
-        runs.promote("mlp", a, where=out)
+        publish.promote("mlp", a, where=out)
     assert not (out / "runs" / ".lock").exists()  # the lock is gone once the promotion is over
 
 
@@ -81,10 +81,10 @@ def test_the_stage_lock_excludes_a_second_holder_and_leaves_no_file(tmp_path):
     order = []
 
     def second():
-        with runs.stage_lock("mlp", where=tmp_path):
+        with publish.stage_lock("mlp", where=tmp_path):
             order.append("2")
 
-    with runs.stage_lock("mlp", where=tmp_path):
+    with publish.stage_lock("mlp", where=tmp_path):
         t = threading.Thread(target=second)
         t.start()
         time.sleep(0.3)
@@ -102,13 +102,13 @@ def test_a_published_run_without_a_folder_is_kept_as_a_run_when_replaced(stage):
     listed = runs.list_runs("mlp", where=out)
     assert [(r.run_id, r.folder, r.published) for r in listed][0] == (a, None, True)
     before = _files(out)
-    runs.promote("mlp", b, where=out)
+    publish.promote("mlp", b, where=out)
     kept = out / "runs" / a
     # the published files and what was measured on that model (its validation predictions) leave with it
     assert {k: v for k, v in _files(kept).items()} == {
         k: v for k, v in before.items() if k in runs.PUBLISHED + runs.OPTIONAL
     }
-    runs.promote("mlp", a, where=out)
+    publish.promote("mlp", a, where=out)
     assert {k: v for k, v in _files(out).items() if k in runs.PUBLISHED} == {
         k: v for k, v in before.items() if k in runs.PUBLISHED
     }
@@ -117,10 +117,10 @@ def test_a_published_run_without_a_folder_is_kept_as_a_run_when_replaced(stage):
 def test_robustness_of_the_old_model_leaves_with_it(stage):
     out, a, b = stage
     (out / artifacts.ROBUSTNESS).write_text('{"measured on": "A"}')
-    runs.promote("mlp", b, where=out)
+    publish.promote("mlp", b, where=out)
     assert not (out / artifacts.ROBUSTNESS).exists()
     assert (out / "runs" / a / artifacts.ROBUSTNESS).read_text() == '{"measured on": "A"}'
-    runs.promote("mlp", a, where=out)
+    publish.promote("mlp", a, where=out)
     assert (out / artifacts.ROBUSTNESS).read_text() == '{"measured on": "A"}'
 
 
@@ -128,23 +128,23 @@ def test_what_cannot_be_promoted_or_deleted_is_refused_with_a_reason(stage):
     out, a, b = stage
     before = _files(out)
     with pytest.raises(runs.RunError, match="has no run 'nope'"):
-        runs.promote("mlp", "nope", where=out)
+        publish.promote("mlp", "nope", where=out)
     with pytest.raises(runs.RunError, match="is not a run id"):
         runs.run_dir("mlp", "../escape", where=out)
     with pytest.raises(runs.RunError, match="is the published model"):
-        runs.delete("mlp", a, where=out)
+        publish.delete("mlp", a, where=out)
     (out / "runs" / b / "metrics.json").write_text("{ not json")
     listed = {r.run_id: r for r in runs.list_runs("mlp", where=out)}
     assert listed[b].state == "damaged" and "corrupt" in listed[b].problem
     with pytest.raises(runs.RunError, match="is damaged"):
-        runs.promote("mlp", b, where=out)
+        publish.promote("mlp", b, where=out)
     (out / "runs" / b / "model.keras").write_bytes(b"truncated")
     (out / "runs" / b / "metrics.json").write_bytes((out / "metrics.json").read_bytes())
     assert {r.run_id: r for r in runs.list_runs("mlp", where=out)}[b].state == "damaged"
     (out / "runs" / b / "train_info.json").write_text("[1, 2]")
     assert "not an object" in {r.run_id: r for r in runs.list_runs("mlp", where=out)}[b].problem
     assert _files(out) == before
-    runs.delete("mlp", b, where=out)  # a damaged run can be deleted
+    publish.delete("mlp", b, where=out)  # a damaged run can be deleted
     assert [r.run_id for r in runs.list_runs("mlp", where=out)] == [a]
 
 
@@ -156,9 +156,9 @@ def test_a_run_still_training_cannot_be_promoted_or_deleted(stage):
     try:
         assert {r.run_id: r.state for r in runs.list_runs("mlp", where=out)}[b] == "training"
         with pytest.raises(runs.RunError, match="still training"):
-            runs.promote("mlp", b, where=out)
+            publish.promote("mlp", b, where=out)
         with pytest.raises(runs.RunError, match="still training; cancel it first"):
-            runs.delete("mlp", b, where=out)
+            publish.delete("mlp", b, where=out)
     finally:
         proc.kill()
         proc.wait()
@@ -180,7 +180,7 @@ def test_a_promotion_killed_part_way_is_completed_by_the_next_call(stage, monkey
 
     monkeypatch.setattr(runs.os, "replace", dies_after_two)
     with pytest.raises(SystemExit):
-        runs.promote("mlp", b, where=out)
+        publish.promote("mlp", b, where=out)
     monkeypatch.setattr(runs.os, "replace", real)
     assert (out / runs.JOURNAL).exists()
     listed = runs.list_runs("mlp", where=out)  # any reader that lists runs completes it
@@ -197,9 +197,9 @@ def test_a_promotion_killed_before_its_journal_leaves_the_published_run(stage, m
     def dies(*args):
         raise SystemExit("killed")
 
-    monkeypatch.setattr(runs, "write_json", dies)
+    monkeypatch.setattr(publish, "write_json", dies)
     with pytest.raises(SystemExit):
-        runs.promote("mlp", b, where=out)
+        publish.promote("mlp", b, where=out)
     monkeypatch.undo()
     assert list(out.glob(".promote-*"))  # staged, never moved
     runs.list_runs("mlp", where=out)

@@ -20,6 +20,7 @@ from cifar_dash import (
     evaluate,
     failures,
     keras_workarounds,
+    publish,
     results,
     runplan,
     runs,
@@ -271,7 +272,7 @@ def test_a_run_killed_during_evaluation_is_evaluated_on_resume(cifar_npz, tmp_pa
     run = runs.read_run("mlp", folder)
     assert run.state == "interrupted" and "not evaluated" in run.problem
     with pytest.raises(runs.RunError, match="only a finished run can be promoted"):
-        runs.promote("mlp", folder.name, where=out)
+        publish.promote("mlp", folder.name, where=out)
     train.train("mlp", out_dir=out, resume=True, data_path=cifar_npz)
     _assert_valid_artifacts(folder, 200, "mlp")
 
