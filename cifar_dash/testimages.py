@@ -40,7 +40,7 @@ class TestImages:
     available: np.ndarray | None
     source: str  # "full" | "sample" | "none"
     error: str | None = None
-    fingerprint: str | None = None  # the sample's test-set fingerprint (data.Cifar10.fingerprints()["test"])
+    fingerprint: str | None = None  # the test set's fingerprint (data.Cifar10.fingerprints()["test"]); the sample's source
 
     @property
     def n_available(self) -> int:
@@ -150,5 +150,7 @@ def load(source: str | None) -> TestImages:
             sample = load_sample()
             sample.error = f"{e}; showing the shipped sample of {sample.n_available:,} test images instead"
             return sample
-        return TestImages(d.x_test, d.y_test.astype(np.int64), np.ones(len(d.x_test), dtype=bool), "full")
+        y = d.y_test.astype(np.int64)
+        prints = data_mod.fingerprint(d.x_test, d.y_test)
+        return TestImages(d.x_test, y, np.ones(len(d.x_test), dtype=bool), "full", fingerprint=prints)
     return load_sample()

@@ -100,6 +100,14 @@ def stage_predictions(key: str):
     return _predictions(key, str(artifacts.checkpoints_root()), stage_stamp(key))
 
 
+def stored_predictions(key: str):
+    """The stage's stored test predictions, or None where they are missing or damaged."""
+    try:
+        return stage_predictions(key)
+    except artifacts.ArtifactError:
+        return None
+
+
 @st.cache_resource(show_spinner="Loading model...", max_entries=16)
 def _model(key: str, root: str, stamp: tuple):
     return predict.load_stage(key)

@@ -39,6 +39,10 @@ if c2.button("Draw random test images", key="draw"):
         n = min(int(n_random), len(pool))
         st.session_state["drawn"] = np.random.default_rng().choice(pool, n, replace=False).tolist()
         _widgets.test_images_note(t)
+        st.caption(
+            "A test image's answers are each stage's stored evaluation predictions (the same model file on the same "
+            "test set, checked by its fingerprint), so no model runs for them; uploads run every model."
+        )
 if st.session_state.get("drawn") and st.button("Clear test images", key="clear_drawn"):
     st.session_state["drawn"] = []
 
@@ -56,11 +60,12 @@ for f in files or []:
     items.append(_decode(f.name, hashlib.sha256(data).hexdigest(), data))
 drawn = st.session_state.get("drawn", [])
 t = _shared.test_set() if drawn else None
+drawn = [i for i in drawn if t.x is not None and i < len(t.x) and t.available[i]]
 for i in drawn:
-    if t.x is not None and i < len(t.x) and t.available[i]:
-        items.append((f"test image {i}", t.x[i], None, int(t.y[i])))
+    items.append((f"test image {i}", t.x[i], None, int(t.y[i])))
 items = [(it.name, it.model_input, it.preview, None) if isinstance(it, images.Decoded) else it for it in items]
 good = [it for it in items if not isinstance(it, images.ImageError)]
+drawn_rows = list(range(len(good) - len(drawn), len(good)))  # the drawn test images come last in the batch
 for it in items:
     if isinstance(it, images.ImageError) and len(good) == 0:
         st.error(_shared.md_escape(str(it)))
@@ -146,6 +151,10 @@ for i, key in enumerate(trained):
         progress.progress(i / len(trained), text=f"Stage {i + 1} of {len(trained)}: {labels[key]}")
     try:  # only images this stage has not seen yet are predicted
         load, stamp = (lambda key=key: _shared.stage_model(key)), _shared.stage_stamp(key)
+        if drawn and key in by_key:  # test images: the stage's stored answers from its evaluation, no model call
+            known = predict.stored_test_probs(_shared.stored_predictions(key), by_key[key].metrics, t.fingerprint, drawn)
+            if known is not None:
+                _cache().seed(key, stamp, batch[drawn_rows], known)
         if key == ood.STAGE and not isinstance(found, Exception):
             raw, feats = _cache().probs_and_features(key, stamp, ood.LAYER, batch, load)
         else:

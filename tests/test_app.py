@@ -169,6 +169,36 @@ def test_predict_draws_test_images_one_prediction_per_stage(app_env):
     assert f":gray[{expected}]" in cnn_cards[0]  # cnn's top-3 on its card for the first drawn image
 
 
+def _predicted_total(keys=("mlp", "deep_mlp", "cnn")) -> int:
+    return sum(c.predicted.get(k, 0) for c in _prediction_caches() for k in keys)
+
+
+def test_drawn_test_images_are_answered_from_the_stored_predictions(checkpoints_copy):
+    """No model runs for a test image: each stage's card shows its evaluation's stored answer, calibrated; a stage
+    evaluated on another test set (fingerprint differs) runs its model instead."""
+    metrics = checkpoints_copy / "cnn" / "metrics.json"
+    m = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**m, "test_data_fingerprint": "0" * 64}))  # cnn: "evaluated elsewhere"
+    at = _app()
+    at.switch_page("pages/predict.py").run()
+    at.number_input(key="n_random").set_value(4)
+    before = {k: _predicted_total((k,)) for k in ("mlp", "deep_mlp", "cnn")}
+    at.button(key="draw").click().run()
+    assert not at.exception
+    ran = {k: _predicted_total((k,)) - before[k] for k in before}
+    assert ran == {"mlp": 0, "deep_mlp": 0, "cnn": 4}
+    assert any("stored evaluation predictions" in c.value for c in at.caption)
+    from cifar_dash import answers
+
+    stored = results.predictions("mlp")
+    row = {int(i): k for k, i in enumerate(stored.indices)}
+    probs, _ = answers.calibrated(stored.probs, results.load_result("mlp").metrics)
+    mlp_cards = [m.value for m in at.markdown if m.value.startswith("**MLP**")]
+    for card, i in zip(mlp_cards, at.session_state["drawn"]):
+        top = int(probs[row[i]].argmax())
+        assert card.startswith(f"**MLP**  \n{CLASS_NAMES[top]} · {probs[row[i]][top]:.0%}")
+
+
 def test_training_page_and_sidebar_render(app_env):
     from cifar_dash import runs
     from tests.test_train import _fake_live_run
