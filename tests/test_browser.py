@@ -329,6 +329,7 @@ def test_a_lasso_on_the_feature_map_shows_the_selected_images(page, server):
     _no_exception(page)
 
 
+@pytest.mark.slow  # six pages at 390 px (about 40 s); CI runs it with the slow checks
 def test_every_page_on_a_phone(server, browser, tmp_path):
     """390 px wide: every page opens without an error or a page-wide horizontal scroll, and an upload's answers
     are cards that each name their stage."""
