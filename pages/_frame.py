@@ -339,7 +339,3 @@ def _job_card(s: jobs.JobStatus):
             "(printed in the terminal that started this run)" if s.external else jobs.tail_log(s.stage, 25) or "(empty)",
             language=None,
         )
-
-
-if __name__ == "__main__":  # opened as a page by URL: there is nothing to show here
-    st.switch_page("pages/journey.py")

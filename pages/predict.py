@@ -65,7 +65,6 @@ for i in drawn:
     items.append((f"test image {i}", t.x[i], None, int(t.y[i])))
 items = [(it.name, it.model_input, it.preview, None) if isinstance(it, images.Decoded) else it for it in items]
 good = [it for it in items if not isinstance(it, images.ImageError)]
-drawn_rows = list(range(len(good) - len(drawn), len(good)))  # the drawn test images come last in the batch
 for it in items:
     if isinstance(it, images.ImageError) and len(good) == 0:
         st.error(_shared.md_escape(str(it)))
@@ -154,7 +153,7 @@ for i, key in enumerate(trained):
         if drawn and key in by_key:  # test images: the stage's stored answers from its evaluation, no model call
             known = predict.stored_test_probs(_shared.stored_predictions(key), by_key[key].metrics, t.fingerprint, drawn)
             if known is not None:
-                _cache().seed(key, stamp, batch[drawn_rows], known)
+                _cache().seed(key, stamp, t.x[drawn], known)  # the cache keys images by content
         if key == ood.STAGE and not isinstance(found, Exception):
             raw, feats = _cache().probs_and_features(key, stamp, ood.LAYER, batch, load)
         else:
