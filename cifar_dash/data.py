@@ -53,8 +53,12 @@ class Cifar10:
         return {
             "all": self.fingerprint(),
             "train": fingerprint(self.x_train, self.y_train),
-            "test": fingerprint(self.x_test, self.y_test),
+            "test": self.test_fingerprint(),
         }
+
+    def test_fingerprint(self) -> str:
+        """The test part's alone (what the pages check stored test predictions against), without hashing the rest."""
+        return fingerprint(self.x_test, self.y_test)
 
 
 def fingerprint(*arrays: np.ndarray) -> str:

@@ -150,6 +150,6 @@ def load(source: str | None) -> TestImages:
             sample = load_sample()
             sample.error = f"{e}; showing the shipped sample of {sample.n_available:,} test images instead"
             return sample
-        y, prints = d.y_test.astype(np.int64), d.fingerprints()["test"]
+        y, prints = d.y_test.astype(np.int64), d.test_fingerprint()
         return TestImages(d.x_test, y, np.ones(len(d.x_test), dtype=bool), "full", fingerprint=prints)
     return load_sample()
