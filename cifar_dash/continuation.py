@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from . import artifacts, stages
+from .keras_workarounds import plateau_replay
 
 
 class ContinueError(ValueError):
@@ -86,7 +87,14 @@ def continued_from_record(prior: dict) -> dict:
     return out
 
 
-# ---- promotion and deletion --------------------------------------------------------------------------------------
+def continued_rate(recipe, phase, rows) -> float:
+    """The learning rate a continued run's history reached: the plateau rule's next rate, or the last one logged."""
+    if recipe.lr_schedule == "reduce_on_plateau":
+        return plateau_replay(rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)[2]
+    return rows[-1].get("learning_rate", phase.learning_rate)
+
+
+# ---- what the sidebar offers --------------------------------------------------------------------------------------------
 
 
 def continuation_problems(published_metrics: dict, stage: stages.Stage, epochs, limit) -> list[str]:

@@ -113,33 +113,43 @@ def load(folder: Path) -> Embedding:
     return emb
 
 
+def of_model(model, x_test, labels, indices, name: str, stream=sys.stderr) -> Embedding | None:
+    """The map and separation of ``model``'s penultimate features of ``x_test`` (the test images ``indices``, true
+    ``labels``); None, said on ``stream``, when they are too few."""
+    from .features import features_and_probs
+
+    if len(x_test) < MIN_IMAGES:
+        print(f"no feature map: {len(x_test)} test images are too few (at least {MIN_IMAGES})", file=stream)
+        return None
+    t = time.perf_counter()
+    feats, _ = features_and_probs(model, np.asarray(x_test))
+    took = time.perf_counter() - t
+    emb, sep = compute(feats, labels, indices)
+    emb.meta["features_seconds"] = round(took, 1)
+    print(
+        f"{name}: features of {len(feats):,} test images {took:.0f} s, map {emb.meta['seconds']:.0f} s; "
+        f"kNN separation {sep['knn_accuracy']:.3f}",
+        file=stream,
+    )
+    return emb
+
+
 def embed_folder(folder: Path, x_test, model=None, stream=sys.stderr) -> dict | None:
     """Compute the map of the stage in ``folder`` on the test images it was evaluated on (``x_test``, in the order of
     its stored predictions), write embedding.npz and record the separation in its metrics.json."""
-    from .features import features_and_probs
-
     folder = Path(folder)
     metrics = artifacts.read_json(folder / artifacts.METRICS)
     preds = artifacts.load_predictions(folder / artifacts.PREDICTIONS)
-    if len(preds.indices) < MIN_IMAGES:
-        print(f"no feature map: {len(preds.indices)} test images are too few (at least {MIN_IMAGES})", file=stream)
-        return None
-    if model is None:
+    if len(preds.indices) >= MIN_IMAGES and model is None:
         model = artifacts.load_model(folder / artifacts.MODEL)
-    t = time.perf_counter()
-    feats, _ = features_and_probs(model, np.asarray(x_test)[preds.indices])
-    took = time.perf_counter() - t
-    emb, sep = compute(feats, preds.labels, preds.indices)
-    emb.meta["features_seconds"] = round(took, 1)
+    name = folder.name if folder.parent.name != "runs" else folder.parent.parent.name
+    emb = of_model(model, np.asarray(x_test)[preds.indices], preds.labels, preds.indices, name, stream)
+    if emb is None:
+        return None
     write(folder, emb)
-    metrics["separation"] = sep
+    metrics["separation"] = emb.meta["separation"]
     artifacts.write_json(folder / artifacts.METRICS, metrics)
-    print(
-        f"{folder.name if folder.parent.name != 'runs' else folder.parent.parent.name}: features of {len(feats):,} "
-        f"test images {took:.0f} s, map {emb.meta['seconds']:.0f} s; kNN separation {sep['knn_accuracy']:.3f}",
-        file=stream,
-    )
-    return sep
+    return metrics["separation"]
 
 
 def embed(keys, data_path=None, root: Path | None = None, stream=sys.stderr) -> None:

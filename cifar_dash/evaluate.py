@@ -102,43 +102,54 @@ def _timed(fn, *args):
     return time.perf_counter() - t
 
 
-def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys.stderr) -> dict:
-    """Evaluate ``model`` and write metrics.json and test_predictions.npz into ``out`` (atomically). metrics.json
-    holds what evaluation measured and the run it measured (``run_id``); how the model was trained stays in
-    train_info.json, which results.load_folder joins in."""
+def measure(model, train_info: dict, x_test, y_test) -> tuple[dict, np.ndarray]:
+    """What ``model`` measures on the test images (metrics.json's fields: accuracy, per class, calibration, cost,
+    evidence) and its probabilities there; writes nothing. How the model was trained stays in train_info.json,
+    which results.load_folder joins in."""
     tta = tta_of(train_info)
     t = time.perf_counter()
     levels = tta_levels(model, x_test, tta=tta)
     probs = levels[tta]
     eval_seconds = time.perf_counter() - t
+    timing = inference_ms(model, x_test, tta=tta)
     result = metrics.summarize(probs, y_test)
     if len(levels) > 1:  # what test-time augmentation is worth: accuracy at each level, from the same views
         result["tta_accuracy"] = {k: float((v.argmax(1) == np.asarray(y_test)).mean()) for k, v in levels.items()}
     total, _ = models.count_params(model)
+    machine = runtime.info()
     result.update(
         {
             "stage": train_info["stage"],
             "run_id": train_info.get("run_id"),
             "params": total,
             "flops_per_image": models.flops_per_image(model),
-            "inference": inference_ms(model, x_test, tta=tta),
+            "inference": timing,
             "eval_seconds": round(eval_seconds, 2),
             "tta": tta,
-            "eval_runtime": runtime.info(),
-            "machine": runtime.info()["machine"],
-            "keras_version": runtime.info()["versions"]["keras"],
-            "backend": runtime.info()["backend"],
+            "eval_runtime": machine,
+            "machine": machine["machine"],
+            "keras_version": machine["versions"]["keras"],
+            "backend": machine["backend"],
             "test_data_fingerprint": train_info.get("test_data_fingerprint"),
             "evaluated": time.time(),
         }
     )
+    return result, probs
+
+
+def summary_line(result: dict) -> str:
+    return (
+        f"{result['stage']}: test accuracy {result['test_accuracy']:.4f} on {result['n_test']} images "
+        f"(ECE {result['calibration']['ece']:.4f}, {result['inference']['batch_1_ms']:.1f} ms/image at batch 1)"
+    )
+
+
+def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys.stderr) -> dict:
+    """``measure`` and write metrics.json and test_predictions.npz into ``out`` (atomically)."""
+    result, probs = measure(model, train_info, x_test, y_test)
     artifacts.save_predictions(out / artifacts.PREDICTIONS, probs, np.asarray(y_test), np.arange(len(y_test)))
     artifacts.write_json(out / artifacts.METRICS, result)
-    print(
-        f"{train_info['stage']}: test accuracy {result['test_accuracy']:.4f} on {result['n_test']} images "
-        f"(ECE {result['calibration']['ece']:.4f}, {result['inference']['batch_1_ms']:.1f} ms/image at batch 1)",
-        file=stream,
-    )
+    print(summary_line(result), file=stream)
     return result
 
 

@@ -17,6 +17,7 @@ import keras
 
 from . import artifacts, distribute, models, runs, runtime, stages
 from . import data as data_mod
+from . import speed as speed_mod
 from .continuation import continued_from_record, read_continuation
 from .request import TrainingRequest
 
@@ -40,8 +41,9 @@ class RunPlan:
 
 
 def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=sys.stderr) -> RunPlan:
-    """Resolve ``request`` (``recipe`` replaces the stage's own: ablations) into a run folder and its settings."""
-    stage = stages.get(request.stage)
+    """Check ``request`` and resolve it (``recipe`` replaces the stage's own: ablations) into a run folder and its
+    settings."""
+    stage = stages.get(request.validate().stage)
     out = Path(request.out_dir) if request.out_dir else artifacts.stage_dir(stage.key)
     root = runs.runs_root(stage.key, where=out)
     ensure_writable(root)  # before any training: a run that cannot be written is refused up front
@@ -54,7 +56,7 @@ def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=s
         request.seed,
         request.batch_size,
     )
-    recipe, choice = speed_setting(stage.key, recipe, request.speed, request.mixed_precision, request.xla)
+    recipe, choice = speed_mod.setting(stage.key, recipe, request.speed, request.mixed_precision, request.xla)
     placement = distribute.plan(request.devices, recipe.batch_size)  # a bad setting fails before the run has a folder
     if placement.devices and keras.backend.backend() == "tensorflow" and recipe.jit_compile:
         # XLA cannot reach a MirroredStrategy's per-device variables (TensorFlow's XLA known issue "tf.Variable on a
@@ -97,35 +99,71 @@ def _plan_resume(request: TrainingRequest, stage, out: Path, stream) -> RunPlan:
     return RunPlan(request, stage, recipe, folder, out, placement, None, info)
 
 
-def check_data(p: RunPlan, cifar, splits) -> dict | None:
-    """Refuse data a resumed run was not trained on, or batches the devices cannot split; the run a continuation
-    starts from (continuation.read_continuation's record), or None."""
-    (x_tr, _), (x_val, _), _ = splits
-    prints = cifar.fingerprints()
-    if p.placement.devices and p.info is None:  # a new run: refused before it writes anything but its progress
-        problem = uneven_batches(p.placement, p.recipe, len(x_tr), len(x_val))
-        if problem:
-            import shutil
+@dataclass
+class Prepared:
+    """What a planned run trains and is assessed on, and the records it starts from; read once, handed down."""
 
-            shutil.rmtree(p.folder, ignore_errors=True)
-            raise distribute.DeviceError(f"{problem}; {even_limits(p.placement, p.recipe, cifar, p.request.limit)}")
+    cifar: data_mod.Cifar10
+    train: tuple  # (images, labels)
+    validation: tuple  # (images, labels); empty when the recipe holds none out
+    test: tuple  # (images, labels)
+    prior: dict | None  # the run a continuation starts from (continuation.read_continuation's record)
+    info: dict  # the run's train_info: the resumed run's, or the new run's (written to its folder)
+
+    @property
+    def backbone_weights(self):
+        """What a fresh build of the backbone loads: the run's weights file, "imagenet" (Keras' download) or None."""
+        if not self.info["recipe"].get("backbone"):
+            return None
+        return self.info["request"].get("backbone_weights_path") or (
+            None if (self.info.get("backbone_weights") or {}).get("source") == "random" else "imagenet"
+        )
+
+
+def prepare(p: RunPlan) -> Prepared:
+    """Load the run's data, refuse what it cannot train on (check_data), read the run it continues and write a new
+    run's train_info."""
+    cifar = data_mod.load(p.request.data_path)
+    splits = data_mod.split(cifar, p.request.limit, p.recipe.validation_size)
+    prints = cifar.fingerprints()
+    prior = check_data(p, cifar, splits, prints)
+    info = p.info
+    if info is None:
+        info = describe(p, cifar, splits, prior, prints)
+        artifacts.write_json(p.folder / artifacts.TRAIN_INFO, info)
+    return Prepared(cifar, *splits, prior, info)
+
+
+def check_data(p: RunPlan, cifar, splits, prints: dict) -> dict | None:
+    """The run a continuation starts from (continuation.read_continuation's record), or None; refuse data a resumed
+    run was not trained on, or batches the devices cannot split."""
+    (x_tr, _), (x_val, _), _ = splits
+    prior = None
+    if p.request.continue_from:
+        start = resolve_continuation(p.request.continue_from, p.stage.key, p.out)
+        prior = read_continuation(start, p.stage.key, p.recipe, p.request.limit, prints["train"])
     if p.info and p.info["train_data_fingerprint"] != prints["train"]:
         raise ValueError(
             f"run {p.folder.name} was trained on other data (fingerprint {p.info['train_data_fingerprint'][:12]}, "
             f"this data {prints['train'][:12]}); give --data the same CIFAR-10"
         )
-    if not p.request.continue_from:
-        return None
-    start = resolve_continuation(p.request.continue_from, p.stage.key, p.out)
-    return read_continuation(start, p.stage.key, p.recipe, p.request.limit, prints["train"])
+    if p.placement.devices and p.info is None:  # a new run: refused before it writes anything but its progress
+        sizes = {"training": (len(x_tr), p.recipe.batch_size), "validation": (len(x_val), VALIDATION_BATCH)}
+        problem = distribute.uneven(len(p.placement.devices), sizes)
+        if problem:
+            import shutil
+
+            shutil.rmtree(p.folder, ignore_errors=True)
+            raise distribute.DeviceError(f"{problem}; {even_limits(p.placement, p.recipe, cifar, p.request.limit)}")
+    return prior
 
 
-def describe(p: RunPlan, cifar, splits, prior: dict | None) -> dict:
+def describe(p: RunPlan, cifar, splits, prior: dict | None, prints: dict) -> dict:
     """A new run's train_info: the recipe, data, weights, machine and the request it can be resumed with."""
     (x_tr, _), (x_val, _), _ = splits
-    prints = cifar.fingerprints()
     req, recipe = p.request, p.recipe
     weights = resolve_backbone_weights(recipe, req.backbone_weights)
+    continued = continued_from_record(prior) if prior else None
     info = {
         "stage": p.stage.key,
         "run_id": p.folder.name,
@@ -156,26 +194,9 @@ def describe(p: RunPlan, cifar, splits, prior: dict | None) -> dict:
             "continue_from": str(req.continue_from) if req.continue_from else None,
         },
     }
-    if prior:
-        info["continued_from"] = continued_from_record(prior)
+    if continued:
+        info["continued_from"] = continued
     return info
-
-
-def log_rows(folder: Path, start_epoch: int, end_epoch: int, prior: list) -> list:
-    """History rows (1-based ``epoch``) of epochs start..end-1: from a continued run's history, then this run's log."""
-    rows = [dict(r) for r in prior] + runs.read_log(folder)
-    by_epoch = {r["epoch"]: r for r in rows}
-    return [by_epoch[e] for e in sorted(by_epoch) if start_epoch < e <= end_epoch]
-
-
-def history_rows(folder: Path, prior: list) -> list:
-    """The run's whole history (continued run's epochs first), one row per epoch, in the order of history.json."""
-    out = []
-    for r in log_rows(folder, 0, 10**9, prior):
-        row = {"epoch": r["epoch"], "phase": r.get("phase"), "seconds": r.get("seconds")}
-        row.update({k: v for k, v in r.items() if k not in row})
-        out.append(row)
-    return out
 
 
 def resolve_continuation(value, stage_key: str, where: Path) -> Path:
@@ -204,31 +225,13 @@ def even_limits(placement, recipe, cifar, limit) -> str:
     return f"choose --limit {' or '.join(map(str, sorted(near)))}, or --devices 1" if near else "choose --devices 1"
 
 
-def speed_setting(stage_key, recipe, speed, mixed_precision, xla):
-    """The recipe with the precision and XLA setting to train with, and why: asked for (``mixed_precision``,
-    ``xla``), this machine's measured or ruled fastest (``speed="auto"``, see speed.py), or the recipe's own."""
-    from . import speed as speed_mod
-
-    if mixed_precision or xla is not None:
-        precision = "mixed_bfloat16" if mixed_precision or recipe.mixed_precision else "float32"
-        choice = speed_mod.Choice(precision, recipe.jit_compile if xla is None else bool(xla), "asked for")
-    elif speed == "auto":
-        choice = speed_mod.choose(stage_key, recipe)
-    elif speed == "recipe":
-        choice = speed_mod.of_recipe(recipe)
-    else:
-        raise ValueError(f"speed must be 'auto' or 'recipe', not {speed!r}")
-    recipe = dataclasses.replace(recipe, mixed_precision=choice.precision == "mixed_bfloat16", jit_compile=choice.xla)
-    return recipe, choice
-
-
 def _resume_folder(stage_key: str, out: Path, resume) -> Path:
     root = runs.runs_root(stage_key, where=out)
     if resume is True:
-        candidates = [r for r in runs.list_runs(stage_key, where=out) if r.resumable]
+        candidates = runs.interrupted_folders(stage_key, where=out)
         if not candidates:
             raise ValueError(f"{stage_key} has no interrupted run to resume (`python -m cifar_dash runs {stage_key}`)")
-        folder = candidates[-1].folder
+        folder = candidates[-1]
     else:
         folder = runs.run_dir(stage_key, str(resume), where=out)
         if not folder.is_dir():

@@ -286,6 +286,26 @@ def live_runs(stage: str, root: Path | None = None, where: Path | None = None) -
     return out
 
 
+def interrupted_folders(stage: str, root: Path | None = None, where: Path | None = None) -> list[Path]:
+    """The folders of the runs ``list_runs`` calls interrupted (stopped before training finished, or trained and not
+    evaluated), oldest first, from their progress and train_info alone: no model or metrics is checked."""
+    folder = runs_root(stage, root, where)
+    found = []
+    for d in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not d.is_dir() or d.name.startswith(".") or is_live(progress := read_progress(d)):
+            continue
+        try:
+            info = json.loads((d / artifacts.TRAIN_INFO).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(info, dict):
+            continue
+        unfinished = info.get("finished") is None and progress.get("state") != "failed"
+        if unfinished or (info.get("finished") is not None and not (d / artifacts.METRICS).exists()):
+            found.append(((info.get("started") or progress.get("updated") or 0, d.name), d))
+    return [d for _, d in sorted(found)]
+
+
 def latest_interrupted(stage: str, root: Path | None = None, where: Path | None = None) -> Run | None:
     candidates = [r for r in list_runs(stage, root, where) if r.resumable]
     return candidates[-1] if candidates else None
@@ -317,6 +337,23 @@ def read_log(folder: Path | None) -> list[dict]:
                 row["epoch"] = int(row["epoch"]) + 1
                 rows[row["epoch"]] = row
     return [rows[k] for k in sorted(rows)]
+
+
+def log_rows(folder: Path, start_epoch: int, end_epoch: int, prior: list) -> list:
+    """History rows (1-based ``epoch``) of epochs start..end-1: from a continued run's history, then this run's log."""
+    rows = [dict(r) for r in prior] + read_log(folder)
+    by_epoch = {r["epoch"]: r for r in rows}
+    return [by_epoch[e] for e in sorted(by_epoch) if start_epoch < e <= end_epoch]
+
+
+def history_rows(folder: Path, prior: list) -> list:
+    """The run's whole history (continued run's epochs first), one row per epoch, in the order of history.json."""
+    out = []
+    for r in log_rows(folder, 0, 10**9, prior):
+        row = {"epoch": r["epoch"], "phase": r.get("phase"), "seconds": r.get("seconds")}
+        row.update({k: v for k, v in r.items() if k not in row})
+        out.append(row)
+    return out
 
 
 def compare(a: Run, b: Run) -> dict:

@@ -11,6 +11,7 @@ is over 10% faster. Nothing here imports Keras until it measures.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -94,6 +95,22 @@ def choose(stage: str, recipe, machine: dict | None = None) -> Choice:
         best = measured["chosen"]
         return Choice(best["precision"], bool(best["xla"]), f"measured on {measured.get('date', '?')} by tune {stage}")
     return rule(recipe, machine)
+
+
+def setting(stage_key, recipe, speed, mixed_precision, xla):
+    """The recipe with the precision and XLA setting to train with, and why: asked for (``mixed_precision``,
+    ``xla``), this machine's measured or ruled fastest (``speed="auto"``, below), or the recipe's own."""
+    if mixed_precision or xla is not None:
+        precision = "mixed_bfloat16" if mixed_precision or recipe.mixed_precision else "float32"
+        choice = Choice(precision, recipe.jit_compile if xla is None else bool(xla), "asked for")
+    elif speed == "auto":
+        choice = choose(stage_key, recipe)
+    elif speed == "recipe":
+        choice = of_recipe(recipe)
+    else:
+        raise ValueError(f"speed must be 'auto' or 'recipe', not {speed!r}")
+    recipe = dataclasses.replace(recipe, mixed_precision=choice.precision == "mixed_bfloat16", jit_compile=choice.xla)
+    return recipe, choice
 
 
 def measure(stage_key: str, steps: int = 3, settings=SETTINGS, batch_size: int | None = None, say=print) -> dict:

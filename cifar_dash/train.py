@@ -16,16 +16,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import artifacts, callbacks, embedding, heldout, models, runplan, runs, runtime, stages
-from . import data as data_mod
-from . import evaluate as evaluate_mod
+from . import artifacts, assess, callbacks, models, runplan, runs, runtime, stages
 from .artifacts import write_json
 from .batches import Batches
 from .callbacks import Cancelled
 from .compiling import compile_for_phase
+from .continuation import continued_rate
 from .data import NUM_CLASSES
 from .failures import OutOfMemory, is_out_of_memory, out_of_memory_advice
-from .keras_workarounds import plateau_replay
 from .request import TrainingRequest
 
 
@@ -41,7 +39,7 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
         request = TrainingRequest(request, **{"speed": "recipe", **options})
     elif options:
         raise TypeError(f"train(request) takes no further options ({', '.join(options)})")
-    p = runplan.plan(request.validate(), recipe, stream)
+    p = runplan.plan(request, recipe, stream)
     progress = {"stage": p.stage.key, "run_id": p.folder.name, "pid": os.getpid()}
 
     def say(state, **extra):
@@ -54,7 +52,27 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
         say("loading")
         if p.info is None or p.info.get("finished") is None:
             canceller = callbacks.CancelOnSignal()
-        _run(p, canceller, say, doing, stream)
+        d = runplan.prepare(p)  # the data, the run a continuation starts from, train_info: read once, handed down
+        clean = None  # the run's float32 model, handed to the assessment (loaded when a run resumes there)
+        if d.info.get("finished") is None:
+            doing[0] = "running"
+            if p.placement.devices:
+                print(f"training on {len(p.placement.devices)} devices: {', '.join(p.placement.devices)}", file=stream)
+            with p.placement.scope():
+                model = _fit(p, d, canceller, stream)
+            clean = _finish(p, d, model)
+        if p.request.evaluate:
+            doing[0] = "evaluating"
+            say("evaluating", epoch=p.recipe.epochs, epochs=p.recipe.epochs)
+            keras.mixed_precision.set_global_policy("float32")
+            if clean is None:
+                clean = artifacts.load_model(p.folder / artifacts.MODEL)
+            assessment = assess.assess(clean, d.info, d.test, d.validation, stream=stream)
+            assess.write(p.folder, assessment)
+        shutil.rmtree(p.folder / runs.BACKUP, ignore_errors=True)
+        say("done", epoch=p.recipe.epochs, epochs=p.recipe.epochs, out=str(p.folder))
+        promote = f"python -m cifar_dash promote {p.stage.key} {p.folder.name}"
+        print(f"run {p.folder.name} finished in {p.folder}; publish it with: {promote}", file=stream)
         return p.folder
     except Cancelled:
         say("cancelled", message="cancelled on request; the run keeps its last backup and can be resumed")
@@ -77,46 +95,11 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
             canceller.restore()
 
 
-def _run(p: runplan.RunPlan, canceller, say, doing: list, stream) -> None:
-    """Load the data, fit what is left of the run, evaluate it; ``doing[0]`` says which step is under way."""
-    cifar = data_mod.load(p.request.data_path)
-    splits = data_mod.split(cifar, p.request.limit, p.recipe.validation_size)
-    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = splits
-    prior = runplan.check_data(p, cifar, splits)
-    info = p.info
-    if info is None:
-        info = runplan.describe(p, cifar, splits, prior)
-        write_json(p.folder / artifacts.TRAIN_INFO, info)
-    doing[0] = "running"
-    if info.get("finished") is None:
-        if p.placement.devices:
-            print(f"training on {len(p.placement.devices)} devices: {', '.join(p.placement.devices)}", file=stream)
-        with p.placement.scope():
-            model = _fit(p, info, prior, (x_tr, y_tr), (x_val, y_val), canceller, stream)
-        _finish(p, info, model, prior, x_tr)
-    if p.request.evaluate:
-        doing[0] = "evaluating"
-        say("evaluating", epoch=p.recipe.epochs, epochs=p.recipe.epochs)
-        keras.mixed_precision.set_global_policy("float32")
-        clean = artifacts.load_model(p.folder / artifacts.MODEL)
-        evaluate_mod.evaluate_into(clean, info, x_te, y_te, p.folder, stream=stream)
-        # the run's temperature, on its own validation images (none held out: cross-fit on the test set)
-        heldout.calibrate_folder(p.folder, x_val, y_val, model=clean, stream=stream)
-        embedding.embed_folder(p.folder, x_te, model=clean, stream=stream)  # the feature map the explorer draws
-    shutil.rmtree(p.folder / runs.BACKUP, ignore_errors=True)
-    say("done", epoch=p.recipe.epochs, epochs=p.recipe.epochs, out=str(p.folder))
-    print(
-        f"run {p.folder.name} finished in {p.folder}; publish it with: python -m cifar_dash promote {p.stage.key} "
-        f"{p.folder.name}",
-        file=stream,
-    )
-
-
-def _fit(p: runplan.RunPlan, info, prior, train_data, val_data, canceller, stream):
+def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
     """Run the recipe's phases with Keras' fit; every phase resumes from its own BackupAndRestore folder. Returns the
     trained model."""
-    recipe, folder = p.recipe, p.folder
-    (x_tr, y_tr), (x_val, y_val) = train_data, val_data
+    recipe, folder, prior = p.recipe, p.folder, d.prior
+    (x_tr, y_tr), (x_val, y_val) = d.train, d.validation
     if recipe.mixed_precision:  # bfloat16 compute, float32 variables; recorded in train_info
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(recipe.seed)
@@ -136,14 +119,19 @@ def _fit(p: runplan.RunPlan, info, prior, train_data, val_data, canceller, strea
         if (prior and prior["epochs"] >= end) or done_file.exists():
             start = end
             continue
-        if model is None:
-            model = _starting_model(p, info, prior, i, start, x_tr)
+        if model is None:  # the continued run's weights, the previous phase's, or a fresh build
+            model = stages.build(p.stage, recipe, backbone_weights=None if prior else d.backbone_weights)
+            if prior and start <= prior["epochs"]:
+                model.set_weights(artifacts.load_model(Path(prior["folder"]) / artifacts.MODEL).get_weights())
+            elif i and (earlier := folder / f"phase-{i - 1}.keras").exists():
+                model.set_weights(artifacts.load_model(earlier).get_weights())
+            else:
+                models.init_from_data(model, x_tr)
         compile_for_phase(model, recipe, phase, steps)
         first = max(start, prior["epochs"]) if prior else start
         if prior and first > start:  # a continuation: fresh optimizer at the rate the continued run reached
-            model.optimizer.learning_rate = _continued_rate(
-                recipe, phase, runplan.log_rows(folder, start, first, prior_rows)
-            )
+            rows = runs.log_rows(folder, start, first, prior_rows)
+            model.optimizer.learning_rate = continued_rate(recipe, phase, rows)
         progress.phase = phase.name
         model.fit(
             feed,
@@ -160,7 +148,7 @@ def _fit(p: runplan.RunPlan, info, prior, train_data, val_data, canceller, strea
                 canceller=canceller,
                 progress=progress,
                 save_freq=save_freq,
-                rows_before=lambda s=start: runplan.log_rows(folder, s, 10**9, prior_rows),
+                rows_before=lambda s=start: runs.log_rows(folder, s, 10**9, prior_rows),
             ),
             verbose=0,
             shuffle=False,
@@ -176,38 +164,16 @@ def _fit(p: runplan.RunPlan, info, prior, train_data, val_data, canceller, strea
     return model
 
 
-def _starting_model(p: runplan.RunPlan, info, prior, i: int, start: int, x_tr):
-    """The model phase ``i`` starts from: the continued run's weights, the previous phase's, or a fresh build."""
-    weights_file = info["request"].get("backbone_weights_path") or (
-        None if (info.get("backbone_weights") or {}).get("source") == "random" else "imagenet"
-    )
-    model = stages.build(p.stage, p.recipe, backbone_weights=weights_file if p.recipe.backbone and not prior else None)
-    earlier = p.folder / f"phase-{i - 1}.keras"
-    if prior and start <= prior["epochs"]:
-        model.set_weights(artifacts.load_model(Path(prior["folder"]) / artifacts.MODEL).get_weights())
-    elif i and earlier.exists():
-        model.set_weights(artifacts.load_model(earlier).get_weights())
-    else:
-        models.init_from_data(model, x_tr)
-    return model
-
-
-def _continued_rate(recipe, phase, rows) -> float:
-    """The learning rate a continued run's history reached: the plateau rule's next rate, or the last one logged."""
-    if recipe.lr_schedule == "reduce_on_plateau":
-        return plateau_replay(rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)[2]
-    return rows[-1].get("learning_rate", phase.learning_rate)
-
-
-def _finish(p: runplan.RunPlan, info, model, prior, x_tr):
-    """The run's final float32 model, history and completed train_info (its ``finished`` time marks training done)."""
-    recipe, folder = p.recipe, p.folder
+def _finish(p: runplan.RunPlan, d: runplan.Prepared, model):
+    """Save the run's final float32 model, history and completed train_info (its ``finished`` time marks training
+    done); return that model."""
+    recipe, folder, info, prior, x_tr = p.recipe, p.folder, d.info, d.prior, d.train[0]
     keras.mixed_precision.set_global_policy("float32")
     clean = stages.build(p.stage, recipe, backbone_weights=None)
     clean.set_weights(model.get_weights())
     with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
         clean.save(tmp)
-    history = runplan.history_rows(folder, list(prior["history"]) if prior else [])
+    history = runs.history_rows(folder, list(prior["history"]) if prior else [])
     write_json(folder / artifacts.HISTORY, {"stage": p.stage.key, "run_id": folder.name, "epochs": history})
     seconds = sum(float(r.get("seconds") or 0) for r in history)
     total, trainable = models.count_params(model)
@@ -225,3 +191,4 @@ def _finish(p: runplan.RunPlan, info, model, prior, x_tr):
     write_json(folder / artifacts.TRAIN_INFO, info)
     for f in folder.glob("phase-*.keras"):
         f.unlink()
+    return clean

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cifar_dash import runplan, speed, stages
+from cifar_dash import speed, stages
 from tests.conftest import ROOT
 
 AMX = {"cpu": "Intel Xeon", "cpu_isa": "AMX", "cpu_count": 2, "gpu": None, "backend": "tensorflow", "versions": {}}
@@ -55,17 +55,17 @@ def test_an_unreadable_record_falls_back_to_the_rule(cache):
 
 def test_train_takes_what_is_asked_for_else_the_choice(cache, monkeypatch):
     recipe = stages.get("speedrun").recipe
-    r, c = runplan.speed_setting("speedrun", recipe, "recipe", False, None)
+    r, c = speed.setting("speedrun", recipe, "recipe", False, None)
     assert (r.mixed_precision, r.jit_compile, c.source) == (False, True, "recipe")
-    r, c = runplan.speed_setting("speedrun", recipe, "auto", False, False)  # --xla off
+    r, c = speed.setting("speedrun", recipe, "auto", False, False)  # --xla off
     assert (r.mixed_precision, r.jit_compile, c.source) == (False, False, "asked for")
-    r, c = runplan.speed_setting("speedrun", recipe, "auto", True, None)  # --mixed-precision
+    r, c = speed.setting("speedrun", recipe, "auto", True, None)  # --mixed-precision
     assert (r.mixed_precision, r.jit_compile, c.source) == (True, True, "asked for")
     monkeypatch.setattr(speed.runtime, "info", lambda: AMX)
-    r, c = runplan.speed_setting("speedrun", recipe, "auto", False, None)
+    r, c = speed.setting("speedrun", recipe, "auto", False, None)
     assert (r.mixed_precision, r.jit_compile) == (True, False) and c.source.startswith("rule")
     with pytest.raises(ValueError, match="speed must be"):
-        runplan.speed_setting("speedrun", recipe, "fast", False, None)
+        speed.setting("speedrun", recipe, "fast", False, None)
 
 
 @pytest.mark.slow  # times every precision and XLA setting (about 25 s); CI runs it with the slow checks

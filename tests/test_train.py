@@ -13,6 +13,7 @@ import pytest
 
 from cifar_dash import (
     artifacts,
+    assess,
     batches,
     callbacks,
     compiling,
@@ -260,11 +261,11 @@ def test_a_run_killed_during_evaluation_is_evaluated_on_resume(cifar_npz, tmp_pa
     def crash(*args, **kwargs):
         raise MemoryError("simulated crash while evaluating")
 
-    real = evaluate.evaluate_into
-    monkeypatch.setattr(train.evaluate_mod, "evaluate_into", crash)
+    real = assess.assess
+    monkeypatch.setattr(assess, "assess", crash)
     with pytest.raises(MemoryError) as caught:
         train.train("mlp", epochs=2, limit=200, data_path=cifar_npz, out_dir=out)
-    monkeypatch.setattr(train.evaluate_mod, "evaluate_into", real)
+    monkeypatch.setattr(assess, "assess", real)
     folder = _only_run(out)
     assert isinstance(caught.value, failures.OutOfMemory)  # out of memory: what to do, not only what happened
     assert "out of the machine's memory while evaluating" in str(caught.value)
