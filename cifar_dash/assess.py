@@ -30,22 +30,17 @@ class Assessment:
 
 def assess(model, info: dict, test, validation, stream=sys.stderr) -> Assessment:
     """Measure ``model`` (the run's train_info ``info``) on ``test`` and ``validation`` ((images, labels) each)."""
-    (x_te, y_te), (x_val, y_val) = test, validation
-    y_te, y_val = np.asarray(y_te).reshape(-1), np.asarray(y_val).reshape(-1)
-    result, probs = evaluate.measure(model, info, x_te, y_te)
-    val_probs = evaluate.predict_probs(model, x_val, tta=result["tta"]) if len(x_val) else None
-    print(evaluate.summary_line(result), file=stream)
-    emb = embedding.of_model(model, x_te, y_te, np.arange(len(y_te)), info["stage"], stream)
-    fitted = calibration.calibrate(probs, y_te, val_probs, y_val)
-    result["calibration"] = {**result["calibration"], **fitted}
-    if emb is not None:
-        result["separation"] = emb.meta["separation"]
-    print(
-        f"{info['stage']}: temperature {fitted['temperature']:.3f} (fit on {fitted['fit_on']}, {fitted['n_fit']:,} "
-        f"images); test ECE {result['calibration']['ece']:.4f} -> {fitted['ece_scaled']:.4f}",
-        file=stream,
-    )
-    return Assessment(result, probs, y_te, val_probs, y_val, emb)
+    m = evaluate.measure(model, info, test, validation, features=len(test[1]) >= embedding.MIN_IMAGES)
+    y_te = np.asarray(test[1]).reshape(-1)
+    print(evaluate.summary_line(m.metrics), file=stream)
+    print(calibration.summary_line(info["stage"], m.metrics["calibration"]), file=stream)
+    emb = None
+    if m.features is not None:
+        emb = embedding.of_features(m.features, y_te, np.arange(len(y_te)), info["stage"], stream, m.features_seconds)
+        m.metrics["separation"] = emb.meta["separation"]
+    else:
+        print(f"no feature map: {len(y_te)} test images are too few (at least {embedding.MIN_IMAGES})", file=stream)
+    return Assessment(m.metrics, m.probs, y_te, m.val_probs, np.asarray(validation[1]).reshape(-1), emb)
 
 
 def write(folder: Path, a: Assessment) -> None:

@@ -14,17 +14,19 @@ class ContinueError(ValueError):
     """A published checkpoint that cannot be continued with the requested recipe."""
 
 
-def _comparable(recipe: dict) -> dict:
-    """A stored recipe without what a continuation may change: epochs, the compute precision and XLA."""
+def _comparable(*recipes: dict) -> list[dict]:
+    """Stored recipes without what a continuation may change: epochs, the compute precision and XLA."""
     speed = ("mixed_precision", "jit_compile")
-    out = {k: v for k, v in stages.stored_recipe(json.loads(json.dumps(recipe))).items() if k not in speed}
-    out["phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in out["phases"]]
+    out = [{k: v for k, v in stages.stored_recipe(json.loads(json.dumps(r))).items() if k not in speed} for r in recipes]
+    for r in out:
+        r["phases"] = [{k: v for k, v in p.items() if k != "epochs"} for p in r["phases"]]
     return out
 
 
-def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fingerprint: str) -> dict:
-    """Check that the published run in ``folder`` is ``recipe`` cut short (same stage, data, limit, settings; fewer
-    epochs in its last phase, every earlier phase complete) and return what a continuation needs from it."""
+def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> dict:
+    """Check that the published run in ``folder`` is ``recipe`` cut short (same stage, limit, settings; fewer epochs
+    in its last phase, every earlier phase complete) and return what a continuation needs from it, with the
+    fingerprint of the data it was trained on (runplan.prepare compares it with the data loaded)."""
     folder = Path(folder)
     try:
         info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
@@ -37,10 +39,8 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fing
         raise ContinueError(f"{folder} holds stage {info.get('stage')!r}, not {stage_key!r}")
     if info.get("limit") != limit:
         raise ContinueError(f"{folder} was trained with limit {info.get('limit')}, not {limit}")
-    if info.get("train_data_fingerprint") != fingerprint:
-        raise ContinueError(f"{folder} was trained on other data (fingerprint {info.get('train_data_fingerprint')})")
     stored = info.get("recipe") or {}
-    a, b = _comparable(stored), _comparable(recipe.to_dict())
+    a, b = _comparable(stored, recipe.to_dict())
     if a != b:
         changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         raise ContinueError(
@@ -75,6 +75,7 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit, fing
         "train_runtime": info.get("train_runtime"),
         "test_accuracy": test_accuracy,
         "continued_from": info.get("continued_from"),
+        "train_data_fingerprint": info.get("train_data_fingerprint"),
     }
 
 

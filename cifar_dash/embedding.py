@@ -6,8 +6,9 @@ augmentation), L2-normalised, reduced to 50 dimensions by PCA and laid out in 2-
 time and memory on 2 cores: docs/embedding.md). The separation number is the leave-one-out k-nearest-neighbour
 accuracy (k = 10, cosine distance) of the true labels in the full feature space, not in the 2-D map.
 
-``python -m cifar_dash embed [STAGE ...]`` computes them for the published stages; a training run computes its own
-right after evaluation. Nothing here runs while a page renders: pages read the stored file.
+``python -m cifar_dash embed [STAGE ...]`` computes them for the published stages; a training run's assessment
+(assess.py) computes its own from the features it measured. Nothing here runs while a page renders: pages read
+the stored file.
 """
 
 from __future__ import annotations
@@ -113,24 +114,13 @@ def load(folder: Path) -> Embedding:
     return emb
 
 
-def of_model(model, x_test, labels, indices, name: str, stream=sys.stderr) -> Embedding | None:
-    """The map and separation of ``model``'s penultimate features of ``x_test`` (the test images ``indices``, true
-    ``labels``); None, said on ``stream``, when they are too few."""
-    from .features import features_and_probs
-
-    if len(x_test) < MIN_IMAGES:
-        print(f"no feature map: {len(x_test)} test images are too few (at least {MIN_IMAGES})", file=stream)
-        return None
-    t = time.perf_counter()
-    feats, _ = features_and_probs(model, np.asarray(x_test))
-    took = time.perf_counter() - t
+def of_features(feats, labels, indices, name: str, stream=sys.stderr, features_seconds: float | None = None) -> Embedding:
+    """The map and separation of penultimate features ``feats`` of the test images ``indices`` (true ``labels``)."""
     emb, sep = compute(feats, labels, indices)
-    emb.meta["features_seconds"] = round(took, 1)
-    print(
-        f"{name}: features of {len(feats):,} test images {took:.0f} s, map {emb.meta['seconds']:.0f} s; "
-        f"kNN separation {sep['knn_accuracy']:.3f}",
-        file=stream,
-    )
+    if features_seconds is not None:
+        emb.meta["features_seconds"] = round(features_seconds, 1)
+    took = f"features of {len(feats):,} test images {features_seconds:.0f} s, " if features_seconds is not None else ""
+    print(f"{name}: {took}map {emb.meta['seconds']:.0f} s; kNN separation {sep['knn_accuracy']:.3f}", file=stream)
     return emb
 
 
@@ -140,12 +130,17 @@ def embed_folder(folder: Path, x_test, model=None, stream=sys.stderr) -> dict | 
     folder = Path(folder)
     metrics = artifacts.read_json(folder / artifacts.METRICS)
     preds = artifacts.load_predictions(folder / artifacts.PREDICTIONS)
-    if len(preds.indices) >= MIN_IMAGES and model is None:
-        model = artifacts.load_model(folder / artifacts.MODEL)
-    name = folder.name if folder.parent.name != "runs" else folder.parent.parent.name
-    emb = of_model(model, np.asarray(x_test)[preds.indices], preds.labels, preds.indices, name, stream)
-    if emb is None:
+    if len(preds.indices) < MIN_IMAGES:
+        print(f"no feature map: {len(preds.indices)} test images are too few (at least {MIN_IMAGES})", file=stream)
         return None
+    if model is None:
+        model = artifacts.load_model(folder / artifacts.MODEL)
+    from .features import features_and_probs
+
+    t = time.perf_counter()
+    feats, _ = features_and_probs(model, np.asarray(x_test)[preds.indices])
+    name = folder.name if folder.parent.name != "runs" else folder.parent.parent.name
+    emb = of_features(feats, preds.labels, preds.indices, name, stream, time.perf_counter() - t)
     write(folder, emb)
     metrics["separation"] = emb.meta["separation"]
     artifacts.write_json(folder / artifacts.METRICS, metrics)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, metrics, models, runtime, stages
+from . import artifacts, calibration, metrics, models, runtime, stages
 from . import data as data_mod
+from .features import features_and_probs
 
 
 def tta_mode(tta) -> str:
@@ -102,19 +104,38 @@ def _timed(fn, *args):
     return time.perf_counter() - t
 
 
-def measure(model, train_info: dict, x_test, y_test) -> tuple[dict, np.ndarray]:
-    """What ``model`` measures on the test images (metrics.json's fields: accuracy, per class, calibration, cost,
-    evidence) and its probabilities there; writes nothing. How the model was trained stays in train_info.json,
+@dataclass
+class Measured:
+    metrics: dict  # metrics.json's fields
+    probs: np.ndarray  # the test images' probabilities (at the recipe's test-time augmentation)
+    val_probs: np.ndarray | None  # the validation images' (None: none asked for, or none held out)
+    features: np.ndarray | None  # the test images' penultimate features (None: not asked for)
+    features_seconds: float | None = None
+
+
+def measure(model, train_info: dict, test, validation=None, features: bool = False) -> Measured:
+    """What ``model`` measures on the ``test`` images ((images, labels)): metrics.json's fields (accuracy, per class,
+    calibration, cost, evidence) and the probabilities; given ``validation`` ((images, labels), possibly empty) also
+    its temperature (calibration.calibrate: fit there, or cross-fit on the test set when it is empty); with
+    ``features`` the penultimate features too. Writes nothing; how the model was trained stays in train_info.json,
     which results.load_folder joins in."""
+    (x_test, y_test) = test
+    y_test = np.asarray(y_test).reshape(-1)
     tta = tta_of(train_info)
     t = time.perf_counter()
     levels = tta_levels(model, x_test, tta=tta)
     probs = levels[tta]
     eval_seconds = time.perf_counter() - t
+    val_probs = predict_probs(model, validation[0], tta=tta) if validation is not None and len(validation[0]) else None
     timing = inference_ms(model, x_test, tta=tta)
+    fitted = None
+    if validation is not None:
+        fitted = calibration.calibrate(probs, y_test, val_probs, np.asarray(validation[1]).reshape(-1))
     result = metrics.summarize(probs, y_test)
+    if fitted:
+        result["calibration"] = {**result["calibration"], **fitted}
     if len(levels) > 1:  # what test-time augmentation is worth: accuracy at each level, from the same views
-        result["tta_accuracy"] = {k: float((v.argmax(1) == np.asarray(y_test)).mean()) for k, v in levels.items()}
+        result["tta_accuracy"] = {k: float((v.argmax(1) == y_test).mean()) for k, v in levels.items()}
     total, _ = models.count_params(model)
     machine = runtime.info()
     result.update(
@@ -134,7 +155,9 @@ def measure(model, train_info: dict, x_test, y_test) -> tuple[dict, np.ndarray]:
             "evaluated": time.time(),
         }
     )
-    return result, probs
+    t = time.perf_counter()
+    feats = features_and_probs(model, x_test)[0] if features else None
+    return Measured(result, probs, val_probs, feats, time.perf_counter() - t if features else None)
 
 
 def summary_line(result: dict) -> str:
@@ -146,11 +169,11 @@ def summary_line(result: dict) -> str:
 
 def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys.stderr) -> dict:
     """``measure`` and write metrics.json and test_predictions.npz into ``out`` (atomically)."""
-    result, probs = measure(model, train_info, x_test, y_test)
-    artifacts.save_predictions(out / artifacts.PREDICTIONS, probs, np.asarray(y_test), np.arange(len(y_test)))
-    artifacts.write_json(out / artifacts.METRICS, result)
-    print(summary_line(result), file=stream)
-    return result
+    m = measure(model, train_info, (x_test, y_test))
+    artifacts.save_predictions(out / artifacts.PREDICTIONS, m.probs, np.asarray(y_test), np.arange(len(y_test)))
+    artifacts.write_json(out / artifacts.METRICS, m.metrics)
+    print(summary_line(m.metrics), file=stream)
+    return m.metrics
 
 
 def evaluate(stage_key: str, out_dir=None, data_path=None, limit: int | None = None, stream=sys.stderr) -> dict:

@@ -1,7 +1,7 @@
 """What is fit on held-out images after training: each stage's temperature and the none-of-these detector.
 
-``python -m cifar_dash calibrate [STAGE ...]`` runs it for the published stages (all by default); ``train`` fits a new
-run's temperature right after evaluating it, and ``evaluate`` refits it. Nothing here runs while a page renders.
+``python -m cifar_dash calibrate [STAGE ...]`` runs it for the published stages (all by default), and ``evaluate``
+refits a stage's temperature; a new run's own is fit by its assessment (assess.py). Nothing here runs while a page renders.
 """
 
 from __future__ import annotations
@@ -49,12 +49,7 @@ def calibrate_folder(folder: Path, x_val, y_val, model=None, stream=sys.stderr) 
     fitted = calibration.calibrate(test.probs, test.labels, val_probs, y_val)
     metrics["calibration"] = {**metrics.get("calibration", {}), **fitted}
     artifacts.write_json(folder / artifacts.METRICS, metrics)
-    print(
-        f"{info.get('stage')}: temperature {fitted['temperature']:.3f} (fit on {fitted['fit_on']}, "
-        f"{fitted['n_fit']:,} images); test ECE {metrics['calibration'].get('ece', float('nan')):.4f} -> "
-        f"{fitted['ece_scaled']:.4f}",
-        file=stream,
-    )
+    print(calibration.summary_line(info.get("stage"), metrics["calibration"]), file=stream)
     return fitted
 
 

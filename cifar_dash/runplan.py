@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -18,7 +19,7 @@ import keras
 from . import artifacts, distribute, models, runs, runtime, stages
 from . import data as data_mod
 from . import speed as speed_mod
-from .continuation import continued_from_record, read_continuation
+from .continuation import ContinueError, continued_from_record, read_continuation
 from .request import TrainingRequest
 
 VALIDATION_BATCH = 256
@@ -43,7 +44,8 @@ class RunPlan:
 def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=sys.stderr) -> RunPlan:
     """Check ``request`` and resolve it (``recipe`` replaces the stage's own: ablations) into a run folder and its
     settings."""
-    stage = stages.get(request.validate().stage)
+    request.validate()
+    stage = stages.get(request.stage)
     out = Path(request.out_dir) if request.out_dir else artifacts.stage_dir(stage.key)
     root = runs.runs_root(stage.key, where=out)
     ensure_writable(root)  # before any training: a run that cannot be written is refused up front
@@ -121,27 +123,18 @@ class Prepared:
 
 
 def prepare(p: RunPlan) -> Prepared:
-    """Load the run's data, refuse what it cannot train on (check_data), read the run it continues and write a new
-    run's train_info."""
-    cifar = data_mod.load(p.request.data_path)
-    splits = data_mod.split(cifar, p.request.limit, p.recipe.validation_size)
-    prints = cifar.fingerprints()
-    prior = check_data(p, cifar, splits, prints)
-    info = p.info
-    if info is None:
-        info = describe(p, cifar, splits, prior, prints)
-        artifacts.write_json(p.folder / artifacts.TRAIN_INFO, info)
-    return Prepared(cifar, *splits, prior, info)
-
-
-def check_data(p: RunPlan, cifar, splits, prints: dict) -> dict | None:
-    """The run a continuation starts from (continuation.read_continuation's record), or None; refuse data a resumed
-    run was not trained on, or batches the devices cannot split."""
-    (x_tr, _), (x_val, _), _ = splits
+    """Load the run's data; read the run a continuation starts from (continuation.read_continuation); refuse data a
+    resumed run was not trained on, or batches the devices cannot split; write a new run's train_info."""
     prior = None
     if p.request.continue_from:
         start = resolve_continuation(p.request.continue_from, p.stage.key, p.out)
-        prior = read_continuation(start, p.stage.key, p.recipe, p.request.limit, prints["train"])
+        prior = read_continuation(start, p.stage.key, p.recipe, p.request.limit)
+    cifar = data_mod.load(p.request.data_path)
+    splits = data_mod.split(cifar, p.request.limit, p.recipe.validation_size)
+    (x_tr, _), (x_val, _), _ = splits
+    prints = cifar.fingerprints()
+    if prior and prior["train_data_fingerprint"] != prints["train"]:
+        raise ContinueError(f"{prior['folder']} was trained on other data (fingerprint {prior['train_data_fingerprint']})")
     if p.info and p.info["train_data_fingerprint"] != prints["train"]:
         raise ValueError(
             f"run {p.folder.name} was trained on other data (fingerprint {p.info['train_data_fingerprint'][:12]}, "
@@ -151,11 +144,13 @@ def check_data(p: RunPlan, cifar, splits, prints: dict) -> dict | None:
         sizes = {"training": (len(x_tr), p.recipe.batch_size), "validation": (len(x_val), VALIDATION_BATCH)}
         problem = distribute.uneven(len(p.placement.devices), sizes)
         if problem:
-            import shutil
-
             shutil.rmtree(p.folder, ignore_errors=True)
             raise distribute.DeviceError(f"{problem}; {even_limits(p.placement, p.recipe, cifar, p.request.limit)}")
-    return prior
+    info = p.info
+    if info is None:
+        info = describe(p, cifar, splits, prior, prints)
+        artifacts.write_json(p.folder / artifacts.TRAIN_INFO, info)
+    return Prepared(cifar, *splits, prior, info)
 
 
 def describe(p: RunPlan, cifar, splits, prior: dict | None, prints: dict) -> dict:

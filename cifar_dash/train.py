@@ -100,6 +100,9 @@ def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
     trained model."""
     recipe, folder, prior = p.recipe, p.folder, d.prior
     (x_tr, y_tr), (x_val, y_val) = d.train, d.validation
+    prior_rows = list(prior["history"]) if prior else []
+    # the continued run's epochs (the phases a continuation skips were all trained there, none in this process)
+    continued_rows = runs.log_rows(folder, 0, prior["epochs"], prior_rows) if prior else []
     if recipe.mixed_precision:  # bfloat16 compute, float32 variables; recorded in train_info
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(recipe.seed)
@@ -110,7 +113,6 @@ def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
     # the pixels move on the device (Batches.on_device)
     feed = train_batches.tf_dataset() if keras.backend.backend() == "tensorflow" else train_batches
     save_freq = p.request.save_every or callbacks.default_save_every(steps)
-    prior_rows = list(prior["history"]) if prior else []
     progress = callbacks.Progress(folder, p.stage.key, recipe.epochs, steps, stream)
     model, start = None, 0
     for i, phase in enumerate(recipe.phases):
@@ -130,7 +132,7 @@ def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
         compile_for_phase(model, recipe, phase, steps)
         first = max(start, prior["epochs"]) if prior else start
         if prior and first > start:  # a continuation: fresh optimizer at the rate the continued run reached
-            rows = runs.log_rows(folder, start, first, prior_rows)
+            rows = [r for r in continued_rows if start < r["epoch"] <= first]
             model.optimizer.learning_rate = continued_rate(recipe, phase, rows)
         progress.phase = phase.name
         model.fit(

@@ -252,3 +252,35 @@ def test_run_ids_sort_by_time_and_are_unique(monkeypatch):
     ids = {runs.new_run_id() for _ in range(50)}  # fifty in the same second
     assert len(ids) > 45 and all(runs.valid_run_id(i) for i in ids)
     assert not runs.valid_run_id("") and not runs.valid_run_id("-x") and not runs.valid_run_id("a/b")
+
+
+def test_resume_finds_the_runs_the_listing_calls_interrupted_without_reading_their_results(stage):
+    """runs.interrupted_folders (what `train --resume` picks from) agrees with list_runs' resumable runs, oldest
+    first, over every state a run folder can be in."""
+    import shutil
+
+    out, a, b = stage
+    root = out / "runs"
+
+    def variant(name, started, edit_info=None, progress=None, drop=()):
+        d = root / name
+        shutil.copytree(root / b, d)
+        info = json.loads((d / "train_info.json").read_text())
+        info.update(run_id=name, started=started, **(edit_info or {}))
+        (d / "train_info.json").write_text(json.dumps(info))
+        if progress:
+            (d / "progress.json").write_text(json.dumps({"state": progress, "pid": 0}))
+        for f in drop:
+            (d / f).unlink()
+        return d
+
+    now = time.time()
+    variant("x-not-evaluated", now + 3, drop=["metrics.json"])
+    variant("x-cancelled", now + 1, edit_info={"finished": None}, progress="cancelled")
+    variant("x-failed", now + 2, edit_info={"finished": None}, progress="failed")
+    variant("x-no-record", now + 4, drop=["train_info.json"])
+    variant("x-killed", now + 5, edit_info={"finished": None})
+    (variant("x-damaged-record", now + 6) / "train_info.json").write_text("[1, 2]")
+    listed = [r.folder for r in runs.list_runs("mlp", where=out) if r.resumable]
+    assert [d.name for d in listed] == ["x-cancelled", "x-not-evaluated", "x-killed"]
+    assert runs.interrupted_folders("mlp", where=out) == listed
