@@ -9,40 +9,39 @@ from .keras_workarounds import allow_jit
 from .layers import LookaheadSGD, TriangularSchedule
 
 
-def make_optimizer(recipe: stages.Recipe, learning_rate, steps_per_epoch: int = 1, total_steps: int = 1):
+def compile_for_phase(model, recipe: stages.Recipe, phase, steps_per_epoch: int):
+    """Phase ``phase`` of ``recipe``: its trainable layers, then the recipe's optimizer at the phase's rate (or the
+    one-cycle schedule over the phase's steps) and the loss."""
+    models.set_trainable(model, phase.trainable, bn_trainable=recipe.backbone_bn_training)
+    allow_jit(model)  # else one augmentation layer leaves a JAX train step uncompiled
+    lr, total_steps = phase.learning_rate, steps_per_epoch * phase.epochs
+    if recipe.lr_schedule == "onecycle":
+        peak_at, start, end = recipe.onecycle
+        lr = TriangularSchedule(phase.learning_rate, total_steps, warmup=peak_at, start=start, end=end)
+    decay = recipe.weight_decay or None
     if recipe.optimizer == "sgd_nesterov" and recipe.lookahead:
         start_epoch, base, power, every = recipe.lookahead
-        return LookaheadSGD(
-            learning_rate,
+        optimizer = LookaheadSGD(
+            lr,
             momentum=recipe.momentum,
             nesterov=True,
-            weight_decay=recipe.weight_decay or None,
+            weight_decay=decay,
             start_step=int(start_epoch * steps_per_epoch),
             total_steps=total_steps,
             every=int(every),
             base=base,
             power=power,
         )
-    if recipe.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if recipe.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=recipe.weight_decay)
-    if recipe.optimizer == "sgd_nesterov":
-        return keras.optimizers.SGD(
-            learning_rate, momentum=recipe.momentum, nesterov=True, weight_decay=recipe.weight_decay or None
-        )
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
-
-
-def compile_for_phase(model, recipe, phase, steps_per_epoch):
-    models.set_trainable(model, phase.trainable, bn_trainable=recipe.backbone_bn_training)
-    allow_jit(model)  # else one augmentation layer leaves a JAX train step uncompiled
-    lr = phase.learning_rate
-    if recipe.lr_schedule == "onecycle":
-        peak_at, start, end = recipe.onecycle
-        lr = TriangularSchedule(phase.learning_rate, steps_per_epoch * phase.epochs, warmup=peak_at, start=start, end=end)
+    elif recipe.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(lr)
+    elif recipe.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "sgd_nesterov":
+        optimizer = keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=True, weight_decay=decay)
+    else:
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
     model.compile(
-        optimizer=make_optimizer(recipe, lr, steps_per_epoch, steps_per_epoch * phase.epochs),
+        optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
         metrics=["accuracy"],
         jit_compile=True if recipe.jit_compile else "auto",

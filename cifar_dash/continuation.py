@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from . import artifacts, stages
-from .keras_workarounds import plateau_replay
 
 
 class ContinueError(ValueError):
@@ -64,6 +63,7 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> d
     except (artifacts.ArtifactError, AttributeError):
         test_accuracy = None
     return {
+        "learning_rate": _resume_rate(recipe, history, sum(done)),
         "folder": str(folder),
         "run_id": info.get("run_id"),
         "epochs": sum(done),
@@ -79,6 +79,18 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> d
     }
 
 
+def _resume_rate(recipe: stages.Recipe, history: list, done: int) -> float | None:
+    """The rate a continuation's optimizer starts at when it goes on inside a phase (``continued_rate`` of that
+    phase's epochs so far); None when it starts a phase afresh."""
+    start = 0
+    for phase in recipe.phases:
+        end = start + phase.epochs
+        if start < done < end:
+            return continued_rate(recipe, phase, [r for r in history if start < r["epoch"] <= done])
+        start = end
+    return None
+
+
 def continued_from_record(prior: dict) -> dict:
     """What train_info records of the published run a continuation started from, with the run that one continued
     (nested, oldest innermost), so every epoch keeps where and in which precision it was trained."""
@@ -91,6 +103,8 @@ def continued_from_record(prior: dict) -> dict:
 def continued_rate(recipe, phase, rows) -> float:
     """The learning rate a continued run's history reached: the plateau rule's next rate, or the last one logged."""
     if recipe.lr_schedule == "reduce_on_plateau":
+        from .keras_workarounds import plateau_replay  # imports Keras: the pages read this module without it
+
         return plateau_replay(rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)[2]
     return rows[-1].get("learning_rate", phase.learning_rate)
 

@@ -161,10 +161,14 @@ def measure(model, train_info: dict, test, validation=None, features: bool = Fal
 
 
 def summary_line(result: dict) -> str:
-    return (
+    """What a command prints of metrics.json's figures; with the temperature, when one was fit, on a second line."""
+    line = (
         f"{result['stage']}: test accuracy {result['test_accuracy']:.4f} on {result['n_test']} images "
         f"(ECE {result['calibration']['ece']:.4f}, {result['inference']['batch_1_ms']:.1f} ms/image at batch 1)"
     )
+    if "temperature" in result["calibration"]:
+        line += "\n" + calibration.summary_line(result["stage"], result["calibration"])
+    return line
 
 
 def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys.stderr) -> dict:

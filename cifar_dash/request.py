@@ -165,6 +165,13 @@ class TrainingRequest:
 
     def validate(self) -> TrainingRequest:
         """Raise RequestError (or stages' ValueError for epochs, backbone and batch size) naming what is wrong."""
+        self.resolve()
+        return self
+
+    def resolve(self, recipe=None):
+        """The stage and the recipe this request trains (``recipe``, if given, in place of the stage's own: ablations),
+        checked once: RequestError (or stages' ValueError for epochs, backbone and batch size) names what is wrong.
+        A resumed run keeps the recipe it was started with, so the recipe is None then."""
         from . import stages
 
         if self.stage not in stages.KEYS:
@@ -179,9 +186,11 @@ class TrainingRequest:
             raise RequestError(f"speed must be one of {', '.join(SPEEDS)}, not {self.speed!r}")
         if self.resume and self.continue_from:
             raise RequestError("resume a run or continue from one, not both")
-        if not self.resume:
-            stages.recipe_for(stages.get(self.stage), self.epochs, self.backbone, self.seed, self.batch_size)
-        return self
+        stage = stages.get(self.stage)
+        if self.resume:
+            return stage, None
+        base = dataclasses.replace(stage, recipe=recipe) if recipe else stage
+        return stage, stages.recipe_for(base, self.epochs, self.backbone, self.seed, self.batch_size)
 
     def to_argv(self) -> list[str]:
         """``python -m cifar_dash train`` arguments that parse back into this request (``from_argv``)."""

@@ -44,20 +44,12 @@ class RunPlan:
 def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=sys.stderr) -> RunPlan:
     """Check ``request`` and resolve it (``recipe`` replaces the stage's own: ablations) into a run folder and its
     settings."""
-    request.validate()
-    stage = stages.get(request.stage)
+    stage, recipe = request.resolve(recipe)
     out = Path(request.out_dir) if request.out_dir else artifacts.stage_dir(stage.key)
     root = runs.runs_root(stage.key, where=out)
     ensure_writable(root)  # before any training: a run that cannot be written is refused up front
     if request.resume:
         return _plan_resume(request, stage, out, stream)
-    recipe = stages.recipe_for(
-        dataclasses.replace(stage, recipe=recipe) if recipe else stage,
-        request.epochs,
-        request.backbone,
-        request.seed,
-        request.batch_size,
-    )
     recipe, choice = speed_mod.setting(stage.key, recipe, request.speed, request.mixed_precision, request.xla)
     placement = distribute.plan(request.devices, recipe.batch_size)  # a bad setting fails before the run has a folder
     if placement.devices and keras.backend.backend() == "tensorflow" and recipe.jit_compile:

@@ -21,7 +21,6 @@ from .artifacts import write_json
 from .batches import Batches
 from .callbacks import Cancelled
 from .compiling import compile_for_phase
-from .continuation import continued_rate
 from .data import NUM_CLASSES
 from .failures import OutOfMemory, is_out_of_memory, out_of_memory_advice
 from .request import TrainingRequest
@@ -67,8 +66,7 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
             keras.mixed_precision.set_global_policy("float32")
             if clean is None:
                 clean = artifacts.load_model(p.folder / artifacts.MODEL)
-            assessment = assess.assess(clean, d.info, d.test, d.validation, stream=stream)
-            assess.write(p.folder, assessment)
+            assess.assess(clean, d.info, d.test, d.validation, p.folder, stream=stream)
         shutil.rmtree(p.folder / runs.BACKUP, ignore_errors=True)
         say("done", epoch=p.recipe.epochs, epochs=p.recipe.epochs, out=str(p.folder))
         promote = f"python -m cifar_dash promote {p.stage.key} {p.folder.name}"
@@ -101,8 +99,6 @@ def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
     recipe, folder, prior = p.recipe, p.folder, d.prior
     (x_tr, y_tr), (x_val, y_val) = d.train, d.validation
     prior_rows = list(prior["history"]) if prior else []
-    # the continued run's epochs (the phases a continuation skips were all trained there, none in this process)
-    continued_rows = runs.log_rows(folder, 0, prior["epochs"], prior_rows) if prior else []
     if recipe.mixed_precision:  # bfloat16 compute, float32 variables; recorded in train_info
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(recipe.seed)
@@ -132,8 +128,7 @@ def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
         compile_for_phase(model, recipe, phase, steps)
         first = max(start, prior["epochs"]) if prior else start
         if prior and first > start:  # a continuation: fresh optimizer at the rate the continued run reached
-            rows = [r for r in continued_rows if start < r["epoch"] <= first]
-            model.optimizer.learning_rate = continued_rate(recipe, phase, rows)
+            model.optimizer.learning_rate = prior["learning_rate"]
         progress.phase = phase.name
         model.fit(
             feed,

@@ -32,7 +32,7 @@ INFO = {"stage": "cnn", "run_id": "r1", "recipe": {"tta": "flip"}, "test_data_fi
 def test_assessment_equals_the_separate_steps_and_writes_every_file(tmp_path):
     model = _model()
     test, val = _images(64, 1), _images(30, 2)
-    a = assess.assess(model, INFO, test, val, stream=io.StringIO())
+    a = assess.assess(model, INFO, test, val, tmp_path, stream=io.StringIO())
     # the same figures as each step on its own
     probs = evaluate.predict_probs(model, test[0], tta="flip")
     np.testing.assert_allclose(a.test_probs, probs, atol=1e-5)
@@ -45,7 +45,6 @@ def test_assessment_equals_the_separate_steps_and_writes_every_file(tmp_path):
     feats, _ = features.features_and_probs(model, test[0])
     assert a.metrics["separation"]["knn_accuracy"] == pytest.approx(embedding.separation(feats, test[1]))
     assert a.metrics["tta"] == "flip" and a.metrics["run_id"] == "r1" and a.metrics["test_data_fingerprint"] == "abc"
-    assess.write(tmp_path, a)
     stored = artifacts.load_predictions(tmp_path / artifacts.PREDICTIONS)
     np.testing.assert_array_equal(stored.labels, test[1])
     np.testing.assert_allclose(stored.probs, a.test_probs, atol=1e-6)
@@ -60,10 +59,9 @@ def test_without_validation_images_the_temperature_is_cross_fit_and_few_images_m
     test = _images(embedding.MIN_IMAGES - 1, 3)
     empty = (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))
     out = io.StringIO()
-    a = assess.assess(model, INFO, test, empty, stream=out)
+    a = assess.assess(model, INFO, test, empty, tmp_path, stream=out)
     assert a.val_probs is None and a.embedding is None and "separation" not in a.metrics
     assert a.metrics["calibration"]["fit_on"].startswith("test, two-fold")
     assert "no feature map" in out.getvalue()
-    assess.write(tmp_path, a)
     assert not (tmp_path / artifacts.EMBEDDING).exists() and not (tmp_path / artifacts.VAL_PREDICTIONS).exists()
     assert artifacts.read_json(tmp_path / artifacts.METRICS)["n_test"] == len(test[1])
