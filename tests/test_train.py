@@ -1,4 +1,5 @@
 import dataclasses
+import io
 import json
 import os
 import re
@@ -875,3 +876,15 @@ except failures.OutOfMemory as e:
     assert cause.startswith("True ") and f"({cause[len('True ') :]})" in r.stdout  # the raised error's own line
     (run,) = runs.list_runs(stage, where=tmp_path / "run")
     assert run.progress["state"] == "failed" and run.progress["message"].startswith(f"OutOfMemory: {stage} ran out")
+
+
+def test_evaluating_again_keeps_the_map_separation_of_the_same_run_and_images(cifar_npz, tmp_path):
+    folder = train.train("mlp", epochs=1, limit=200, data_path=cifar_npz, out_dir=tmp_path / "mlp")
+    first = artifacts.read_json(folder / "metrics.json")
+    assert first["separation"]["n"] == 200 and (folder / "embedding.npz").exists()
+    again = evaluate.evaluate("mlp", out_dir=folder, data_path=cifar_npz, stream=io.StringIO())
+    assert again["separation"] == first["separation"]
+    assert artifacts.read_json(folder / "metrics.json")["separation"] == first["separation"]
+    # fewer test images: the stored map is of other images, so its number is not carried over
+    fewer = evaluate.evaluate("mlp", out_dir=folder, data_path=cifar_npz, limit=100, stream=io.StringIO())
+    assert fewer["n_test"] == 100 and "separation" not in fewer
