@@ -124,7 +124,7 @@ def of_features(feats, labels, indices, name: str, stream=sys.stderr, features_s
     return emb
 
 
-def embed_folder(folder: Path, x_test, model=None, stream=sys.stderr) -> dict | None:
+def embed_folder(folder: Path, x_test, stream=sys.stderr) -> dict | None:
     """Compute the map of the stage in ``folder`` on the test images it was evaluated on (``x_test``, in the order of
     its stored predictions), write embedding.npz and record the separation in its metrics.json."""
     folder = Path(folder)
@@ -133,8 +133,7 @@ def embed_folder(folder: Path, x_test, model=None, stream=sys.stderr) -> dict | 
     if len(preds.indices) < MIN_IMAGES:
         print(f"no feature map: {len(preds.indices)} test images are too few (at least {MIN_IMAGES})", file=stream)
         return None
-    if model is None:
-        model = artifacts.load_model(folder / artifacts.MODEL)
+    model = artifacts.load_model(folder / artifacts.MODEL)
     from .features import features_and_probs
 
     t = time.perf_counter()

@@ -29,9 +29,10 @@ def validation_split(info: dict, cifar) -> tuple[np.ndarray, np.ndarray]:
     return x_val, np.asarray(y_val).reshape(-1)
 
 
-def calibrate_folder(folder: Path, x_val, y_val, model=None, stream=sys.stderr) -> dict:
+def calibrate_folder(folder: Path, x_val, y_val, stream=sys.stderr) -> dict:
     """Fit the temperature of the stage in ``folder`` on its validation images ``x_val`` (none: two-fold
-    cross-fitting on the test set) and write it into its metrics.json (``calibration``)."""
+    cross-fitting on the test set) and write it into its metrics.json (``calibration``). The validation predictions
+    stored by an earlier fit of the same model are reused; else the model runs and they are stored."""
     from .evaluate import predict_probs, tta_of
 
     info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
@@ -40,10 +41,9 @@ def calibrate_folder(folder: Path, x_val, y_val, model=None, stream=sys.stderr) 
     y_val = np.asarray(y_val).reshape(-1)
     val_probs = None
     if len(x_val):
-        val_probs = _stored_val_probs(folder, y_val) if model is None else None
+        val_probs = _stored_val_probs(folder, y_val)
         if val_probs is None:
-            if model is None:
-                model = artifacts.load_model(folder / artifacts.MODEL)
+            model = artifacts.load_model(folder / artifacts.MODEL)
             val_probs = predict_probs(model, x_val, tta=tta_of(info))
             artifacts.save_predictions(folder / artifacts.VAL_PREDICTIONS, val_probs, y_val, np.arange(len(y_val)))
     fitted = calibration.calibrate(test.probs, test.labels, val_probs, y_val)
