@@ -102,7 +102,7 @@ def _pipeline_ips(stage_key, recipe, fed: int, devices: str | None) -> float:
 
     import numpy as np
 
-    from cifar_dash import runs, train
+    from cifar_dash import runlog, train
 
     b = recipe.batch_size
     phase = dataclasses.replace(recipe.phases[-1], epochs=2)
@@ -129,7 +129,7 @@ def _pipeline_ips(stage_key, recipe, fed: int, devices: str | None) -> float:
             devices=devices,
             stream=open(os.devnull, "w"),
         )
-        rows = runs.read_log(folder)
+        rows = runlog.read_log(folder)
     return fed * b / rows[-1]["seconds"]
 
 

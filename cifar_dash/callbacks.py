@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from . import runs
+from . import runlog, runs
 from .batches import EpochOrder
 from .keras_workarounds import Backup, EpochTensorBoard, Plateau
 
@@ -171,7 +171,7 @@ def for_phase(*, folder: Path, i: int, phase, recipe, train_batches, canceller, 
     callbacks = [EpochOrder(train_batches), canceller]
     if _tensorboard_available():  # Keras' TensorBoard writes through tf.summary; before Progress adds text
         callbacks.append(EpochTensorBoard(str(folder / runs.TENSORBOARD), write_graph=False))
-    callbacks += [progress, keras.callbacks.CSVLogger(str(folder / runs.LOG), append=True)]
+    callbacks += [progress, keras.callbacks.CSVLogger(str(folder / runlog.LOG), append=True)]
     if recipe.lr_schedule == "reduce_on_plateau":
         callbacks.append(
             Plateau(

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import artifacts, runs, stages
+from . import artifacts, runlog, runs, stages
 from .request import TrainingRequest
 
 _POPEN: dict[int, subprocess.Popen] = {}  # children of this process, kept to reap them
@@ -188,7 +188,7 @@ def status(stage: str) -> JobStatus:
                 p["state"],
                 None,
                 p,
-                runs.read_log(run.folder),
+                runlog.read_log(run.folder),
                 f"run {run.run_id}, started outside the dashboard (pid {p['pid']})",
                 external=True,
             )
@@ -205,7 +205,7 @@ def _job_status(stage: str) -> JobStatus:
     progress = runs.read_progress(folder)
     if progress.get("pid") != job["pid"]:
         progress = {}  # written by an earlier process of the same run (before a resume)
-    history = runs.read_log(folder) if progress else []
+    history = runlog.read_log(folder) if progress else []
     alive = _alive(job["pid"])
     state = progress.get("state", runs.STARTING)
     message = progress.get("message")

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import artifacts, assess, callbacks, models, runplan, runs, runtime, stages
+from . import artifacts, assess, callbacks, models, runlog, runplan, runs, runtime, stages
 from .artifacts import write_json
 from .batches import Batches
 from .callbacks import Cancelled
@@ -145,7 +145,7 @@ def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
                 canceller=canceller,
                 progress=progress,
                 save_freq=save_freq,
-                rows_before=lambda s=start: runs.log_rows(folder, s, 10**9, prior_rows),
+                rows_before=lambda s=start: runlog.log_rows(folder, s, 10**9, prior_rows),
             ),
             verbose=0,
             shuffle=False,
@@ -170,7 +170,7 @@ def _finish(p: runplan.RunPlan, d: runplan.Prepared, model):
     clean.set_weights(model.get_weights())
     with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
         clean.save(tmp)
-    history = runs.history_rows(folder, list(prior["history"]) if prior else [])
+    history = runlog.history_rows(folder, list(prior["history"]) if prior else [])
     write_json(folder / artifacts.HISTORY, {"stage": p.stage.key, "run_id": folder.name, "epochs": history})
     seconds = sum(float(r.get("seconds") or 0) for r in history)
     total, trainable = models.count_params(model)

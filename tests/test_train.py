@@ -24,6 +24,7 @@ from cifar_dash import (
     keras_workarounds,
     publish,
     results,
+    runlog,
     runplan,
     runs,
     stages,
@@ -154,7 +155,7 @@ def test_resume_after_kill_minus_9_through_backup_and_restore(cifar_npz, tmp_pat
 
     def two_epochs_logged():
         try:  # the runs/ folder appears a moment before the run's own folder in it
-            return len(runs.read_log(_only_run(out))) >= 2
+            return len(runlog.read_log(_only_run(out))) >= 2
         except (OSError, ValueError):
             return False
 
