@@ -145,6 +145,7 @@ def main():
     )
     args = ap.parse_args()
     if args.uploads_only:
+        args.uploads_only = args.uploads_only.resolve()  # AppTest resolves a relative path against this file
         sys.path.insert(0, str(args.uploads_only))
         u = uploads(args.reps, args.uploads_only)
         print(f"{args.uploads_only}: upload of one photo, cold {u['cold_s']:.2f} s, warm {u['warm_s']:.2f} s (median)")
