@@ -52,14 +52,14 @@ def run_one(name: str, seed: int, epochs, limit, data, runs_dir: Path) -> dict:
     out = runs_dir / f"{name}-s{seed}-e{epochs or 'recipe'}-n{limit or 'all'}"
     start = time.perf_counter()
     # an interrupted run of this variant resumes from its backup; otherwise a new run
-    resume = runs.latest_interrupted("speedrun", where=out)
+    interrupted = runs.interrupted_folders("speedrun", where=out)
     folder = train.train(
         "speedrun",
         epochs=epochs,
         limit=limit,
         data_path=data,
         out_dir=out,
-        resume=resume.run_id if resume else False,
+        resume=interrupted[-1].name if interrupted else False,
         seed=seed,
         recipe=variant_recipe(name),
         stream=sys.stderr,

@@ -114,6 +114,11 @@ def load(folder: Path) -> Embedding:
     return emb
 
 
+def too_few(n: int) -> str | None:
+    """Why ``n`` test images make no map, or None."""
+    return f"no feature map: {n} test images are too few (at least {MIN_IMAGES})" if n < MIN_IMAGES else None
+
+
 def of_features(feats, labels, indices, name: str, stream=sys.stderr, features_seconds: float | None = None) -> Embedding:
     """The map and separation of penultimate features ``feats`` of the test images ``indices`` (true ``labels``)."""
     emb, sep = compute(feats, labels, indices)
@@ -130,8 +135,8 @@ def embed_folder(folder: Path, x_test, stream=sys.stderr) -> dict | None:
     folder = Path(folder)
     metrics = artifacts.read_json(folder / artifacts.METRICS)
     preds = artifacts.load_predictions(folder / artifacts.PREDICTIONS)
-    if len(preds.indices) < MIN_IMAGES:
-        print(f"no feature map: {len(preds.indices)} test images are too few (at least {MIN_IMAGES})", file=stream)
+    if problem := too_few(len(preds.indices)):
+        print(problem, file=stream)
         return None
     model = artifacts.load_model(folder / artifacts.MODEL)
     from .features import features_and_probs

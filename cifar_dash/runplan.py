@@ -97,7 +97,6 @@ def _plan_resume(request: TrainingRequest, stage, out: Path, stream) -> RunPlan:
 class Prepared:
     """What a planned run trains and is assessed on, and the records it starts from; read once, handed down."""
 
-    cifar: data_mod.Cifar10
     train: tuple  # (images, labels)
     validation: tuple  # (images, labels); empty when the recipe holds none out
     test: tuple  # (images, labels)
@@ -142,7 +141,7 @@ def prepare(p: RunPlan) -> Prepared:
     if info is None:
         info = describe(p, cifar, splits, prior, prints)
         artifacts.write_json(p.folder / artifacts.TRAIN_INFO, info)
-    return Prepared(cifar, *splits, prior, info)
+    return Prepared(*splits, prior, info)
 
 
 def describe(p: RunPlan, cifar, splits, prior: dict | None, prints: dict) -> dict:

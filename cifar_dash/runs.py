@@ -305,11 +305,6 @@ def interrupted_folders(stage: str, root: Path | None = None, where: Path | None
     return [d for _, d in sorted(found)]
 
 
-def latest_interrupted(stage: str, root: Path | None = None, where: Path | None = None) -> Run | None:
-    candidates = [r for r in list_runs(stage, root, where) if r.resumable]
-    return candidates[-1] if candidates else None
-
-
 def compare(a: Run, b: Run) -> dict:
     """What changed from run ``a`` to run ``b``: test accuracy, per-class recall, epochs, training time."""
     from .data import CLASS_NAMES

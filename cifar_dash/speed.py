@@ -90,8 +90,7 @@ def rule(recipe, machine: dict) -> Choice:
 def choose(stage: str, recipe, machine: dict | None = None) -> Choice:
     """This machine's measured fastest setting for ``stage``, else the rule's."""
     machine = machine if machine is not None else runtime.info()
-    records = read_records(machine)
-    measured = records[stage] if stage in records else None
+    measured = read_records(machine).get(stage)
     if measured and measured.get("chosen"):
         best = measured["chosen"]
         return Choice(best["precision"], bool(best["xla"]), f"measured on {measured.get('date', '?')} by tune {stage}")

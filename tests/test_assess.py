@@ -32,10 +32,10 @@ INFO = {"stage": "cnn", "run_id": "r1", "recipe": {"tta": "flip"}, "test_data_fi
 def test_assessment_equals_the_separate_steps_and_writes_every_file(tmp_path):
     model = _model()
     test, val = _images(64, 1), _images(30, 2)
-    a = assess.assess(model, INFO, test, val, tmp_path, stream=io.StringIO())
+    a, _ = assess.assess(model, INFO, test, val, tmp_path, stream=io.StringIO())
     # the same figures as each step on its own
     probs = evaluate.predict_probs(model, test[0], tta="flip")
-    np.testing.assert_allclose(a.test_probs, probs, atol=1e-5)
+    np.testing.assert_allclose(a.probs, probs, atol=1e-5)
     np.testing.assert_allclose(a.val_probs, evaluate.predict_probs(model, val[0], tta="flip"), atol=1e-5)
     assert a.metrics["test_accuracy"] == pytest.approx(float((probs.argmax(1) == test[1]).mean()))
     fitted = calibration.calibrate(probs, test[1], a.val_probs, val[1])
@@ -47,7 +47,7 @@ def test_assessment_equals_the_separate_steps_and_writes_every_file(tmp_path):
     assert a.metrics["tta"] == "flip" and a.metrics["run_id"] == "r1" and a.metrics["test_data_fingerprint"] == "abc"
     stored = artifacts.load_predictions(tmp_path / artifacts.PREDICTIONS)
     np.testing.assert_array_equal(stored.labels, test[1])
-    np.testing.assert_allclose(stored.probs, a.test_probs, atol=1e-6)
+    np.testing.assert_allclose(stored.probs, a.probs, atol=1e-6)
     assert len(artifacts.load_predictions(tmp_path / artifacts.VAL_PREDICTIONS).labels) == 30
     emb = embedding.load(tmp_path)
     assert emb.xy.shape == (64, 2) and list(emb.indices) == list(range(64))
@@ -59,8 +59,8 @@ def test_without_validation_images_the_temperature_is_cross_fit_and_few_images_m
     test = _images(embedding.MIN_IMAGES - 1, 3)
     empty = (np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))
     out = io.StringIO()
-    a = assess.assess(model, INFO, test, empty, tmp_path, stream=out)
-    assert a.val_probs is None and a.embedding is None and "separation" not in a.metrics
+    a, emb = assess.assess(model, INFO, test, empty, tmp_path, stream=out)
+    assert a.val_probs is None and emb is None and "separation" not in a.metrics
     assert a.metrics["calibration"]["fit_on"].startswith("test, two-fold")
     assert "no feature map" in out.getvalue()
     assert not (tmp_path / artifacts.EMBEDDING).exists() and not (tmp_path / artifacts.VAL_PREDICTIONS).exists()
