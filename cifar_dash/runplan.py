@@ -43,33 +43,44 @@ class RunPlan:
 
 def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=sys.stderr) -> RunPlan:
     """Check ``request`` and resolve it (``recipe`` replaces the stage's own: ablations) into a run folder and its
-    settings."""
+    settings: a new run's, or the interrupted run's that ``request.resume`` names (its own recipe and request, with
+    this call's data path and devices)."""
     stage, recipe = request.resolve(recipe)
     out = Path(request.out_dir) if request.out_dir else artifacts.stage_dir(stage.key)
     root = runs.runs_root(stage.key, where=out)
     ensure_writable(root)  # before any training: a run that cannot be written is refused up front
+    choice = info = None
     if request.resume:
-        return _plan_resume(request, stage, out, stream)
-    recipe, choice = speed_mod.setting(stage.key, recipe, request.speed, request.mixed_precision, request.xla)
-    placement = distribute.plan(request.devices, recipe.batch_size)  # a bad setting fails before the run has a folder
+        folder, request, recipe, info = _resumed(request, stage, out, stream)
+    else:
+        recipe, choice = speed_mod.setting(stage.key, recipe, request.speed, request.mixed_precision, request.xla)
+        folder = root / (request.run_id or runs.new_run_id())
+        if folder.exists():
+            raise ValueError(f"run {folder.name} already exists in {root}")
+    placement = distribute.plan(request.devices, recipe.batch_size)  # a bad setting fails before a new run's folder
+    xla_off = ""
     if placement.devices and keras.backend.backend() == "tensorflow" and recipe.jit_compile:
         # XLA cannot reach a MirroredStrategy's per-device variables (TensorFlow's XLA known issue "tf.Variable on a
-        # different device"): the step runs as a graph there
-        recipe = dataclasses.replace(recipe, jit_compile=False)
-        choice = choice._replace(xla=False, source=f"{choice.source}; XLA off: several TensorFlow devices")
-    if keras.backend.backend() == "jax":  # jit_compile "auto" compiles there too (keras_workarounds.allow_jit)
-        xla_text = "compiled step (JAX compiles with or without --xla)"
+        # different device"): the step runs as a graph there, also when a run started on one device resumes on several
+        recipe, xla_off = dataclasses.replace(recipe, jit_compile=False), "XLA off: several TensorFlow devices"
+    if choice is None:
+        print(f"resuming {stage.key} run {folder.name}" + (f" ({xla_off})" if xla_off else ""), file=stream)
     else:
-        xla_text = "XLA on" if choice.xla else "XLA off"
-    print(f"{stage.key}: {choice.precision}, {xla_text} ({choice.source})", file=stream)
-    folder = root / (request.run_id or runs.new_run_id())
-    if folder.exists():
-        raise ValueError(f"run {folder.name} already exists in {root}")
-    folder.mkdir(parents=True)
-    return RunPlan(request, stage, recipe, folder, out, placement, choice, None)
+        if xla_off:
+            choice = choice._replace(xla=False, source=f"{choice.source}; {xla_off}")
+        if keras.backend.backend() == "jax":  # jit_compile "auto" compiles there too (keras_workarounds.allow_jit)
+            xla_text = "compiled step (JAX compiles with or without --xla)"
+        else:
+            xla_text = "XLA on" if choice.xla else "XLA off"
+        print(f"{stage.key}: {choice.precision}, {xla_text} ({choice.source})", file=stream)
+    if info is None:
+        folder.mkdir(parents=True)
+    return RunPlan(request, stage, recipe, folder, out, placement, choice, info)
 
 
-def _plan_resume(request: TrainingRequest, stage, out: Path, stream) -> RunPlan:
+def _resumed(request: TrainingRequest, stage, out: Path, stream):
+    """The interrupted run to resume: its folder, its own request (with this call's data path and devices), its
+    recipe and train_info."""
     folder = _resume_folder(stage.key, out, request.resume)
     info = json.loads((folder / artifacts.TRAIN_INFO).read_text())
     stored = info["request"]
@@ -88,9 +99,7 @@ def _plan_resume(request: TrainingRequest, stage, out: Path, stream) -> RunPlan:
         continue_from=stored.get("continue_from"),
         devices=request.devices or stored.get("devices"),
     )
-    print(f"resuming {stage.key} run {folder.name}", file=stream)
-    placement = distribute.plan(request.devices, recipe.batch_size)
-    return RunPlan(request, stage, recipe, folder, out, placement, None, info)
+    return folder, request, recipe, info
 
 
 @dataclass
@@ -131,16 +140,22 @@ def prepare(p: RunPlan) -> Prepared:
             f"run {p.folder.name} was trained on other data (fingerprint {p.info['train_data_fingerprint'][:12]}, "
             f"this data {prints['train'][:12]}); give --data the same CIFAR-10"
         )
-    if p.placement.devices and p.info is None:  # a new run: refused before it writes anything but its progress
-        sizes = {"training": (len(x_tr), p.recipe.batch_size), "validation": (len(x_val), VALIDATION_BATCH)}
-        problem = distribute.uneven(len(p.placement.devices), sizes)
-        if problem:
+    if p.placement.devices and (problem := uneven_batches(p.placement, p.recipe, len(x_tr), len(x_val))):
+        if p.info is None:  # a new run: refused before it writes anything but its progress
             shutil.rmtree(p.folder, ignore_errors=True)
             raise distribute.DeviceError(f"{problem}; {even_limits(p.placement, p.recipe, cifar, p.request.limit)}")
+        fit = even_devices(len(p.placement.devices), p.recipe.batch_size, len(x_tr), len(x_val))
+        raise distribute.DeviceError(
+            f"{problem}; run {p.folder.name} keeps its --limit when resumed: resume it with --devices "
+            + " or ".join(map(str, fit))
+        )
     info = p.info
     if info is None:
         info = describe(p, cifar, splits, prior, prints)
-        artifacts.write_json(p.folder / artifacts.TRAIN_INFO, info)
+    else:  # where the rest of a resumed run trains: the devices (and XLA) may differ from where it started
+        resumed = {"time": time.time(), "devices": p.placement.describe(), "jit_compile": p.recipe.jit_compile}
+        info["resumed"] = [*info.get("resumed", []), {**resumed, "machine": runtime.info()["machine"]}]
+    artifacts.write_json(p.folder / artifacts.TRAIN_INFO, info)
     return Prepared(*splits, prior, info)
 
 
@@ -197,6 +212,12 @@ def resolve_continuation(value, stage_key: str, where: Path) -> Path:
 def uneven_batches(placement, recipe, n_train: int, n_val: int) -> str | None:
     sizes = {"training": (n_train, recipe.batch_size), "validation": (n_val, VALIDATION_BATCH)}
     return distribute.uneven(len(placement.devices), sizes)
+
+
+def even_devices(n: int, batch_size: int, n_train: int, n_val: int) -> list[int]:
+    """The device counts up to ``n`` whose batches all split for a run of these sizes (1 always does)."""
+    sizes = {"training": (n_train, batch_size), "validation": (n_val, VALIDATION_BATCH)}
+    return [k for k in range(n, 0, -1) if batch_size % k == 0 and not distribute.uneven(k, sizes)][:2][::-1]
 
 
 def even_limits(placement, recipe, cifar, limit) -> str:

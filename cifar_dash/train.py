@@ -40,6 +40,7 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
         raise TypeError(f"train(request) takes no further options ({', '.join(options)})")
     p = runplan.plan(request, recipe, stream)
     progress = {"stage": p.stage.key, "run_id": p.folder.name, "pid": os.getpid()}
+    before = runs.read_progress(p.folder) if p.info is not None else {}  # a resumed run's state, kept if refused
 
     def say(state, **extra):
         runs.write_progress(p.folder, {**progress, "state": state, "updated": time.time(), **extra})
@@ -82,7 +83,9 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
                 p.stage.key, p.recipe, p.placement, doing[0], e, resumed=bool(request.resume), run_id=p.folder.name
             )
             error = OutOfMemory(advice)
-        if p.folder.exists():
+        if before and doing[0] == "loading":  # refused before it trained on (other data, devices): it stays resumable
+            runs.write_progress(p.folder, before)
+        elif p.folder.exists():
             say("failed", message=f"{type(error).__name__}: {error}")
         if error is not e:
             raise error from e

@@ -159,3 +159,68 @@ def test_under_tensorflow_a_run_on_two_devices_feeds_tf_data_and_refuses_uneven_
     (run,) = runs.list_runs("mlp", where=out)
     assert run.state == "finished" and run.info["devices"]["strategy"] == "MirroredStrategy"
     assert run.info["devices"]["n"] == 2 and run.info["n_train"] == 234 and run.info["recipe"]["jit_compile"] is False
+
+
+TF_RESUME = r"""
+import json, signal, sys
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from cifar_dash import callbacks, distribute, train
+
+data, out = sys.argv[1], sys.argv[2]
+original = callbacks.Progress.on_epoch_end
+
+
+def cancel_after_the_first_epoch(self, epoch, logs=None):
+    original(self, epoch, logs)
+    if epoch == 0:
+        signal.raise_signal(signal.SIGTERM)  # what the dashboard's Cancel sends
+
+
+def started_on_one_device(limit, where):
+    callbacks.Progress.on_epoch_end = cancel_after_the_first_epoch
+    try:
+        train.train("mlp", epochs=2, limit=limit, data_path=data, out_dir=where, xla="on", evaluate=False)
+    except train.Cancelled:
+        pass
+    callbacks.Progress.on_epoch_end = original
+
+
+result = {}
+started_on_one_device(260, out + "/even")  # 234 training images: last batch 106, which two devices share
+result["folder"] = str(train.train("mlp", out_dir=out + "/even", resume=True, data_path=data, devices="all"))
+started_on_one_device(256, out + "/odd")  # 231 training images: last batch 103
+try:
+    train.train("mlp", out_dir=out + "/odd", resume=True, data_path=data, devices="all")
+except distribute.DeviceError as e:
+    result["refused"] = str(e)
+print("RESULT " + json.dumps(result))
+"""
+
+
+@pytest.mark.slow  # four TensorFlow training runs in one subprocess (about 30 s)
+def test_under_tensorflow_a_run_started_on_one_device_with_xla_resumes_on_two(cifar_npz, tmp_path):
+    """A run started on one device with XLA resumes on two under TensorFlow: XLA is turned off for the rest (it
+    cannot reach MirroredStrategy's per-device variables; the step used to fail), and train_info records where the
+    rest trained. A resumed run whose last batch two devices cannot share is refused and keeps its folder."""
+    from cifar_dash import runs
+
+    env = {**ENV, "KERAS_BACKEND": "tensorflow", "CIFAR_DASH_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-c", TF_RESUME, str(cifar_npz), str(tmp_path)], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(next(x for x in r.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT ") :])
+    assert "resuming mlp run" in r.stderr and "(XLA off: several TensorFlow devices)" in r.stderr
+    (run,) = runs.list_runs("mlp", where=tmp_path / "even")
+    assert run.info["finished"] is not None and str(run.folder) == result["folder"]  # trained (evaluate=False)
+    assert [h["epoch"] for h in run.history()] == [1, 2]
+    assert run.info["recipe"]["jit_compile"] is True and run.info["devices"] is None  # as it started
+    (resumed,) = run.info["resumed"]
+    assert resumed["devices"]["n"] == 2 and resumed["devices"]["strategy"] == "MirroredStrategy"
+    assert resumed["jit_compile"] is False
+    assert "the last training batch holds 103 images (231 % 128), which 2 devices cannot share" in result["refused"]
+    assert "keeps its --limit when resumed: resume it with --devices 1" in result["refused"]
+    (odd,) = runs.list_runs("mlp", where=tmp_path / "odd")
+    assert odd.state == "interrupted" and odd.epochs_done == 1  # refused before anything was lost
