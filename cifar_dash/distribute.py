@@ -119,3 +119,10 @@ def uneven(n_devices: int, sizes: dict[str, tuple[int, int]]) -> str | None:
         if last % n_devices:
             return f"the last {what} batch holds {last} images ({images} % {batch}), which {n_devices} devices cannot share"
     return None
+
+
+def even_counts(n_devices: int, sizes: dict[str, tuple[int, int]]) -> list[int]:
+    """The (at most two) largest device counts up to ``n_devices`` whose batches all split evenly, ascending; 1
+    always does."""
+    fits = [k for k in range(n_devices, 0, -1) if not any(b % k for _, b in sizes.values()) and not uneven(k, sizes)]
+    return fits[:2][::-1]

@@ -140,14 +140,15 @@ def prepare(p: RunPlan) -> Prepared:
             f"run {p.folder.name} was trained on other data (fingerprint {p.info['train_data_fingerprint'][:12]}, "
             f"this data {prints['train'][:12]}); give --data the same CIFAR-10"
         )
-    if p.placement.devices and (problem := uneven_batches(p.placement, p.recipe, len(x_tr), len(x_val))):
+    n_devices = len(p.placement.devices or ())
+    sizes = {"training": (len(x_tr), p.recipe.batch_size), "validation": (len(x_val), VALIDATION_BATCH)}
+    if n_devices and (problem := distribute.uneven(n_devices, sizes)):
         if p.info is None:  # a new run: refused before it writes anything but its progress
             shutil.rmtree(p.folder, ignore_errors=True)
             raise distribute.DeviceError(f"{problem}; {even_limits(p.placement, p.recipe, cifar, p.request.limit)}")
-        fit = even_devices(len(p.placement.devices), p.recipe.batch_size, len(x_tr), len(x_val))
         raise distribute.DeviceError(
             f"{problem}; run {p.folder.name} keeps its --limit when resumed: resume it with --devices "
-            + " or ".join(map(str, fit))
+            + " or ".join(map(str, distribute.even_counts(n_devices, sizes)))
         )
     info = p.info
     if info is None:
@@ -212,12 +213,6 @@ def resolve_continuation(value, stage_key: str, where: Path) -> Path:
 def uneven_batches(placement, recipe, n_train: int, n_val: int) -> str | None:
     sizes = {"training": (n_train, recipe.batch_size), "validation": (n_val, VALIDATION_BATCH)}
     return distribute.uneven(len(placement.devices), sizes)
-
-
-def even_devices(n: int, batch_size: int, n_train: int, n_val: int) -> list[int]:
-    """The device counts up to ``n`` whose batches all split for a run of these sizes (1 always does)."""
-    sizes = {"training": (n_train, batch_size), "validation": (n_val, VALIDATION_BATCH)}
-    return [k for k in range(n, 0, -1) if batch_size % k == 0 and not distribute.uneven(k, sizes)][:2][::-1]
 
 
 def even_limits(placement, recipe, cifar, limit) -> str:

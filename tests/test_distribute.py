@@ -224,3 +224,15 @@ def test_under_tensorflow_a_run_started_on_one_device_with_xla_resumes_on_two(ci
     assert "keeps its --limit when resumed: resume it with --devices 1" in result["refused"]
     (odd,) = runs.list_runs("mlp", where=tmp_path / "odd")
     assert odd.state == "interrupted" and odd.epochs_done == 1  # refused before anything was lost
+
+
+def test_even_counts_names_the_largest_device_counts_whose_batches_split():
+    from cifar_dash import distribute
+
+    def sizes(n_train, n_val=0):
+        return {"training": (n_train, 128), "validation": (n_val, 256)}
+
+    assert distribute.even_counts(8, sizes(240)) == [4, 8]  # last batch 112: 8 and 4 share it, 7, 6, 5 do not
+    assert distribute.even_counts(4, sizes(234)) == [1, 2]  # last batch 106
+    assert distribute.even_counts(4, sizes(231)) == [1]  # last batch 103: only one device
+    assert distribute.even_counts(8, sizes(240, 300)) == [2, 4]  # the validation's last batch of 44 rules out 8
