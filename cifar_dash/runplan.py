@@ -39,6 +39,7 @@ class RunPlan:
     placement: distribute.Plan
     choice: object | None  # speed.Choice of a new run; None when resuming (the recipe keeps its own)
     info: dict | None  # the resumed run's train_info; None for a new run until ``describe`` makes it
+    progress: dict  # the resumed run's progress.json as it was (put back when the resumption is refused); {} if new
 
 
 def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=sys.stderr) -> RunPlan:
@@ -50,8 +51,9 @@ def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=s
     root = runs.runs_root(stage.key, where=out)
     ensure_writable(root)  # before any training: a run that cannot be written is refused up front
     choice = info = None
+    progress = {}
     if request.resume:
-        folder, request, recipe, info = _resumed(request, stage, out, stream)
+        folder, progress, request, recipe, info = _resumed(request, stage, out, stream)
     else:
         recipe, choice = speed_mod.setting(stage.key, recipe, request.speed, request.mixed_precision, request.xla)
         folder = root / (request.run_id or runs.new_run_id())
@@ -75,13 +77,13 @@ def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=s
         print(f"{stage.key}: {choice.precision}, {xla_text} ({choice.source})", file=stream)
     if info is None:
         folder.mkdir(parents=True)
-    return RunPlan(request, stage, recipe, folder, out, placement, choice, info)
+    return RunPlan(request, stage, recipe, folder, out, placement, choice, info, progress)
 
 
 def _resumed(request: TrainingRequest, stage, out: Path, stream):
-    """The interrupted run to resume: its folder, its own request (with this call's data path and devices), its
-    recipe and train_info."""
-    folder = _resume_folder(stage.key, out, request.resume)
+    """The interrupted run to resume: its folder and progress, its own request (with this call's data path and
+    devices), its recipe and train_info."""
+    folder, progress = _resume_folder(stage.key, out, request.resume)
     info = json.loads((folder / artifacts.TRAIN_INFO).read_text())
     stored = info["request"]
     recipe = stages.recipe_from_dict(info["recipe"])
@@ -99,7 +101,7 @@ def _resumed(request: TrainingRequest, stage, out: Path, stream):
         continue_from=stored.get("continue_from"),
         devices=request.devices or stored.get("devices"),
     )
-    return folder, request, recipe, info
+    return folder, progress, request, recipe, info
 
 
 @dataclass
@@ -227,7 +229,7 @@ def even_limits(placement, recipe, cifar, limit) -> str:
     return f"choose --limit {' or '.join(map(str, sorted(near)))}, or --devices 1" if near else "choose --devices 1"
 
 
-def _resume_folder(stage_key: str, out: Path, resume) -> Path:
+def _resume_folder(stage_key: str, out: Path, resume) -> tuple[Path, dict]:
     root = runs.runs_root(stage_key, where=out)
     if resume is True:
         candidates = runs.interrupted_folders(stage_key, where=out)
@@ -245,7 +247,7 @@ def _resume_folder(stage_key: str, out: Path, resume) -> Path:
         )
     if not (folder / artifacts.TRAIN_INFO).exists():
         raise ValueError(f"run {folder.name} has no train_info.json: it cannot be resumed; delete it")
-    return folder
+    return folder, progress
 
 
 class PublishError(OSError):

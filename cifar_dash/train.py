@@ -40,7 +40,6 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
         raise TypeError(f"train(request) takes no further options ({', '.join(options)})")
     p = runplan.plan(request, recipe, stream)
     progress = {"stage": p.stage.key, "run_id": p.folder.name, "pid": os.getpid()}
-    before = runs.read_progress(p.folder) if p.info is not None else {}  # a resumed run's state, kept if refused
 
     def say(state, **extra):
         runs.write_progress(p.folder, {**progress, "state": state, "updated": time.time(), **extra})
@@ -83,8 +82,11 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
                 p.stage.key, p.recipe, p.placement, doing[0], e, resumed=bool(request.resume), run_id=p.folder.name
             )
             error = OutOfMemory(advice)
-        if before and doing[0] == "loading":  # refused before it trained on (other data, devices): it stays resumable
-            runs.write_progress(p.folder, before)
+        if p.info is not None and doing[0] == "loading":  # a resumption refused (other data, devices): the run
+            if p.progress:  # stays as it was, resumable
+                runs.write_progress(p.folder, p.progress)
+            else:
+                (p.folder / runs.PROGRESS).unlink(missing_ok=True)
         elif p.folder.exists():
             say("failed", message=f"{type(error).__name__}: {error}")
         if error is not e:
