@@ -32,6 +32,11 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> d
         history = artifacts.read_json(folder / artifacts.HISTORY)["epochs"]
     except (artifacts.ArtifactError, KeyError, TypeError) as e:
         raise ContinueError(f"{folder} holds no finished run to continue ({e})") from e
+    try:  # what the published run measured (its own evaluation, not a stale one), kept beside the continuation's
+        metrics = artifacts.read_json(folder / artifacts.METRICS)
+        test_accuracy = metrics.get("test_accuracy") if metrics.get("run_id") == info.get("run_id") else None
+    except (artifacts.ArtifactError, AttributeError):
+        test_accuracy = None
     if not (folder / artifacts.MODEL).exists():
         raise ContinueError(f"{folder / artifacts.MODEL} is missing: nothing to continue")
     if info.get("stage") != stage_key:
@@ -57,11 +62,6 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> d
         raise ContinueError(f"{folder}: {problem}" + (" (--epochs takes one count per phase)" if len(done) > 1 else ""))
     if len(history) != sum(done):
         raise ContinueError(f"{folder}: history has {len(history)} epochs, train_info {sum(done)}")
-    try:  # what the published run measured (its own evaluation, not a stale one), kept beside the continuation's
-        metrics = artifacts.read_json(folder / artifacts.METRICS)
-        test_accuracy = metrics.get("test_accuracy") if metrics.get("run_id") == info.get("run_id") else None
-    except (artifacts.ArtifactError, AttributeError):
-        test_accuracy = None
     return {
         "learning_rate": _resume_rate(recipe, history, sum(done)),
         "folder": str(folder),
