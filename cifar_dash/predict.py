@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,13 +84,28 @@ def image_digest(image: np.ndarray) -> str:
 
 class PredictionCache:
     """Probabilities per (stage, model version, image digest), shared by every session of a server: a new upload
-    is predicted alone, never the batch it joins. ``predicted`` counts the images each stage actually ran on."""
+    is predicted alone, never the batch it joins. ``predicted`` counts the images each stage actually ran on.
+
+    One model call per stage and version at a time (a second caller then finds the images stored); the calls of
+    different stages may run at once, from several threads (``pipelined``)."""
 
     def __init__(self, max_entries: int = 20_000):
         self.max_entries = max_entries
         self._probs: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dict and the counts, never held during a model call
+        self._stage_locks: dict[tuple, threading.RLock] = {}
         self.predicted: dict[str, int] = {}
+
+    def _stage_lock(self, key: str, version) -> threading.RLock:
+        with self._lock:
+            return self._stage_locks.setdefault((key, version), threading.RLock())
+
+    def lacks(self, key: str, version, images: np.ndarray, layer: str | None = None) -> bool:
+        """Whether some of ``images`` has no stored probabilities (or ``layer`` features) for this stage."""
+        images = np.asarray(images, dtype=np.uint8).reshape(-1, 32, 32, 3)
+        whats = [(key, version)] + ([(key, version, layer)] if layer else [])
+        with self._lock:
+            return any((*w, image_digest(im)) not in self._probs for w in whats for im in images)
 
     def probs(self, key: str, version, images: np.ndarray, load: Callable[[], LoadedStage]) -> np.ndarray:
         """(n, 10) probabilities of stage ``key`` (model ``version``) for ``images``; ``load`` is called only when
@@ -103,22 +120,23 @@ class PredictionCache:
         """``probs`` and ``features`` of the same images, from one model call for the images that have neither."""
         images = np.asarray(images, dtype=np.uint8).reshape(-1, 32, 32, 3)
         digests = [image_digest(im) for im in images]
-        with self._lock:
-            neither = [
-                i
-                for i, d in enumerate(digests)
-                if (key, version, d) not in self._probs and (key, version, layer, d) not in self._probs
-            ]
-        if neither:
-            probs, feats = load().probs_and_features(layer, images[neither])
-            by_digest = {digests[i]: (p, f) for i, p, f in zip(neither, probs, feats)}
+        with self._stage_lock(key, version):
+            with self._lock:
+                neither = [
+                    i
+                    for i, d in enumerate(digests)
+                    if (key, version, d) not in self._probs and (key, version, layer, d) not in self._probs
+                ]
+            if neither:
+                probs, feats = load().probs_and_features(layer, images[neither])
+                by_digest = {digests[i]: (p, f) for i, p, f in zip(neither, probs, feats)}
 
-            def stored(part):  # the rows just computed, for whichever of these images the cache still lacks
-                return lambda x: np.stack([by_digest[image_digest(im)][part] for im in x])
+                def stored(part):  # the rows just computed, for whichever of these images the cache still lacks
+                    return lambda x: np.stack([by_digest[image_digest(im)][part] for im in x])
 
-            self._cached((key, version), images[neither], stored(0), key)
-            self._cached((key, version, layer), images[neither], stored(1), f"{key}/{layer}")
-        return self.probs(key, version, images, load), self.features(key, version, layer, images, load)
+                self._cached((key, version), images[neither], stored(0), key)
+                self._cached((key, version, layer), images[neither], stored(1), f"{key}/{layer}")
+            return self.probs(key, version, images, load), self.features(key, version, layer, images, load)
 
     def seed(self, key: str, version, images: np.ndarray, probs: np.ndarray) -> None:
         """Store probabilities the stage is known to give for ``images`` (its evaluation's stored test predictions,
@@ -132,20 +150,46 @@ class PredictionCache:
     def _cached(self, what: tuple, images: np.ndarray, run: Callable[[np.ndarray], np.ndarray], key: str):
         images = np.asarray(images, dtype=np.uint8).reshape(-1, 32, 32, 3)
         ids = [(*what, image_digest(im)) for im in images]
-        with self._lock:  # one model call at a time: sessions share the CPU anyway, and this keeps the cache exact
-            missing = sorted({i for i, k in enumerate(ids) if k not in self._probs})
+        with self._stage_lock(*what[:2]):  # the stage's model runs once for these images, other stages alongside
+            with self._lock:  # what is stored now (another stage's call may evict it meanwhile)
+                have = {k: self._probs[k] for k in ids if k in self._probs}
+            missing = sorted({i for i, k in enumerate(ids) if k not in have})
             if missing:
-                fresh = run(images[missing])
-                for i, p in zip(missing, fresh):
-                    self._probs[ids[i]] = p
-                self.predicted[key] = self.predicted.get(key, 0) + len(missing)
-            out = []
-            for k in ids:
-                self._probs.move_to_end(k)
-                out.append(self._probs[k])
-            while len(self._probs) > max(self.max_entries, len(ids)):
-                self._probs.popitem(last=False)
-        return np.stack(out)
+                have.update(zip((ids[i] for i in missing), run(images[missing])))
+            with self._lock:
+                if missing:
+                    self.predicted[key] = self.predicted.get(key, 0) + len(missing)
+                for k in ids:
+                    self._probs[k] = have[k]
+                    self._probs.move_to_end(k)
+                while len(self._probs) > max(self.max_entries, len(ids)):
+                    self._probs.popitem(last=False)
+        return np.stack([have[k] for k in ids])
+
+
+def pipelined(tasks, load: Callable, compute: Callable, workers: int | None = None):
+    """For each task in turn: ``load(task)`` in this thread, then ``compute(task, loaded)`` on a pool of threads;
+    yields ``(task, result)`` as each finishes (``result`` is the exception that ``load`` or ``compute`` raised, if
+    one did). Models load one at a time in the caller's thread (Keras builds them with process-wide state) while the
+    stages already loaded predict: a cold server shows its first answers while the big models load, and a warm one
+    runs the stages' model calls side by side."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    pending = {}
+    with ThreadPoolExecutor(workers) as pool:
+        for task in tasks:
+            try:
+                pending[pool.submit(compute, task, load(task))] = task
+            except Exception as e:
+                yield task, e
+            for f in [f for f in pending if f.done()]:
+                yield pending.pop(f), _outcome(f)
+        for f in as_completed(list(pending)):
+            yield pending.pop(f), _outcome(f)
+
+
+def _outcome(future):
+    error = future.exception()
+    return future.result() if error is None else error
 
 
 def stored_test_probs(preds, metrics: dict | None, test_fingerprint: str | None, indices) -> np.ndarray | None:

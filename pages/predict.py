@@ -144,25 +144,40 @@ by_key = {r.stage.key: r for r in _shared.trained_results()}
 uncalibrated = []
 found = _shared.detector()  # the none-of-these detector, or why there is none
 feats = None  # its stage's features of the batch, from the same model call as that stage's probabilities
-progress = st.progress(0.0) if len(trained) > 1 else None
-for i, key in enumerate(trained):
+cache = _cache()
+
+
+def _load(key: str):
+    """This thread: the stage's model, loaded only when some image is new to it (None otherwise)."""
+    stamp = _shared.stage_stamp(key)
+    if drawn and key in by_key:  # test images: the stage's stored answers from its evaluation, no model call
+        known = predict.stored_test_probs(_shared.stored_predictions(key), by_key[key].metrics, t.fingerprint, drawn)
+        if known is not None:
+            cache.seed(key, stamp, t.x[drawn], known)  # the cache keys images by content
+    layer = ood.LAYER if key == ood.STAGE and not isinstance(found, Exception) else None
+    return stamp, layer, _shared.stage_model(key) if cache.lacks(key, stamp, batch, layer) else None
+
+
+def _answer(key: str, loaded):
+    """A worker thread (no Streamlit here): the stage's raw probabilities, and the detector's features."""
+    stamp, layer, model = loaded
+    load = (lambda: model) if model is not None else (lambda: _shared.stage_model(key))
+    if layer:
+        return cache.probs_and_features(key, stamp, layer, batch, load)
+    return cache.probs(key, stamp, batch, load), None
+
+
+progress = st.progress(0.0, text=f"Loading and running {len(trained)} stages...") if len(trained) > 1 else None
+for n, (key, out) in enumerate(predict.pipelined(trained, _load, _answer), 1):
     if progress is not None:
-        progress.progress(i / len(trained), text=f"Stage {i + 1} of {len(trained)}: {labels[key]}")
-    try:  # only images this stage has not seen yet are predicted
-        load, stamp = (lambda key=key: _shared.stage_model(key)), _shared.stage_stamp(key)
-        if drawn and key in by_key:  # test images: the stage's stored answers from its evaluation, no model call
-            known = predict.stored_test_probs(_shared.stored_predictions(key), by_key[key].metrics, t.fingerprint, drawn)
-            if known is not None:
-                _cache().seed(key, stamp, t.x[drawn], known)  # the cache keys images by content
-        if key == ood.STAGE and not isinstance(found, Exception):
-            raw, feats = _cache().probs_and_features(key, stamp, ood.LAYER, batch, load)
-        else:
-            raw = _cache().probs(key, stamp, batch, load)
-    except Exception as e:  # a damaged model file: that stage shows the error, the rest work
+        progress.progress(n / len(trained), text=f"{n} of {len(trained)} stages answered (last: {labels[key]})")
+    if isinstance(out, Exception):  # a damaged model file: that stage shows the error, the rest work
         for *_, cards, _, _ in rows:
             cards[key].markdown(f"**{labels[key]}**  \n:red[no answer: the model did not load]")
-        st.error(_shared.md_escape(f"{key}: {e}"))
+        st.error(_shared.md_escape(f"{key}: {out}"))
         continue
+    raw, stage_feats = out
+    feats = stage_feats if stage_feats is not None else feats
     probs[key], temperature = answers.calibrated(raw, by_key[key].metrics if key in by_key else None)
     if temperature is None:
         uncalibrated.append(key)
@@ -170,7 +185,8 @@ for i, key in enumerate(trained):
         cards[key].markdown(_card(key, probs[key][r], label))
 if progress is not None:
     progress.empty()
-stage_keys = list(probs)
+stage_keys = [k for k in trained if k in probs]  # the table's order, whichever stage answered first
+uncalibrated = [k for k in stage_keys if k in uncalibrated]
 if not stage_keys:
     st.stop()
 accuracy = {k: by_key[k].accuracy for k in stage_keys if k in by_key}
