@@ -11,9 +11,16 @@ tests/test_keras_workarounds.py fails the day Keras changes what these rely on.
 3. ``Plateau``: ReduceLROnPlateau's memory (``best``, ``wait``) is not in BackupAndRestore's backup; a resumed or
    continued run sets it from the epochs it already finished (``plateau_replay``, checked against Keras' own
    callback by a test), so it halves its rate when an uninterrupted run would have.
+4. ``xla_bilinear_error``: TensorFlow's XLA resizes bilinearly wrong on CPU (TensorFlow issue 118344, open in 2.21):
+   an XLA-compiled ``UpSampling2D(interpolation="bilinear")`` returns pixels up to about 250 grey levels off the
+   eager result, so a backbone stage trained with XLA would learn from other images than it is evaluated on
+   (shipped MobileNetV2 fine-tuned, first 256 test images: 88.3% eager, 71.1% with its forward pass compiled). It is
+   measured once per process on the device at hand; ``runplan.plan`` turns XLA off where it is wrong.
 """
 
 from __future__ import annotations
+
+import functools
 
 import keras
 import numpy as np
@@ -96,3 +103,24 @@ def plateau_replay(rows, learning_rate, factor, patience, min_lr=1e-7, min_delta
                     lr = max(lr * factor, min_lr)
                 wait = 0
     return best, wait, lr
+
+
+XLA_BILINEAR_TOLERANCE = 0.5  # grey levels (pixels 0-255): float32 rounding stays far below, the XLA fault far above
+
+
+@functools.cache
+def xla_bilinear_error() -> float:
+    """The largest difference between eager and XLA-compiled bilinear ``UpSampling2D`` (3x) on a fixed 32x32 image of
+    0-255 pixels, on this process's default device; 0.0 where the backend is not TensorFlow or XLA cannot compile."""
+    if keras.backend.backend() != "tensorflow":
+        return 0.0
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3)).astype("float32")
+    up = layers.UpSampling2D(3, interpolation="bilinear")
+    eager = np.asarray(up(x))
+    try:
+        compiled = tf.function(lambda t: up(t), jit_compile=True)(tf.constant(x)).numpy()
+    except (tf.errors.OpError, ValueError):  # no XLA on this device: nothing compiles wrong
+        return 0.0
+    return float(np.abs(eager - compiled).max())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import keras
 
-from . import artifacts, distribute, models, runs, runtime, stages
+from . import artifacts, distribute, keras_workarounds, models, runs, runtime, stages
 from . import data as data_mod
 from . import speed as speed_mod
 from .continuation import ContinueError, continued_from_record, read_continuation
@@ -60,11 +60,9 @@ def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=s
         if folder.exists():
             raise ValueError(f"run {folder.name} already exists in {root}")
     placement = distribute.plan(request.devices, recipe.batch_size)  # a bad setting fails before a new run's folder
-    xla_off = ""
-    if placement.devices and keras.backend.backend() == "tensorflow" and recipe.jit_compile:
-        # XLA cannot reach a MirroredStrategy's per-device variables (TensorFlow's XLA known issue "tf.Variable on a
-        # different device"): the step runs as a graph there, also when a run started on one device resumes on several
-        recipe, xla_off = dataclasses.replace(recipe, jit_compile=False), "XLA off: several TensorFlow devices"
+    xla_off = _xla_problem(recipe, placement)
+    if xla_off:
+        recipe = dataclasses.replace(recipe, jit_compile=False)
     if choice is None:
         print(f"resuming {stage.key} run {folder.name}" + (f" ({xla_off})" if xla_off else ""), file=stream)
     else:
@@ -78,6 +76,19 @@ def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=s
     if info is None:
         folder.mkdir(parents=True)
     return RunPlan(request, stage, recipe, folder, out, placement, choice, info, progress)
+
+
+def _xla_problem(recipe: stages.Recipe, placement: distribute.Plan) -> str:
+    """Why this run's step must not be XLA-compiled under TensorFlow ("" when it may), for new and resumed runs."""
+    if not recipe.jit_compile or keras.backend.backend() != "tensorflow":
+        return ""
+    if placement.devices:  # XLA cannot reach a MirroredStrategy's per-device variables (TensorFlow's XLA known issue
+        return "XLA off: several TensorFlow devices"  # "tf.Variable on a different device"): the step runs as a graph
+    if recipe.backbone and recipe.backbone_input > 32 and recipe.interpolation == "bilinear":
+        error = keras_workarounds.xla_bilinear_error()
+        if error > keras_workarounds.XLA_BILINEAR_TOLERANCE:
+            return f"XLA off: TensorFlow's XLA upsamples bilinearly wrong here, {error:.0f} grey levels off"
+    return ""
 
 
 def _resumed(request: TrainingRequest, stage, out: Path, stream):

@@ -55,3 +55,44 @@ def test_the_restored_plateau_memory_is_what_keras_decides_with():
     fresh.on_epoch_begin(0)
     fresh.on_epoch_end(0, {"val_accuracy": 0.5})
     assert float(np.asarray(model2.optimizer.learning_rate)) == pytest.approx(1e-3)
+
+
+def test_the_xla_bilinear_probe_measures_what_tensorflow_xla_gives_here():
+    """The probe against tf.image.resize directly (the op UpSampling2D runs): eager and XLA-compiled on the same
+    pixels. On TensorFlow 2.21's CPU XLA they differ by about 250 grey levels (TensorFlow issue 118344); the day XLA
+    resizes right, both are near 0 and backbone stages keep XLA when asked for it."""
+    if keras.backend.backend() != "tensorflow":
+        assert kw.xla_bilinear_error() == 0.0
+        return
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3)).astype("float32")
+
+    def resize(t):
+        return tf.image.resize(t, (96, 96), method="bilinear")
+
+    eager = resize(tf.constant(x)).numpy()
+    try:
+        compiled = tf.function(resize, jit_compile=True)(tf.constant(x)).numpy()
+        direct = float(np.abs(eager - compiled).max())
+    except tf.errors.OpError:
+        direct = 0.0
+    assert kw.xla_bilinear_error() == pytest.approx(direct, abs=1e-3)
+
+
+@pytest.mark.parametrize("stage", ["mobilenetv2_frozen", "cnn"])
+def test_a_run_asking_for_xla_keeps_it_unless_its_bilinear_upsampling_would_compile_wrong(stage, tmp_path):
+    import io
+
+    from cifar_dash import runplan
+    from cifar_dash.request import TrainingRequest
+
+    said = io.StringIO()
+    p = runplan.plan(TrainingRequest(stage, xla="on", out_dir=tmp_path), stream=said)
+    wrong = (
+        keras.backend.backend() == "tensorflow"
+        and p.recipe.backbone is not None
+        and kw.xla_bilinear_error() > kw.XLA_BILINEAR_TOLERANCE
+    )
+    assert p.recipe.jit_compile is not wrong and p.choice.xla is not wrong
+    assert ("XLA upsamples bilinearly wrong here" in said.getvalue()) is wrong
