@@ -14,8 +14,8 @@ tests/test_keras_workarounds.py fails the day Keras changes what these rely on.
 4. ``xla_bilinear_error``: TensorFlow's XLA resizes bilinearly wrong on CPU (TensorFlow issue 118344, open in 2.21):
    an XLA-compiled ``UpSampling2D(interpolation="bilinear")`` returns pixels up to about 250 grey levels off the
    eager result, so a backbone stage trained with XLA would learn from other images than it is evaluated on
-   (shipped MobileNetV2 fine-tuned, first 256 test images: 88.3% eager, 71.1% with its forward pass compiled). It is
-   measured once per process on the device at hand; ``runplan.plan`` turns XLA off where it is wrong.
+   (benchmarks/xla_bilinear.py measures what it does to the shipped stages). It is measured once per process on the
+   device at hand; ``runplan.plan`` turns XLA off where it is wrong.
 """
 
 from __future__ import annotations
