@@ -143,7 +143,8 @@ def load_model(path: Path):
         model = keras.saving.load_model(path, compile=False)
     except Exception as e:
         raise ArtifactError(f"{path} could not be loaded ({type(e).__name__}: {str(e)[:300]})") from e
-    from .keras_workarounds import allow_jit
+    from .keras_workarounds import allow_jit, bilinear_xla_off
 
     allow_jit(model)  # predict compiles under JAX despite the augmentation layers (inactive at inference)
+    bilinear_xla_off(model)  # but not through TensorFlow's faulty XLA bilinear resize (keras_workarounds item 4)
     return model

@@ -15,7 +15,8 @@ tests/test_keras_workarounds.py fails the day Keras changes what these rely on.
    an XLA-compiled ``UpSampling2D(interpolation="bilinear")`` returns pixels up to about 250 grey levels off the
    eager result, so a backbone stage trained with XLA would learn from other images than it is evaluated on
    (benchmarks/xla_bilinear.py measures what it does to the shipped stages). It is measured once per process on the
-   device at hand; ``runplan.plan`` turns XLA off where it is wrong.
+   device at hand; ``runplan.plan`` turns XLA off where it is wrong for training, ``bilinear_xla_off`` for a loaded
+   model's predictions (Keras compiles them with XLA on TensorFlow GPUs).
 """
 
 from __future__ import annotations
@@ -124,3 +125,17 @@ def xla_bilinear_error() -> float:
     except (tf.errors.OpError, ValueError):  # no XLA on this device: nothing compiles wrong
         return 0.0
     return float(np.abs(eager - compiled).max())
+
+
+def bilinear_xla_off(model) -> bool:
+    """Turn XLA off for ``model``'s predictions (Keras' ``jit_compile``) where it would compile the model's bilinear
+    ``UpSampling2D`` wrong (item 4); returns whether it did. Where Keras would not compile (TensorFlow on a CPU, where
+    its "auto" means off) nothing is measured."""
+    if keras.backend.backend() != "tensorflow" or not model.jit_compile:
+        return False
+    if not any(isinstance(x, layers.UpSampling2D) and x.interpolation == "bilinear" for x in _walk(model)):
+        return False
+    if xla_bilinear_error() <= XLA_BILINEAR_TOLERANCE:
+        return False
+    model.jit_compile = False
+    return True

@@ -96,3 +96,25 @@ def test_a_run_asking_for_xla_keeps_it_unless_its_bilinear_upsampling_would_comp
     )
     assert p.recipe.jit_compile is not wrong and p.choice.xla is not wrong
     assert ("XLA upsamples bilinearly wrong here" in said.getvalue()) is wrong
+
+
+def test_a_loaded_model_predicts_without_xla_where_xla_would_upsample_it_wrong(monkeypatch):
+    """Keras compiles a loaded model's predictions with XLA on a TensorFlow GPU ("auto"); set here by hand, as there."""
+    inp = keras.Input((32, 32, 3))
+    bilinear = keras.Model(inp, keras.layers.UpSampling2D(2, interpolation="bilinear")(inp))
+    nearest = keras.Model(inp, keras.layers.UpSampling2D(2)(inp))
+    for model in (bilinear, nearest):
+        model.jit_compile = True
+    if keras.backend.backend() != "tensorflow":
+        assert not kw.bilinear_xla_off(bilinear) and bilinear.jit_compile
+        return
+    monkeypatch.setattr(kw, "xla_bilinear_error", lambda: 250.0)  # the fault, as TensorFlow 2.21's CPU XLA has it
+    assert kw.bilinear_xla_off(bilinear) and bilinear.jit_compile is False
+    assert not kw.bilinear_xla_off(nearest) and nearest.jit_compile is True
+    bilinear.jit_compile = True
+    monkeypatch.setattr(kw, "xla_bilinear_error", lambda: 0.0)  # an XLA that resizes right keeps compiling
+    assert not kw.bilinear_xla_off(bilinear) and bilinear.jit_compile is True
+    cpu = keras.Model(inp, keras.layers.UpSampling2D(2, interpolation="bilinear")(inp))  # jit_compile left "auto"
+    monkeypatch.setattr(kw, "xla_bilinear_error", lambda: pytest.fail("measured although Keras would not compile"))
+    if not cpu.jit_compile:  # a CPU-only TensorFlow: nothing to turn off, nothing measured
+        assert not kw.bilinear_xla_off(cpu)
