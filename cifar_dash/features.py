@@ -22,7 +22,11 @@ def with_features(model):
     """A model sharing ``model``'s weights whose outputs are (penultimate features, probabilities)."""
     import keras
 
-    return keras.Model(model.inputs, [last_dense(model).input, model.outputs[0]], name=f"{model.name}_features")
+    from .keras_workarounds import bilinear_xla_off
+
+    both = keras.Model(model.inputs, [last_dense(model).input, model.outputs[0]], name=f"{model.name}_features")
+    bilinear_xla_off(both)  # a new model: Keras would choose XLA for it afresh (keras_workarounds item 4)
+    return both
 
 
 def features_and_probs(model, x: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -43,7 +47,11 @@ def layer_model(model, layer: str):
     """A model sharing ``model``'s weights that ends at the named layer."""
     import keras
 
-    return keras.Model(model.inputs, model.get_layer(layer).output)
+    from .keras_workarounds import bilinear_xla_off
+
+    part = keras.Model(model.inputs, model.get_layer(layer).output)
+    bilinear_xla_off(part)  # a new model: Keras would choose XLA for it afresh (keras_workarounds item 4)
+    return part
 
 
 def layer_features(model, layer: str, x: np.ndarray, batch_size: int = 128) -> np.ndarray:

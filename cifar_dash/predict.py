@@ -33,7 +33,11 @@ class LoadedStage:
         if both not in self._parts:
             import keras
 
-            self._parts[both] = keras.Model(self.model.inputs, [self.model.get_layer(layer).output, self.model.outputs[0]])
+            from .keras_workarounds import bilinear_xla_off
+
+            part = keras.Model(self.model.inputs, [self.model.get_layer(layer).output, self.model.outputs[0]])
+            bilinear_xla_off(part)  # a new model: Keras would choose XLA for it afresh (keras_workarounds item 4)
+            self._parts[both] = part
         from .evaluate import padded
 
         x = np.asarray(images, dtype=np.float32).reshape(-1, 32, 32, 3)

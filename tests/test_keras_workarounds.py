@@ -118,3 +118,27 @@ def test_a_loaded_model_predicts_without_xla_where_xla_would_upsample_it_wrong(m
     monkeypatch.setattr(kw, "xla_bilinear_error", lambda: pytest.fail("measured although Keras would not compile"))
     if not cpu.jit_compile:  # a CPU-only TensorFlow: nothing to turn off, nothing measured
         assert not kw.bilinear_xla_off(cpu)
+
+
+def test_models_built_for_predictions_predict_without_the_faulty_xla(monkeypatch):
+    """The feature and layer sub-models (the detector, the map, the Inside page) and a model evaluated right after
+    training are new models for which Keras chooses XLA afresh: on a TensorFlow GPU it would. Simulated here: Keras'
+    "auto" resolving to XLA, and the fault present."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the fault is TensorFlow's XLA")
+    from keras.src.trainers.trainer import Trainer
+
+    from cifar_dash import evaluate, features
+
+    monkeypatch.setattr(Trainer, "_resolve_auto_jit_compile", lambda self: True)  # as on a GPU
+    monkeypatch.setattr(kw, "xla_bilinear_error", lambda: 250.0)
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="upsample")(inp)
+    x = keras.layers.Dense(4, name="features")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, keras.layers.Dense(10, activation="softmax", name="probs")(x))
+    assert features.with_features(model).jit_compile is False
+    assert features.layer_model(model, "upsample").jit_compile is False
+    evaluate.predict_probs(model, np.zeros((2, 32, 32, 3), np.uint8))
+    assert model.jit_compile is False
+    plain = keras.Model(inp, keras.layers.Flatten()(inp))
+    assert features.layer_model(plain, plain.layers[-1].name).jit_compile is True  # nothing to guard: Keras' choice
