@@ -131,7 +131,7 @@ def bilinear_xla_off(model) -> bool:
     """Turn XLA off for ``model``'s predictions (Keras' ``jit_compile``) where it would compile the model's bilinear
     ``UpSampling2D`` wrong (item 4); returns whether it did. Where Keras would not compile (TensorFlow on a CPU, where
     its "auto" means off) nothing is measured."""
-    if keras.backend.backend() != "tensorflow" or not model.jit_compile:
+    if keras.backend.backend() != "tensorflow" or not isinstance(model, keras.Model) or not model.jit_compile:
         return False
     if not any(isinstance(x, layers.UpSampling2D) and x.interpolation == "bilinear" for x in _walk(model)):
         return False

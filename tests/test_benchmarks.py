@@ -159,3 +159,18 @@ def test_gpu_check_keeps_parts_between_calls_and_joins_them_checked(tmp_path):
 def test_gpu_check_refuses_an_unknown_step_before_running_any(tmp_path):
     r = _gpu_check(["stash", "warp"], tmp_path, tmp_path)
     assert r.returncode == 2 and "unknown step 'warp'" in r.stdout and not (tmp_path / "out" / "gpu_check.log").exists()
+
+
+@pytest.mark.slow  # loads a shipped MobileNetV2 and compiles its forward pass with XLA (about 20 s)
+def test_xla_bilinear_prints_and_writes_the_probe_and_both_accuracies(cifar_npz, tmp_path):
+    out = tmp_path / "xla.json"
+    text = _run(
+        ["benchmarks/xla_bilinear.py", "--stages", "mobilenetv2_frozen", "--n", "32", "--data", str(cifar_npz)]
+        + ["--json", str(out)],
+        env={"KERAS_BACKEND": "tensorflow"},
+    )
+    doc = json.loads(out.read_text())
+    row = doc["stages"]["mobilenetv2_frozen"]
+    assert doc["n_test"] == 32 and doc["probe_grey_levels"] >= 0 and doc["runtime"]["backend"] == "tensorflow"
+    assert 0 <= row["accuracy_eager"] <= 1 and 0 <= row["accuracy_xla"] <= 1 and row["max_probability_difference"] >= 0
+    assert f"{doc['probe_grey_levels']:.1f} grey levels off" in text and "mobilenetv2_frozen: " in text
