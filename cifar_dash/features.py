@@ -18,13 +18,15 @@ def last_dense(model):
     return dense[-1]
 
 
-def with_features(model):
-    """A model sharing ``model``'s weights whose outputs are (penultimate features, probabilities)."""
+def with_features(model, layer: str | None = None):
+    """A model sharing ``model``'s weights whose outputs are (features, probabilities): the penultimate features, or
+    the named layer's output."""
     import keras
 
     from .keras_workarounds import bilinear_xla_off
 
-    both = keras.Model(model.inputs, [last_dense(model).input, model.outputs[0]], name=f"{model.name}_features")
+    feats = model.get_layer(layer).output if layer else last_dense(model).input
+    both = keras.Model(model.inputs, [feats, model.outputs[0]], name=f"{model.name}_features")
     bilinear_xla_off(both)  # a new model: Keras would choose XLA for it afresh (keras_workarounds item 4)
     return both
 

@@ -31,13 +31,9 @@ class LoadedStage:
             return predict(self, images), self.layer_features(layer, images)
         both = f"{layer}+probs"
         if both not in self._parts:
-            import keras
+            from .features import with_features
 
-            from .keras_workarounds import bilinear_xla_off
-
-            part = keras.Model(self.model.inputs, [self.model.get_layer(layer).output, self.model.outputs[0]])
-            bilinear_xla_off(part)  # a new model: Keras would choose XLA for it afresh (keras_workarounds item 4)
-            self._parts[both] = part
+            self._parts[both] = with_features(self.model, layer)
         from .evaluate import padded
 
         x = np.asarray(images, dtype=np.float32).reshape(-1, 32, 32, 3)

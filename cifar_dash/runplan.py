@@ -154,7 +154,7 @@ def prepare(p: RunPlan) -> Prepared:
             f"this data {prints['train'][:12]}); give --data the same CIFAR-10"
         )
     n_devices = len(p.placement.devices or ())
-    sizes = {"training": (len(x_tr), p.recipe.batch_size), "validation": (len(x_val), VALIDATION_BATCH)}
+    sizes = batch_sizes(p.recipe, len(x_tr), len(x_val))
     if n_devices and (problem := distribute.uneven(n_devices, sizes)):
         if p.info is None:  # a new run: refused before it writes anything but its progress
             shutil.rmtree(p.folder, ignore_errors=True)
@@ -223,9 +223,9 @@ def resolve_continuation(value, stage_key: str, where: Path) -> Path:
     return Path(value)
 
 
-def uneven_batches(placement, recipe, n_train: int, n_val: int) -> str | None:
-    sizes = {"training": (n_train, recipe.batch_size), "validation": (n_val, VALIDATION_BATCH)}
-    return distribute.uneven(len(placement.devices), sizes)
+def batch_sizes(recipe, n_train: int, n_val: int) -> dict[str, tuple[int, int]]:
+    """What the devices split: (images, batch size) of the training and the validation pass."""
+    return {"training": (n_train, recipe.batch_size), "validation": (n_val, VALIDATION_BATCH)}
 
 
 def even_limits(placement, recipe, cifar, limit) -> str:
@@ -234,7 +234,7 @@ def even_limits(placement, recipe, cifar, limit) -> str:
     fits = []
     for lim in range(max(2, (limit or total) - 2000), min(total, (limit or total) + 2000) + 1):
         (x, _), (v, _), _ = data_mod.split(cifar, lim, recipe.validation_size)
-        if not uneven_batches(placement, recipe, len(x), len(v)):
+        if not distribute.uneven(len(placement.devices), batch_sizes(recipe, len(x), len(v))):
             fits.append(lim)
     near = sorted(fits, key=lambda lim: (abs(lim - (limit or total)), lim))[:2]
     return f"choose --limit {' or '.join(map(str, sorted(near)))}, or --devices 1" if near else "choose --devices 1"

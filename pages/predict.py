@@ -159,7 +159,8 @@ def _load(key: str):
 
 
 def _answer(key: str, loaded):
-    """A worker thread (no Streamlit here): the stage's raw probabilities, and the detector's features."""
+    """A worker thread: the stage's raw probabilities, and the detector's features. Streamlit's model cache is only
+    called here if the prediction cache dropped an image between ``_load`` and this call."""
     stamp, layer, model = loaded
     load = (lambda: model) if model is not None else (lambda: _shared.stage_model(key))
     if layer:
