@@ -146,5 +146,5 @@ def load_model(path: Path):
     from .keras_workarounds import allow_jit, bilinear_xla_off
 
     allow_jit(model)  # predict compiles under JAX despite the augmentation layers (inactive at inference)
-    bilinear_xla_off(model)  # but not through TensorFlow's faulty XLA bilinear resize (keras_workarounds item 4)
+    bilinear_xla_off(model)  # but not through TensorFlow's faulty XLA bilinear resize (keras_workarounds item 3)
     return model

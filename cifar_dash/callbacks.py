@@ -13,9 +13,9 @@ from pathlib import Path
 
 import keras
 
-from . import runlog, runs
+from . import plateau, runlog, runs
 from .batches import EpochOrder
-from .keras_workarounds import Backup, EpochTensorBoard, Plateau
+from .keras_workarounds import Backup, EpochTensorBoard
 
 
 class Cancelled(Exception):
@@ -155,6 +155,31 @@ class CancelOnSignal(keras.callbacks.Callback):
             raise Cancelled()
 
 
+class PlateauRule(keras.callbacks.Callback):
+    """The recipe's plateau rule (plateau.py) at each epoch end, through the optimizer's public ``learning_rate``. Its
+    memory starts from the epochs this phase already finished (``rows_before()``: the run's log, or a continued
+    run's history), so a resumed run lowers its rate when an uninterrupted one would have."""
+
+    def __init__(self, rows_before, phase_rate: float, factor: float, patience: int):
+        super().__init__()
+        self.rows_before, self.phase_rate = rows_before, phase_rate
+        self.factor, self.patience = factor, patience
+        self.memory = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.memory is None:  # the epoch fit really starts at (after BackupAndRestore restored its own)
+            rows = [r for r in self.rows_before() if r["epoch"] < epoch]
+            self.memory, _ = plateau.fold(rows, self.phase_rate, self.factor, self.patience)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not logs or logs.get("val_accuracy") is None:  # no validation images: nothing to react to
+            return
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.memory, new = plateau.step(self.memory, float(logs["val_accuracy"]), rate, self.factor, self.patience)
+        if new != rate:
+            self.model.optimizer.learning_rate = new
+
+
 def _tensorboard_available() -> bool:
     import importlib.util
 
@@ -173,18 +198,7 @@ def for_phase(*, folder: Path, i: int, phase, recipe, train_batches, canceller, 
         callbacks.append(EpochTensorBoard(str(folder / runs.TENSORBOARD), write_graph=False))
     callbacks += [progress, keras.callbacks.CSVLogger(str(folder / runlog.LOG), append=True)]
     if recipe.lr_schedule == "reduce_on_plateau":
-        callbacks.append(
-            Plateau(
-                rows_before,
-                phase.learning_rate,
-                monitor="val_accuracy",
-                mode="max",
-                factor=recipe.plateau_factor,
-                patience=recipe.plateau_patience,
-                min_lr=1e-7,
-                verbose=0,
-            )
-        )
+        callbacks.append(PlateauRule(rows_before, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience))
     # last: an epoch is backed up after its log row is written and the plateau rule has set the next rate (a kill in
     # between repeats the epoch and its row, which read_log counts once)
     callbacks.append(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import artifacts, stages
+from . import artifacts, plateau, stages
 
 
 class ContinueError(ValueError):
@@ -103,9 +103,7 @@ def continued_from_record(prior: dict) -> dict:
 def continued_rate(recipe, phase, rows) -> float:
     """The learning rate a continued run's history reached: the plateau rule's next rate, or the last one logged."""
     if recipe.lr_schedule == "reduce_on_plateau":
-        from .keras_workarounds import plateau_replay  # imports Keras: the pages read this module without it
-
-        return plateau_replay(rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)[2]
+        return plateau.fold(rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)[1]
     return rows[-1].get("learning_rate", phase.learning_rate)
 
 

@@ -51,9 +51,6 @@ def padded(batch: np.ndarray, cap: int = 256) -> np.ndarray:
 def tta_levels(model, x, batch_size: int = 256, tta="none") -> dict[str, np.ndarray]:
     """Probabilities at every test-time augmentation level up to ``tta`` (the views are shared, so the lower levels
     cost nothing extra): {"none": ..., "flip": ..., "flip_shift": ...}."""
-    from .keras_workarounds import bilinear_xla_off
-
-    bilinear_xla_off(model)  # a model just built (a run's assessment) predicts through XLA on TensorFlow GPUs
     mode = tta_mode(tta)
     x = np.asarray(x, dtype=np.float32)
 

@@ -75,6 +75,6 @@ def _first_line(error) -> str:
     for e in _chain(error):
         for line in str(e).splitlines():
             if any(t in line.lower() for t in _OOM_TEXT):
-                return line.strip()[:200]
+                return line.strip()[:200].rstrip()
     text = str(error).strip().splitlines()
-    return text[0][:200] if text else ""
+    return text[0][:200].rstrip() if text else ""

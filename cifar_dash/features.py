@@ -27,7 +27,7 @@ def with_features(model, layer: str | None = None):
 
     feats = model.get_layer(layer).output if layer else last_dense(model).input
     both = keras.Model(model.inputs, [feats, model.outputs[0]], name=f"{model.name}_features")
-    bilinear_xla_off(both)  # a new model: Keras would choose XLA for it afresh (keras_workarounds item 4)
+    bilinear_xla_off(both)  # a new model: Keras would choose XLA for it afresh (keras_workarounds item 3)
     return both
 
 
@@ -52,7 +52,7 @@ def layer_model(model, layer: str):
     from .keras_workarounds import bilinear_xla_off
 
     part = keras.Model(model.inputs, model.get_layer(layer).output)
-    bilinear_xla_off(part)  # a new model: Keras would choose XLA for it afresh (keras_workarounds item 4)
+    bilinear_xla_off(part)  # a new model: Keras would choose XLA for it afresh (keras_workarounds item 3)
     return part
 
 

@@ -8,10 +8,7 @@ tests/test_keras_workarounds.py fails the day Keras changes what these rely on.
 2. ``async_safe``: Keras' ``CallbackList`` dispatches per-batch hooks from a worker thread (JAX) only when every
    callback with such a hook says ``async_safe``; Keras' own TensorBoard (epoch summaries only here) and
    BackupAndRestore (when it saves at epoch ends) do not say it, so subclasses here do.
-3. ``Plateau``: ReduceLROnPlateau's memory (``best``, ``wait``) is not in BackupAndRestore's backup; a resumed or
-   continued run sets it from the epochs it already finished (``plateau_replay``, checked against Keras' own
-   callback by a test), so it halves its rate when an uninterrupted run would have.
-4. ``xla_bilinear_error``: TensorFlow's XLA resizes bilinearly wrong on CPU (TensorFlow issue 118344, open in 2.21):
+3. ``xla_bilinear_error``: TensorFlow's XLA resizes bilinearly wrong on CPU (TensorFlow issue 118344, open in 2.21):
    an XLA-compiled ``UpSampling2D(interpolation="bilinear")`` returns pixels up to about 250 grey levels off the
    eager result, so a backbone stage trained with XLA would learn from other images than it is evaluated on
    (benchmarks/xla_bilinear.py measures what it does to the shipped stages). It is measured once per process on the
@@ -69,43 +66,6 @@ class Backup(keras.callbacks.BackupAndRestore):
         self.async_safe = kwargs.get("save_freq", "epoch") == "epoch"
 
 
-class Plateau(keras.callbacks.ReduceLROnPlateau):
-    """Keras' ReduceLROnPlateau whose memory (best, wait) is replayed from the epochs this phase already finished
-    (``rows_before()``: the run's log, or a continued run's history)."""
-
-    def __init__(self, rows_before, phase_lr, **kwargs):
-        super().__init__(**kwargs)
-        self.rows_before, self.phase_lr = rows_before, phase_lr
-        self.first = True
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.first:  # the epoch fit really starts at (after BackupAndRestore restored its own)
-            self.first = False
-            rows = [r for r in self.rows_before() if r["epoch"] < epoch]
-            self.best, self.wait, _ = plateau_replay(rows, self.phase_lr, self.factor, self.patience)
-            if self.best is None:
-                self.best = -np.inf
-
-
-def plateau_replay(rows, learning_rate, factor, patience, min_lr=1e-7, min_delta=1e-4):
-    """Replay Keras' ReduceLROnPlateau (monitor val_accuracy, mode max, no cooldown) over finished epochs of one
-    phase. ``rows`` are history rows (``val_accuracy``, the ``learning_rate`` the epoch ran at); ``learning_rate``
-    is the phase's starting rate. Returns (best, wait, rate for the next epoch)."""
-    best, wait, lr = None, 0, float(learning_rate)
-    for row in rows:
-        lr = float(row.get("learning_rate", lr))
-        current = row["val_accuracy"]
-        if best is None or current - min_delta > best:
-            best, wait = current, 0
-        else:
-            wait += 1
-            if wait >= patience:
-                if lr > np.float32(min_lr):
-                    lr = max(lr * factor, min_lr)
-                wait = 0
-    return best, wait, lr
-
-
 XLA_BILINEAR_TOLERANCE = 0.5  # grey levels (pixels 0-255): float32 rounding stays far below, the XLA fault far above
 
 
@@ -129,7 +89,7 @@ def xla_bilinear_error() -> float:
 
 def bilinear_xla_off(model) -> bool:
     """Turn XLA off for ``model``'s predictions (Keras' ``jit_compile``) where it would compile the model's bilinear
-    ``UpSampling2D`` wrong (item 4); returns whether it did. Where Keras would not compile (TensorFlow on a CPU, where
+    ``UpSampling2D`` wrong (item 3); returns whether it did. Where Keras would not compile (TensorFlow on a CPU, where
     its "auto" means off) nothing is measured."""
     if keras.backend.backend() != "tensorflow" or not isinstance(model, keras.Model) or not model.jit_compile:
         return False

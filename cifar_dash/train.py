@@ -1,8 +1,9 @@
 """Train a stage's recipe into a new run folder (``checkpoints/STAGE/runs/RUN_ID/``, see runs.py): build -> compile
-per phase -> Keras' ``fit`` -> evaluate. Keras' own machinery does the work (BackupAndRestore for resuming after a
-kill, ReduceLROnPlateau and learning-rate schedules, CSVLogger and TensorBoard logs). What a request resolves to
-is runplan.py's, the callbacks are callbacks.py's. The published model is never touched here: ``publish.promote``
-publishes a finished run. Keras APIs only, so it runs under any Keras backend (TensorFlow by default, JAX on a GPU).
+per phase -> Keras' ``fit`` -> evaluate the saved model. Keras' own machinery does the work (BackupAndRestore for
+resuming after a kill, learning-rate schedules, CSVLogger and TensorBoard logs); the plateau rule is plateau.py's. What
+a request resolves to is runplan.py's, the callbacks are callbacks.py's. The published model is never touched here:
+``publish.promote`` publishes a finished run. Keras APIs only, so it runs under any Keras backend (TensorFlow by
+default, JAX on a GPU).
 """
 
 from __future__ import annotations
@@ -52,21 +53,19 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
         if p.info is None or p.info.get("finished") is None:
             canceller = callbacks.CancelOnSignal()
         d = runplan.prepare(p)  # the data, the run a continuation starts from, train_info: read once, handed down
-        clean = None  # the run's float32 model, handed to the assessment (loaded when a run resumes there)
         if d.info.get("finished") is None:
             doing[0] = "running"
             if p.placement.devices:
                 print(f"training on {len(p.placement.devices)} devices: {', '.join(p.placement.devices)}", file=stream)
             with p.placement.scope():
                 model = _fit(p, d, canceller, stream)
-            clean = _finish(p, d, model)
+            _finish(p, d, model)
         if p.request.evaluate:
             doing[0] = "evaluating"
             say("evaluating", epoch=p.recipe.epochs, epochs=p.recipe.epochs)
             keras.mixed_precision.set_global_policy("float32")
-            if clean is None:
-                clean = artifacts.load_model(p.folder / artifacts.MODEL)
-            assess.assess(clean, d.info, d.test, d.validation, p.folder, stream=stream)
+            saved = artifacts.load_model(p.folder / artifacts.MODEL)  # what is measured is the file a promotion publishes
+            assess.assess(saved, d.info, d.test, d.validation, p.folder, stream=stream)
         shutil.rmtree(p.folder / runs.BACKUP, ignore_errors=True)
         say("done", epoch=p.recipe.epochs, epochs=p.recipe.epochs, out=str(p.folder))
         promote = f"python -m cifar_dash promote {p.stage.key} {p.folder.name}"
@@ -166,9 +165,9 @@ def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
     return model
 
 
-def _finish(p: runplan.RunPlan, d: runplan.Prepared, model):
+def _finish(p: runplan.RunPlan, d: runplan.Prepared, model) -> None:
     """Save the run's final float32 model, history and completed train_info (its ``finished`` time marks training
-    done); return that model."""
+    done)."""
     recipe, folder, info, prior, x_tr = p.recipe, p.folder, d.info, d.prior, d.train[0]
     keras.mixed_precision.set_global_policy("float32")
     clean = stages.build(p.stage, recipe, backbone_weights=None)
@@ -193,4 +192,3 @@ def _finish(p: runplan.RunPlan, d: runplan.Prepared, model):
     write_json(folder / artifacts.TRAIN_INFO, info)
     for f in folder.glob("phase-*.keras"):
         f.unlink()
-    return clean

@@ -33,30 +33,6 @@ def test_affine_augmentation_layers_still_block_compilation_and_the_trainer_read
         assert changed == [] and not model.layers[0].supports_jit  # TensorFlow: left as Keras set it
 
 
-def _plateau(rows, patience=1):
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-    cb = kw.Plateau(lambda: rows, 1e-3, monitor="val_accuracy", mode="max", factor=0.5, patience=patience, verbose=0)
-    cb.set_model(model)
-    cb.on_train_begin()
-    return cb, model
-
-
-def test_the_restored_plateau_memory_is_what_keras_decides_with():
-    """Resumed at epoch 2 after epochs 0-1 (best 0.6): a worse third epoch halves the rate (patience 1); without the
-    memory Keras would take the third epoch's 0.5 as its first best and keep the rate."""
-    rows = [{"epoch": 0, "val_accuracy": 0.6, "learning_rate": 1e-3}, {"epoch": 1, "val_accuracy": 0.6}]
-    cb, model = _plateau(rows)
-    cb.on_epoch_begin(2)
-    assert (cb.best, cb.wait) == (0.6, 0)
-    cb.on_epoch_end(2, {"val_accuracy": 0.5})
-    assert float(np.asarray(model.optimizer.learning_rate)) == pytest.approx(5e-4)
-    fresh, model2 = _plateau([])
-    fresh.on_epoch_begin(0)
-    fresh.on_epoch_end(0, {"val_accuracy": 0.5})
-    assert float(np.asarray(model2.optimizer.learning_rate)) == pytest.approx(1e-3)
-
-
 def test_the_xla_bilinear_probe_measures_what_tensorflow_xla_gives_here():
     """The probe against tf.image.resize directly (the op UpSampling2D runs): eager and XLA-compiled on the same
     pixels. On TensorFlow 2.21's CPU XLA they differ by about 250 grey levels (TensorFlow issue 118344); the day XLA
@@ -120,15 +96,15 @@ def test_a_loaded_model_predicts_without_xla_where_xla_would_upsample_it_wrong(m
         assert not kw.bilinear_xla_off(cpu)
 
 
-def test_models_built_for_predictions_predict_without_the_faulty_xla(monkeypatch):
-    """The feature and layer sub-models (the detector, the map, the Inside page) and a model evaluated right after
-    training are new models for which Keras chooses XLA afresh: on a TensorFlow GPU it would. Simulated here: Keras'
-    "auto" resolving to XLA, and the fault present."""
+def test_models_made_for_predictions_predict_without_the_faulty_xla(monkeypatch, tmp_path):
+    """A loaded model (every prediction's, a finished run's assessment included) and the feature and layer
+    sub-models (the detector, the map, the Inside page) are models for which Keras chooses XLA afresh: on a
+    TensorFlow GPU it would. Simulated here: Keras' "auto" resolving to XLA, and the fault present."""
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the fault is TensorFlow's XLA")
     from keras.src.trainers.trainer import Trainer
 
-    from cifar_dash import evaluate, features
+    from cifar_dash import artifacts, features
 
     monkeypatch.setattr(Trainer, "_resolve_auto_jit_compile", lambda self: True)  # as on a GPU
     monkeypatch.setattr(kw, "xla_bilinear_error", lambda: 250.0)
@@ -138,7 +114,7 @@ def test_models_built_for_predictions_predict_without_the_faulty_xla(monkeypatch
     model = keras.Model(inp, keras.layers.Dense(10, activation="softmax", name="probs")(x))
     assert features.with_features(model).jit_compile is False
     assert features.layer_model(model, "upsample").jit_compile is False
-    evaluate.predict_probs(model, np.zeros((2, 32, 32, 3), np.uint8))
-    assert model.jit_compile is False
+    model.save(tmp_path / "model.keras")
+    assert artifacts.load_model(tmp_path / "model.keras").jit_compile is False
     plain = keras.Model(inp, keras.layers.Flatten()(inp))
     assert features.layer_model(plain, plain.layers[-1].name).jit_compile is True  # nothing to guard: Keras' choice
