@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -156,8 +155,7 @@ def prepare(p: RunPlan) -> Prepared:
     n_devices = len(p.placement.devices or ())
     sizes = batch_sizes(p.recipe, len(x_tr), len(x_val))
     if n_devices and (problem := distribute.uneven(n_devices, sizes)):
-        if p.info is None:  # a new run: refused before it writes anything but its progress
-            shutil.rmtree(p.folder, ignore_errors=True)
+        if p.info is None:  # a new run (train leaves no folder of a refused one)
             raise distribute.DeviceError(f"{problem}; {even_limits(p.placement, p.recipe, cifar, p.request.limit)}")
         raise distribute.DeviceError(
             f"{problem}; run {p.folder.name} keeps its --limit when resumed: resume it with --devices "

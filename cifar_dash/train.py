@@ -26,6 +26,10 @@ from .data import NUM_CLASSES
 from .failures import OutOfMemory, is_out_of_memory, out_of_memory_advice
 from .request import TrainingRequest
 
+# what refuses a new run while it loads (a continuation that does not fit, other data, devices that cannot share its
+# batches, missing backbone weights, too little memory): the command says why in one line, and no run folder is left
+REFUSALS = (ValueError, OSError, MemoryError, artifacts.ArtifactError, models.BackboneWeightsError)
+
 
 def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, stream=sys.stderr, **options) -> Path:
     """Train a request (or a stage key with TrainingRequest's fields as keywords, ``speed`` "recipe" unless given)
@@ -86,6 +90,8 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
                 runs.write_progress(p.folder, p.progress)
             else:
                 (p.folder / runs.PROGRESS).unlink(missing_ok=True)
+        elif p.info is None and doing[0] == "loading" and isinstance(error, REFUSALS):
+            shutil.rmtree(p.folder, ignore_errors=True)  # a new run refused before it trained: nothing to keep
         elif p.folder.exists():
             say("failed", message=f"{type(error).__name__}: {error}")
         if error is not e:

@@ -102,6 +102,18 @@ def test_a_job_can_continue_the_published_run(root, cifar_npz):
     assert info["epochs"] == before["epochs"] + 1 and info["continued_from"]["run_id"] == before["run_id"]
 
 
+def test_a_refused_job_says_why_and_leaves_no_run(root, cifar_npz):
+    """A continuation the published run cannot give (other limit) is refused while the run loads: the job ends
+    failed with the refusal's own words, and the stage keeps no empty failed run."""
+    before = json.loads((root / "mlp" / "train_info.json").read_text())
+    runs_before = [r.run_id for r in runs.list_runs("mlp")]
+    rec = jobs.start("mlp", epochs=before["epochs"] + 1, limit=123, data_path=str(cifar_npz), continue_from="published")
+    st = _wait("mlp", timeout=240)
+    assert st.state == "failed" and f"limit {before['limit']}, not 123" in st.message, (st.message, jobs.tail_log("mlp"))
+    assert not jobs.run_folder(rec).exists() and [r.run_id for r in runs.list_runs("mlp")] == runs_before
+    assert jobs.resumable("mlp") is None
+
+
 def test_a_run_started_in_a_terminal_shows_up_and_blocks_a_second_one(root):
     from tests.test_train import _fake_live_run
 

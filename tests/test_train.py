@@ -668,6 +668,7 @@ def test_continue_from_refuses_what_is_not_the_same_run_cut_short(cifar_npz, tmp
         kw = {"limit": 200, "recipe": recipe, **kwargs}
         with pytest.raises(continuation.ContinueError, match=re.escape(message)):
             train.train("mlp", data_path=cifar_npz, out_dir=out, continue_from=first.name, **kw)
+    assert [r.run_id for r in runs.list_runs("mlp", where=out)] == [first.name]  # the refused runs left no folder
     with pytest.raises(continuation.ContinueError, match="holds stage 'mlp', not 'cnn'"):
         train.train("cnn", epochs=3, limit=200, data_path=cifar_npz, out_dir=tmp_path / "cnn", continue_from=first)
     with pytest.raises(continuation.ContinueError, match="no finished run"):
