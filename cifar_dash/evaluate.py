@@ -48,9 +48,10 @@ def padded(batch: np.ndarray, cap: int = 256) -> np.ndarray:
     return np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
 
 
-def tta_levels(model, x, batch_size: int = 256, tta="none") -> dict[str, np.ndarray]:
+def tta_levels(model, x, batch_size: int = 256, tta="none", plain=None) -> dict[str, np.ndarray]:
     """Probabilities at every test-time augmentation level up to ``tta`` (the views are shared, so the lower levels
-    cost nothing extra): {"none": ..., "flip": ..., "flip_shift": ...}."""
+    cost nothing extra): {"none": ..., "flip": ..., "flip_shift": ...}. ``plain``: the unaugmented view's
+    probabilities where the caller has them already (``measure``'s feature pass), so that view is not run again."""
     mode = tta_mode(tta)
     x = np.asarray(x, dtype=np.float32)
 
@@ -62,7 +63,7 @@ def tta_levels(model, x, batch_size: int = 256, tta="none") -> dict[str, np.ndar
     def flipped(batch):
         return run(np.ascontiguousarray(batch[:, :, ::-1]))
 
-    levels = {"none": run(x)}
+    levels = {"none": run(x) if plain is None else np.asarray(plain, dtype=np.float32)}
     if mode == "none":
         return levels
     levels["flip"] = (levels["none"] + flipped(x)) / 2
@@ -110,7 +111,7 @@ class Measured:
     probs: np.ndarray  # the test images' probabilities (at the recipe's test-time augmentation)
     val_probs: np.ndarray | None  # the validation images' (None: none asked for, or none held out)
     features: np.ndarray | None  # the test images' penultimate features (None: not asked for)
-    features_seconds: float | None = None
+    features_seconds: float | None = None  # the pass that gave the features and the unaugmented view's probabilities
 
 
 def measure(model, train_info: dict, test, validation=None, features: bool = False) -> Measured:
@@ -123,7 +124,9 @@ def measure(model, train_info: dict, test, validation=None, features: bool = Fal
     y_test = np.asarray(y_test).reshape(-1)
     tta = tta_of(train_info)
     t = time.perf_counter()
-    levels = tta_levels(model, x_test, tta=tta)
+    feats, plain = features_and_probs(model, x_test) if features else (None, None)  # one pass: features and the
+    features_seconds = time.perf_counter() - t if features else None  # unaugmented view's probabilities
+    levels = tta_levels(model, x_test, tta=tta, plain=plain)
     probs = levels[tta]
     eval_seconds = time.perf_counter() - t
     val_probs = predict_probs(model, validation[0], tta=tta) if validation is not None and len(validation[0]) else None
@@ -155,9 +158,7 @@ def measure(model, train_info: dict, test, validation=None, features: bool = Fal
             "evaluated": time.time(),
         }
     )
-    t = time.perf_counter()
-    feats = features_and_probs(model, x_test)[0] if features else None
-    return Measured(result, probs, val_probs, feats, time.perf_counter() - t if features else None)
+    return Measured(result, probs, val_probs, feats, features_seconds)
 
 
 def summary_line(result: dict) -> str:

@@ -65,3 +65,29 @@ def test_without_validation_images_the_temperature_is_cross_fit_and_few_images_m
     assert "no feature map" in out.getvalue()
     assert not (tmp_path / artifacts.EMBEDDING).exists() and not (tmp_path / artifacts.VAL_PREDICTIONS).exists()
     assert artifacts.read_json(tmp_path / artifacts.METRICS)["n_test"] == len(test[1])
+
+
+def test_the_test_images_go_through_the_model_once_for_features_and_the_unaugmented_view(tmp_path, monkeypatch):
+    """The feature map's pass gives the unaugmented view's probabilities too: besides the timing calls (one image,
+    and at most 256), the test images are run once unaugmented (through the feature model) and once flipped."""
+    import keras
+
+    seen = []
+    for name in ("predict", "predict_on_batch"):
+        original = getattr(keras.Model, name)
+
+        def counted(self, x, *args, _original=original, **kwargs):
+            seen.append((self.name, np.asarray(x)[:1].copy(), len(x)))
+            return _original(self, x, *args, **kwargs)
+
+        monkeypatch.setattr(keras.Model, name, counted)
+    model = _model()
+    test = _images(300, 4)
+    m, _ = assess.assess(model, INFO, test, _images(30, 5), tmp_path, stream=io.StringIO())
+    full = [(n, first) for n, first, k in seen if k >= 300 or (n.endswith("_features") and k > 0)]
+    plain = [n for n, first in full if np.array_equal(first[0], test[0][0].astype(np.float32))]
+    flipped = [n for n, first in full if np.array_equal(first[0], test[0][0, :, ::-1].astype(np.float32))]
+    assert plain and set(plain) == {f"{model.name}_features"}  # the unaugmented view: the feature pass alone
+    assert flipped == [model.name]  # the flipped view: one pass of the model itself
+    assert sum(k for n, _, k in seen if n.endswith("_features")) == 300
+    assert m.features.shape == (300, 12)
