@@ -75,10 +75,10 @@ def reference_model(stage, recipe):
 
     import keras
 
-    from cifar_dash import models, stages
+    from cifar_dash import models
 
     if not recipe.backbone:
-        return stages.build(stage, dataclasses.replace(recipe, augmentation=()), backbone_weights=None)
+        return stage.build(dataclasses.replace(recipe, augmentation=()), backbone_weights=None)
     side = recipe.backbone_input
     app = {
         "mobilenetv2": keras.applications.MobileNetV2,
@@ -148,7 +148,7 @@ def one(stage_key: str, policy: str, steps: int, devices: str | None) -> dict:
     x = rng.integers(0, 256, size=(b, 32, 32, 3)).astype("float32")
     y = np.eye(10, dtype="float32")[rng.integers(0, 10, b)]
     with placement.scope():
-        model = stages.build(stage, recipe, backbone_weights=None)
+        model = stage.build(recipe, backbone_weights=None)
         compiling.compile_for_phase(model, recipe, recipe.phases[-1], steps_per_epoch=100)
         model_ips = steps * b / _timed_steps(lambda: model.train_on_batch(x, y), steps)
         memory_mb, memory_kind = peak_memory()  # before the reference model adds its own

@@ -53,7 +53,7 @@ def one(stage_key: str, policy: str, steps: int, xla: str = "recipe") -> dict:
     recipe = stages.recipe_for(stage, backbone="resnet50" if "resnet50" in stage.backbone_options else None)
     if xla != "recipe":
         recipe = dataclasses.replace(recipe, jit_compile=xla == "on")
-    model = stages.build(stage, recipe, backbone_weights=None)
+    model = stage.build(recipe, backbone_weights=None)
     phase = recipe.phases[-1]
     compiling.compile_for_phase(model, recipe, phase, steps_per_epoch=100)
     rng = np.random.default_rng(0)

@@ -1,5 +1,6 @@
-"""The callbacks of a training run beside Keras' own: the progress record and bar, cancelling on a signal, and the
-list one phase trains with (``for_phase``)."""
+"""The callbacks of a training run: the progress record and bar, cancelling on a signal, the plateau rule, Keras'
+TensorBoard and BackupAndRestore declared safe off the main thread (keras_workarounds.py, item 2), and the list one
+phase trains with (``for_phase``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import keras
 
 from . import plateau, runlog, runs
 from .batches import EpochOrder
-from .keras_workarounds import Backup, EpochTensorBoard
 
 
 class Cancelled(Exception):
@@ -178,6 +178,21 @@ class PlateauRule(keras.callbacks.Callback):
         self.memory, new = plateau.step(self.memory, float(logs["val_accuracy"]), rate, self.factor, self.patience)
         if new != rate:
             self.model.optimizer.learning_rate = new
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """Keras' TensorBoard, declared safe off the main thread: it writes epoch summaries only (no per-batch data)."""
+
+    async_safe = True
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore, declared safe off the main thread when it saves at epoch ends only (a backup every N
+    steps reads the weights mid-epoch, so it stays on the main thread)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.async_safe = kwargs.get("save_freq", "epoch") == "epoch"
 
 
 def _tensorboard_available() -> bool:

@@ -4,6 +4,7 @@ the record it keeps of the run it continued, and what stops the sidebar's "Conti
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import artifacts, plateau, stages
@@ -57,7 +58,7 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> d
             "be extended; train afresh with --epochs"
         )
     done = [p["epochs"] for p in stored["phases"]]
-    problem = stages.extension_problem(done, [p.epochs for p in recipe.phases])
+    problem = extension_problem(done, [p.epochs for p in recipe.phases])
     if problem:
         raise ContinueError(f"{folder}: {problem}" + (" (--epochs takes one count per phase)" if len(done) > 1 else ""))
     if len(history) != sum(done):
@@ -91,6 +92,21 @@ def _resume_rate(recipe: stages.Recipe, history: list, done: int) -> float | Non
     return None
 
 
+def extension_problem(done: Sequence[int], wanted: Sequence[int]) -> str | None:
+    """Why a run with ``done`` epochs per phase cannot be continued to ``wanted`` epochs per phase (None: it can).
+    A continuation adds epochs to the last phase only; every earlier phase must already be complete."""
+    done, wanted = list(done), list(wanted)
+    if len(done) == len(wanted) and done[:-1] == wanted[:-1] and wanted[-1] > done[-1]:
+        return None
+    if len(done) == 1:
+        return f"the published run has {done[0]} epochs; a continuation needs more than {done[0]}, not {sum(wanted)}"
+    per_phase = ",".join(map(str, done))
+    return (
+        f"the published run has {per_phase} epochs per phase; a continuation adds epochs to the last phase only, "
+        f"not {','.join(map(str, wanted))} (e.g. {','.join(map(str, done[:-1]))},{done[-1] + 1})"
+    )
+
+
 def continued_from_record(prior: dict) -> dict:
     """What train_info records of the published run a continuation started from, with the run that one continued
     (nested, oldest innermost), so every epoch keeps where and in which precision it was trained."""
@@ -115,7 +131,7 @@ def continuation_problems(published_metrics: dict, stage: stages.Stage, epochs, 
     in words for the sidebar; empty when it can go ahead (read_continuation checks the rest when it starts)."""
     done = [p["epochs"] for p in (published_metrics.get("recipe") or {}).get("phases", [])]
     wanted = [p.epochs for p in stages.recipe_for(stage, epochs).phases]
-    problems = [p for p in [stages.extension_problem(done, wanted)] if p]
+    problems = [p for p in [extension_problem(done, wanted)] if p]
     trained_on = published_metrics.get("limit")
     if trained_on != limit:
         problems.append(

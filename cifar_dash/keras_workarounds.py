@@ -7,7 +7,8 @@ tests/test_keras_workarounds.py fails the day Keras changes what these rely on.
    146x slower than plain ResNet50, while under JAX the same layers are ``map_coordinates`` calls that compile.
 2. ``async_safe``: Keras' ``CallbackList`` dispatches per-batch hooks from a worker thread (JAX) only when every
    callback with such a hook says ``async_safe``; Keras' own TensorBoard (epoch summaries only here) and
-   BackupAndRestore (when it saves at epoch ends) do not say it, so subclasses here do.
+   BackupAndRestore (when it saves at epoch ends) do not say it, so subclasses in callbacks.py do, beside the
+   project's own callbacks, which say it too.
 3. ``xla_bilinear_error``: TensorFlow's XLA resizes bilinearly wrong on CPU (TensorFlow issue 118344, open in 2.21):
    an XLA-compiled ``UpSampling2D(interpolation="bilinear")`` returns pixels up to about 250 grey levels off the
    eager result, so a backbone stage trained with XLA would learn from other images than it is evaluated on
@@ -49,21 +50,6 @@ def allow_jit(model) -> list[str]:
     if changed and not model.compiled:
         model.jit_compile = True  # loading may already have settled it to False; under JAX "auto" means True
     return changed
-
-
-class EpochTensorBoard(keras.callbacks.TensorBoard):
-    """Keras' TensorBoard, declared safe off the main thread: it writes epoch summaries only (no per-batch data)."""
-
-    async_safe = True
-
-
-class Backup(keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore, declared safe off the main thread when it saves at epoch ends only (a backup every N
-    steps reads the weights mid-epoch, so it stays on the main thread)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.async_safe = kwargs.get("save_freq", "epoch") == "epoch"
 
 
 XLA_BILINEAR_TOLERANCE = 0.5  # grey levels (pixels 0-255): float32 rounding stays far below, the XLA fault far above

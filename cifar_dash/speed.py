@@ -90,7 +90,8 @@ def rule(recipe, machine: dict) -> Choice:
 def choose(stage: str, recipe, machine: dict | None = None) -> Choice:
     """This machine's measured fastest setting for ``stage``, else the rule's."""
     machine = machine if machine is not None else runtime.info()
-    measured = read_records(machine).get(stage)
+    records = read_records(machine)
+    measured = records[stage] if stage in records else None
     if measured and measured.get("chosen"):
         best = measured["chosen"]
         return Choice(best["precision"], bool(best["xla"]), f"measured on {measured.get('date', '?')} by tune {stage}")
@@ -141,7 +142,7 @@ def measure(stage_key: str, steps: int = 3, settings=SETTINGS, batch_size: int |
         for precision, xla in settings:
             keras.mixed_precision.set_global_policy(precision)
             r = dataclasses.replace(recipe, jit_compile=xla, mixed_precision=precision == "mixed_bfloat16")
-            model = stages.build(stage, r, backbone_weights=None)
+            model = stage.build(r, backbone_weights=None)
             compiling.compile_for_phase(model, r, r.phases[-1], steps_per_epoch=100)
             t = time.perf_counter()
             model.train_on_batch(x, y)

@@ -101,6 +101,8 @@ class Stage:
     reported_accuracy: float  # the seed deck's figure, percent
     changed: str  # one line: what changes from the previous stage and why
     seed_says: str
+    # the Keras model of a recipe: ``stage.build(recipe, backbone_weights=...)``, raw uint8 32x32x3 in, 10 softmax
+    # probabilities out (``backbone_weights``: a weights file, "imagenet" for Keras' download, or None for random)
     build: Callable = field(repr=False)
     recipe: Recipe = field(default_factory=lambda: Recipe(phases=(Phase("train", 1, 1e-3),)))
     backbone_options: tuple[str, ...] = ()
@@ -301,21 +303,6 @@ def recipe_from_dict(recipe: dict) -> Recipe:
     return Recipe(**d)
 
 
-def extension_problem(done: Sequence[int], wanted: Sequence[int]) -> str | None:
-    """Why a run with ``done`` epochs per phase cannot be continued to ``wanted`` epochs per phase (None: it can).
-    A continuation adds epochs to the last phase only; every earlier phase must already be complete."""
-    done, wanted = list(done), list(wanted)
-    if len(done) == len(wanted) and done[:-1] == wanted[:-1] and wanted[-1] > done[-1]:
-        return None
-    if len(done) == 1:
-        return f"the published run has {done[0]} epochs; a continuation needs more than {done[0]}, not {sum(wanted)}"
-    per_phase = ",".join(map(str, done))
-    return (
-        f"the published run has {per_phase} epochs per phase; a continuation adds epochs to the last phase only, "
-        f"not {','.join(map(str, wanted))} (e.g. {','.join(map(str, done[:-1]))},{done[-1] + 1})"
-    )
-
-
 def recipe_for(
     stage: Stage,
     epochs: int | Sequence[int] | None = None,
@@ -340,8 +327,3 @@ def recipe_for(
             raise ValueError(f"stage {stage.key} takes backbone {options}, not {backbone}")
         recipe = dataclasses.replace(recipe, backbone=backbone)
     return recipe
-
-
-def build(stage: Stage, recipe: Recipe, backbone_weights="imagenet"):
-    """The stage's Keras model: raw uint8 32x32x3 in, 10 softmax probabilities out."""
-    return stage.build(recipe, backbone_weights=backbone_weights)

@@ -128,13 +128,24 @@ def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
             start = end
             continue
         if model is None:  # the continued run's weights, the previous phase's, or a fresh build
-            model = stages.build(p.stage, recipe, backbone_weights=None if prior else d.backbone_weights)
+            model = p.stage.build(recipe, backbone_weights=None if prior else d.backbone_weights)
             if prior and start <= prior["epochs"]:
                 model.set_weights(artifacts.load_model(Path(prior["folder"]) / artifacts.MODEL).get_weights())
             elif i and (earlier := folder / f"phase-{i - 1}.keras").exists():
                 model.set_weights(artifacts.load_model(earlier).get_weights())
             else:
                 models.init_from_data(model, x_tr)
+        phase_callbacks = callbacks.for_phase(
+            folder=folder,
+            i=i,
+            phase=phase,
+            recipe=recipe,
+            train_batches=train_batches,
+            canceller=canceller,
+            progress=progress,
+            save_freq=save_freq,
+            rows_before=lambda s=start: runlog.log_rows(folder, s, 10**9, prior_rows),
+        )
         compile_for_phase(model, recipe, phase, steps)
         first = max(start, prior["epochs"]) if prior else start
         if prior and first > start:  # a continuation: fresh optimizer at the rate the continued run reached
@@ -146,17 +157,7 @@ def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
             validation_batch_size=runplan.VALIDATION_BATCH,
             epochs=end,
             initial_epoch=first,
-            callbacks=callbacks.for_phase(
-                folder=folder,
-                i=i,
-                phase=phase,
-                recipe=recipe,
-                train_batches=train_batches,
-                canceller=canceller,
-                progress=progress,
-                save_freq=save_freq,
-                rows_before=lambda s=start: runlog.log_rows(folder, s, 10**9, prior_rows),
-            ),
+            callbacks=phase_callbacks,
             verbose=0,
             shuffle=False,
         )
@@ -166,7 +167,7 @@ def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
             shutil.rmtree(folder / runs.BACKUP / f"phase-{i}", ignore_errors=True)
         start = end
     if model is None:  # every phase already done (killed between the last phase and the final save)
-        model = stages.build(p.stage, recipe, backbone_weights=None)
+        model = p.stage.build(recipe, backbone_weights=None)
         model.set_weights(artifacts.load_model(folder / f"phase-{len(recipe.phases) - 1}.keras").get_weights())
     return model
 
@@ -176,7 +177,7 @@ def _finish(p: runplan.RunPlan, d: runplan.Prepared, model) -> None:
     done)."""
     recipe, folder, info, prior, x_tr = p.recipe, p.folder, d.info, d.prior, d.train[0]
     keras.mixed_precision.set_global_policy("float32")
-    clean = stages.build(p.stage, recipe, backbone_weights=None)
+    clean = p.stage.build(recipe, backbone_weights=None)
     clean.set_weights(model.get_weights())
     with artifacts.atomic_path(folder / artifacts.MODEL) as tmp:
         clean.save(tmp)

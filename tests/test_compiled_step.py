@@ -29,7 +29,7 @@ if out["backend"] == "jax":
 for key in ("vgg_aug", "resnet50v2", "resnet50v2_sota"):
     stage = stages.get(key)
     recipe = stages.recipe_for(stage, backbone="resnet50" if "resnet50" in stage.backbone_options else None)
-    model = stages.build(stage, recipe, backbone_weights=None)
+    model = stage.build(recipe, backbone_weights=None)
     blocked = sorted(l.name for l in models.walk(model) if not l.supports_jit)
     compiling.compile_for_phase(model, recipe, recipe.phases[-1], steps_per_epoch=10)
     out["stages"][key] = {"blocked_before": blocked, "jit_compile": bool(model.jit_compile),

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from cifar_dash import callbacks
 from cifar_dash import keras_workarounds as kw
 
 
@@ -13,9 +14,9 @@ def test_keras_dispatches_per_batch_hooks_by_the_async_safe_attribute():
     from keras.src.callbacks.callback_list import CallbackList
 
     assert "async_safe" in inspect.getsource(CallbackList._configure_async_dispatch)
-    assert kw.EpochTensorBoard("/tmp/unused", write_graph=False).async_safe is True
-    assert kw.Backup("/tmp/unused-backup", save_freq="epoch").async_safe is True
-    assert kw.Backup("/tmp/unused-backup", save_freq=100).async_safe is False  # reads weights mid-epoch
+    assert callbacks.EpochTensorBoard("/tmp/unused", write_graph=False).async_safe is True
+    assert callbacks.Backup("/tmp/unused-backup", save_freq="epoch").async_safe is True
+    assert callbacks.Backup("/tmp/unused-backup", save_freq=100).async_safe is False  # reads weights mid-epoch
     # Keras' own classes still do not declare it (else the subclasses are no longer needed)
     assert not getattr(keras.callbacks.TensorBoard, "async_safe", False)
 

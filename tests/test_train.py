@@ -400,7 +400,7 @@ def test_speedrun_resume_state_keeps_its_lookahead_optimizer(tmp_path):
 
     stage = stages.get("speedrun")
     recipe = stage.recipe
-    model = stages.build(stage, recipe, backbone_weights=None)
+    model = stage.build(recipe, backbone_weights=None)
     x = np.random.default_rng(0).integers(0, 256, size=(16, 32, 32, 3)).astype("uint8")
     y = np.eye(10, dtype="float32")[np.arange(16) % 10]
     models.init_from_data(model, x)
