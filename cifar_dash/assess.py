@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, embedding, evaluate
+from . import artifacts, embedding, evaluate, metrics
 
 
 def assess(model, info: dict, test, validation, folder: Path, stream=sys.stderr):
@@ -25,7 +25,6 @@ def assess(model, info: dict, test, validation, folder: Path, stream=sys.stderr)
     y_te, y_val = np.asarray(test[1]).reshape(-1), np.asarray(validation[1]).reshape(-1)
     few = embedding.too_few(len(y_te))
     m = evaluate.measure(model, info, test, validation, features=not few)
-    print(evaluate.summary_line(m.metrics), file=stream)  # accuracy and temperature
     emb = None
     if few:
         print(few, file=stream)
@@ -37,4 +36,5 @@ def assess(model, info: dict, test, validation, folder: Path, stream=sys.stderr)
     if m.val_probs is not None:
         artifacts.save_predictions(folder / artifacts.VAL_PREDICTIONS, m.val_probs, y_val, np.arange(len(y_val)))
     artifacts.write_json(folder / artifacts.METRICS, m.metrics)
+    print(metrics.summary_line(m.metrics), file=stream)  # accuracy and temperature
     return m, emb

@@ -122,14 +122,6 @@ def calibrate(test_probs, test_labels, val_probs=None, val_labels=None) -> dict:
     }
 
 
-def summary_line(stage: str, cal: dict) -> str:
-    """One line on a fitted temperature (metrics.json's ``calibration``) for a command's output."""
-    return (
-        f"{stage}: temperature {cal['temperature']:.3f} (fit on {cal['fit_on']}, {cal['n_fit']:,} images); "
-        f"test ECE {cal.get('ece', float('nan')):.4f} -> {cal['ece_scaled']:.4f}"
-    )
-
-
 def temperature_of(metrics: dict) -> float | None:
     """A stage's fitted temperature from its metrics.json, or None (not calibrated yet)."""
     t = (metrics.get("calibration") or {}).get("temperature")

@@ -161,17 +161,6 @@ def measure(model, train_info: dict, test, validation=None, features: bool = Fal
     return Measured(result, probs, val_probs, feats, features_seconds)
 
 
-def summary_line(result: dict) -> str:
-    """What a command prints of metrics.json's figures; with the temperature, when one was fit, on a second line."""
-    line = (
-        f"{result['stage']}: test accuracy {result['test_accuracy']:.4f} on {result['n_test']} images "
-        f"(ECE {result['calibration']['ece']:.4f}, {result['inference']['batch_1_ms']:.1f} ms/image at batch 1)"
-    )
-    if "temperature" in result["calibration"]:
-        line += "\n" + calibration.summary_line(result["stage"], result["calibration"])
-    return line
-
-
 def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys.stderr) -> dict:
     """``measure`` and write metrics.json and test_predictions.npz into ``out`` (atomically). The separation number
     of the feature map already in ``out`` stays when it belongs to this run and these test images (the map depends on
@@ -186,7 +175,7 @@ def evaluate_into(model, train_info: dict, x_test, y_test, out: Path, stream=sys
         m.metrics["separation"] = before["separation"]
     artifacts.save_predictions(out / artifacts.PREDICTIONS, m.probs, np.asarray(y_test), np.arange(len(y_test)))
     artifacts.write_json(out / artifacts.METRICS, m.metrics)
-    print(summary_line(m.metrics), file=stream)
+    print(metrics.summary_line(m.metrics), file=stream)
     return m.metrics
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import artifacts, calibration, ood
 from . import data as data_mod
+from . import metrics as metrics_mod
 
 
 def validation_split(info: dict, cifar) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +50,7 @@ def calibrate_folder(folder: Path, x_val, y_val, stream=sys.stderr) -> dict:
     fitted = calibration.calibrate(test.probs, test.labels, val_probs, y_val)
     metrics["calibration"] = {**metrics.get("calibration", {}), **fitted}
     artifacts.write_json(folder / artifacts.METRICS, metrics)
-    print(calibration.summary_line(info.get("stage"), metrics["calibration"]), file=stream)
+    print(metrics_mod.temperature_line(info.get("stage"), metrics["calibration"]), file=stream)
     return fitted
 
 

@@ -1,4 +1,5 @@
-"""Classification metrics in plain NumPy (no framework), so tests can check them against hand counts."""
+"""Classification metrics in plain NumPy (no framework), so tests can check them against hand counts, and the line a
+command prints of them."""
 
 from __future__ import annotations
 
@@ -75,3 +76,22 @@ def summarize(probs: np.ndarray, y_true) -> dict:
         "confusion_matrix": cm.tolist(),
         "calibration": calibration(probs, y_true),
     }
+
+
+def summary_line(result: dict) -> str:
+    """What a command prints of metrics.json's figures; with the temperature, when one was fit, on a second line."""
+    line = (
+        f"{result['stage']}: test accuracy {result['test_accuracy']:.4f} on {result['n_test']} images "
+        f"(ECE {result['calibration']['ece']:.4f}, {result['inference']['batch_1_ms']:.1f} ms/image at batch 1)"
+    )
+    if "temperature" in result["calibration"]:
+        line += "\n" + temperature_line(result["stage"], result["calibration"])
+    return line
+
+
+def temperature_line(stage: str, cal: dict) -> str:
+    """One line on a fitted temperature (metrics.json's ``calibration``, see calibration.py)."""
+    return (
+        f"{stage}: temperature {cal['temperature']:.3f} (fit on {cal['fit_on']}, {cal['n_fit']:,} images); "
+        f"test ECE {cal.get('ece', float('nan')):.4f} -> {cal['ece_scaled']:.4f}"
+    )
