@@ -23,21 +23,29 @@ def _comparable(*recipes: dict) -> list[dict]:
     return out
 
 
-def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> dict:
-    """Check that the published run in ``folder`` is ``recipe`` cut short (same stage, limit, settings; fewer epochs
-    in its last phase, every earlier phase complete) and return what a continuation needs from it, with the
-    fingerprint of the data it was trained on (runplan.prepare compares it with the data loaded)."""
-    folder = Path(folder)
+def _read_finished(folder: Path) -> tuple[dict, list, float | None]:
+    """The finished run in ``folder``: its train_info, its history rows and the test accuracy it measured (its own
+    evaluation, not a stale one; None when there is none)."""
     try:
         info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
         history = artifacts.read_json(folder / artifacts.HISTORY)["epochs"]
     except (artifacts.ArtifactError, KeyError, TypeError) as e:
         raise ContinueError(f"{folder} holds no finished run to continue ({e})") from e
-    try:  # what the published run measured (its own evaluation, not a stale one), kept beside the continuation's
+    try:
         metrics = artifacts.read_json(folder / artifacts.METRICS)
         test_accuracy = metrics.get("test_accuracy") if metrics.get("run_id") == info.get("run_id") else None
     except (artifacts.ArtifactError, AttributeError):
         test_accuracy = None
+    return info, history, test_accuracy
+
+
+def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> dict:
+    """Check that the published run in ``folder`` is ``recipe`` cut short (same stage, limit, settings; fewer epochs
+    in its last phase, every earlier phase complete) and return what a continuation needs from it: its weights'
+    folder, epochs, history and the rate it goes on at, the fingerprint of the data it was trained on
+    (runplan.prepare compares it with the data loaded) and the ``record`` the continuing run's train_info keeps."""
+    folder = Path(folder)
+    info, history, test_accuracy = _read_finished(folder)
     if not (folder / artifacts.MODEL).exists():
         raise ContinueError(f"{folder / artifacts.MODEL} is missing: nothing to continue")
     if info.get("stage") != stage_key:
@@ -63,20 +71,27 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> d
         raise ContinueError(f"{folder}: {problem}" + (" (--epochs takes one count per phase)" if len(done) > 1 else ""))
     if len(history) != sum(done):
         raise ContinueError(f"{folder}: history has {len(history)} epochs, train_info {sum(done)}")
-    return {
-        "learning_rate": _resume_rate(recipe, history, sum(done)),
-        "folder": str(folder),
+    # what the continuing run's train_info keeps of this run (``continued_from``), with the run this one continued
+    # (nested, oldest innermost), so every epoch keeps where and in which precision it was trained
+    record = {
         "run_id": info.get("run_id"),
         "epochs": sum(done),
         "train_seconds": float(info.get("train_seconds") or 0.0),
-        "history": history,
-        "started": info.get("started"),
-        "backbone_weights": info.get("backbone_weights"),
         "mixed_precision": bool(info.get("mixed_precision")),
         "train_runtime": info.get("train_runtime"),
         "test_accuracy": test_accuracy,
-        "continued_from": info.get("continued_from"),
+    }
+    if info.get("continued_from"):
+        record["continued_from"] = info["continued_from"]
+    return {
+        "learning_rate": _resume_rate(recipe, history, sum(done)),
+        "folder": str(folder),
+        "epochs": sum(done),
+        "history": history,
+        "started": info.get("started"),
+        "backbone_weights": info.get("backbone_weights"),
         "train_data_fingerprint": info.get("train_data_fingerprint"),
+        "record": record,
     }
 
 
@@ -105,15 +120,6 @@ def extension_problem(done: Sequence[int], wanted: Sequence[int]) -> str | None:
         f"the published run has {per_phase} epochs per phase; a continuation adds epochs to the last phase only, "
         f"not {','.join(map(str, wanted))} (e.g. {','.join(map(str, done[:-1]))},{done[-1] + 1})"
     )
-
-
-def continued_from_record(prior: dict) -> dict:
-    """What train_info records of the published run a continuation started from, with the run that one continued
-    (nested, oldest innermost), so every epoch keeps where and in which precision it was trained."""
-    out = {k: prior[k] for k in ("run_id", "epochs", "train_seconds", "mixed_precision", "train_runtime", "test_accuracy")}
-    if prior.get("continued_from"):
-        out["continued_from"] = prior["continued_from"]
-    return out
 
 
 def continued_rate(recipe, phase, rows) -> float:

@@ -1,6 +1,7 @@
-"""What a training request resolves to before any training: the run folder (new, or the interrupted one to resume),
-the recipe with its precision and XLA choice, the devices, the data, the run a continuation starts from, and the
-run's train_info record. Every refusal happens here, before a run writes anything but its folder."""
+"""What a training request resolves to before any training: ``plan`` (the run folder, new or the interrupted one to
+resume; the recipe with its precision and XLA choice; the run a continuation starts from; the devices), then
+``prepare`` (the data and the run's train_info record). Every refusal happens here, before a run writes anything but
+its folder; ``plan``'s before the folder exists."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import keras
 from . import artifacts, distribute, keras_workarounds, models, runs, runtime, stages
 from . import data as data_mod
 from . import speed as speed_mod
-from .continuation import ContinueError, continued_from_record, read_continuation
+from .continuation import ContinueError, read_continuation
 from .request import TrainingRequest
 
 VALIDATION_BATCH = 256
@@ -39,6 +40,7 @@ class RunPlan:
     choice: object | None  # speed.Choice of a new run; None when resuming (the recipe keeps its own)
     info: dict | None  # the resumed run's train_info; None for a new run until ``describe`` makes it
     progress: dict  # the resumed run's progress.json as it was (put back when the resumption is refused); {} if new
+    prior: dict | None  # the run a continuation starts from (continuation.read_continuation), read before the folder
 
 
 def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=sys.stderr) -> RunPlan:
@@ -58,6 +60,10 @@ def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=s
         folder = root / (request.run_id or runs.new_run_id())
         if folder.exists():
             raise ValueError(f"run {folder.name} already exists in {root}")
+    prior = None
+    if request.continue_from:
+        start = runs.continuation_start(request.continue_from, stage.key, out)
+        prior = read_continuation(start, stage.key, recipe, request.limit)
     placement = distribute.plan(request.devices, recipe.batch_size)  # a bad setting fails before a new run's folder
     xla_off = _xla_problem(recipe, placement)
     if xla_off:
@@ -74,7 +80,7 @@ def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=s
         print(f"{stage.key}: {choice.precision}, {xla_text} ({choice.source})", file=stream)
     if info is None:
         folder.mkdir(parents=True)
-    return RunPlan(request, stage, recipe, folder, out, placement, choice, info, progress)
+    return RunPlan(request, stage, recipe, folder, out, placement, choice, info, progress, prior)
 
 
 def _xla_problem(recipe: stages.Recipe, placement: distribute.Plan) -> str:
@@ -116,12 +122,11 @@ def _resumed(request: TrainingRequest, stage, out: Path, stream):
 
 @dataclass
 class Prepared:
-    """What a planned run trains and is assessed on, and the records it starts from; read once, handed down."""
+    """What a planned run trains and is assessed on, and its train_info; read once, handed down."""
 
     train: tuple  # (images, labels)
     validation: tuple  # (images, labels); empty when the recipe holds none out
     test: tuple  # (images, labels)
-    prior: dict | None  # the run a continuation starts from (continuation.read_continuation's record)
     info: dict  # the run's train_info: the resumed run's, or the new run's (written to its folder)
 
     @property
@@ -135,12 +140,10 @@ class Prepared:
 
 
 def prepare(p: RunPlan) -> Prepared:
-    """Load the run's data; read the run a continuation starts from (continuation.read_continuation); refuse data a
-    resumed run was not trained on, or batches the devices cannot split; write a new run's train_info."""
-    prior = None
-    if p.request.continue_from:
-        start = resolve_continuation(p.request.continue_from, p.stage.key, p.out)
-        prior = read_continuation(start, p.stage.key, p.recipe, p.request.limit)
+    """Load the run's data; refuse data a resumed or continued run was not trained on, or batches the devices cannot
+    split; write the run's train_info."""
+    prior = p.prior
+    info = p.info if p.info is not None else describe(p)  # what the run was asked; its data is added below
     cifar = data_mod.load(p.request.data_path)
     splits = data_mod.split(cifar, p.request.limit, p.recipe.validation_size)
     (x_tr, _), (x_val, _), _ = splits
@@ -161,37 +164,32 @@ def prepare(p: RunPlan) -> Prepared:
             f"{problem}; run {p.folder.name} keeps its --limit when resumed: resume it with --devices "
             + " or ".join(map(str, distribute.even_counts(n_devices, sizes)))
         )
-    info = p.info
-    if info is None:
-        info = describe(p, cifar, splits, prior, prints)
+    if p.info is None:  # what the new run trains on
+        info.update(n_train=len(x_tr), n_validation=len(x_val), data_source=cifar.source)
+        info.update(
+            data_fingerprint=prints["all"], train_data_fingerprint=prints["train"], test_data_fingerprint=prints["test"]
+        )
     else:  # where the rest of a resumed run trains: the devices (and XLA) may differ from where it started
         resumed = {"time": time.time(), "devices": p.placement.describe(), "jit_compile": p.recipe.jit_compile}
         info["resumed"] = [*info.get("resumed", []), {**resumed, "machine": runtime.info()["machine"]}]
     artifacts.write_json(p.folder / artifacts.TRAIN_INFO, info)
-    return Prepared(*splits, prior, info)
+    return Prepared(*splits, info)
 
 
-def describe(p: RunPlan, cifar, splits, prior: dict | None, prints: dict) -> dict:
-    """A new run's train_info: the recipe, data, weights, machine and the request it can be resumed with."""
-    (x_tr, _), (x_val, _), _ = splits
-    req, recipe = p.request, p.recipe
+def describe(p: RunPlan) -> dict:
+    """A new run's train_info before its data is loaded (``prepare`` adds what it trains on): the recipe, weights,
+    machine and the request it can be resumed with."""
+    req, recipe, prior = p.request, p.recipe, p.prior
     weights = resolve_backbone_weights(recipe, req.backbone_weights)
-    continued = continued_from_record(prior) if prior else None
     info = {
         "stage": p.stage.key,
         "run_id": p.folder.name,
         "title": p.stage.title,
         "epochs": recipe.epochs,
-        "n_train": len(x_tr),
-        "n_validation": len(x_val),
         "limit": req.limit,
         "recipe": recipe.to_dict(),
         "backbone": recipe.backbone,
         "backbone_weights": prior["backbone_weights"] if prior else describe_weights(recipe, weights),
-        "data_fingerprint": prints["all"],
-        "train_data_fingerprint": prints["train"],
-        "test_data_fingerprint": prints["test"],
-        "data_source": cifar.source,
         "mixed_precision": recipe.mixed_precision,
         "speed": p.choice.as_dict() if p.choice else None,
         "started": time.time(),
@@ -207,18 +205,9 @@ def describe(p: RunPlan, cifar, splits, prior: dict | None, prints: dict) -> dic
             "continue_from": str(req.continue_from) if req.continue_from else None,
         },
     }
-    if continued:
-        info["continued_from"] = continued
+    if prior:
+        info["continued_from"] = prior["record"]
     return info
-
-
-def resolve_continuation(value, stage_key: str, where: Path) -> Path:
-    """``--continue-from``: "published" (the stage folder ``where``), a run id of the stage, or a folder."""
-    if str(value) == "published":
-        return Path(where)
-    if runs.valid_run_id(str(value)) and (folder := runs.runs_root(stage_key, where=where) / str(value)).is_dir():
-        return folder
-    return Path(value)
 
 
 def batch_sizes(recipe, n_train: int, n_val: int) -> dict[str, tuple[int, int]]:

@@ -71,6 +71,16 @@ def run_dir(stage: str, run_id: str, root: Path | None = None, where: Path | Non
     return runs_root(stage, root, where) / str(run_id)
 
 
+def continuation_start(value, stage: str, where: Path) -> Path:
+    """The folder a ``--continue-from`` value names: "published" (the stage folder ``where``), a run id of the stage,
+    or a folder."""
+    if str(value) == "published":
+        return Path(where)
+    if valid_run_id(str(value)) and (folder := runs_root(stage, where=where) / str(value)).is_dir():
+        return folder
+    return Path(value)
+
+
 # ---- liveness and progress ---------------------------------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
         say("loading")
         if p.info is None or p.info.get("finished") is None:
             canceller = callbacks.CancelOnSignal()
-        d = runplan.prepare(p)  # the data, the run a continuation starts from, train_info: read once, handed down
+        d = runplan.prepare(p)  # the data and train_info: read once, handed down
         if d.info.get("finished") is None:
             doing[0] = "running"
             if p.placement.devices:
@@ -106,7 +106,7 @@ def train(request: TrainingRequest | str, recipe: stages.Recipe | None = None, s
 def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
     """Run the recipe's phases with Keras' fit; every phase resumes from its own BackupAndRestore folder. Returns the
     trained model."""
-    recipe, folder, prior = p.recipe, p.folder, d.prior
+    recipe, folder, prior = p.recipe, p.folder, p.prior
     (x_tr, y_tr), (x_val, y_val) = d.train, d.validation
     prior_rows = list(prior["history"]) if prior else []
     if recipe.mixed_precision:  # bfloat16 compute, float32 variables; recorded in train_info
@@ -175,7 +175,7 @@ def _fit(p: runplan.RunPlan, d: runplan.Prepared, canceller, stream):
 def _finish(p: runplan.RunPlan, d: runplan.Prepared, model) -> None:
     """Save the run's final float32 model, history and completed train_info (its ``finished`` time marks training
     done)."""
-    recipe, folder, info, prior, x_tr = p.recipe, p.folder, d.info, d.prior, d.train[0]
+    recipe, folder, info, prior, x_tr = p.recipe, p.folder, d.info, p.prior, d.train[0]
     keras.mixed_precision.set_global_policy("float32")
     clean = p.stage.build(recipe, backbone_weights=None)
     clean.set_weights(model.get_weights())
