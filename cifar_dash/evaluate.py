@@ -124,8 +124,9 @@ def measure(model, train_info: dict, test, validation=None, features: bool = Fal
     y_test = np.asarray(y_test).reshape(-1)
     tta = tta_of(train_info)
     t = time.perf_counter()
-    feats, plain = features_and_probs(model, x_test) if features else (None, None)  # one pass: features and the
-    features_seconds = time.perf_counter() - t if features else None  # unaugmented view's probabilities
+    # one pass gives the features and the unaugmented view's probabilities
+    feats, plain = features_and_probs(model, x_test) if features else (None, None)
+    features_seconds = time.perf_counter() - t if features else None
     levels = tta_levels(model, x_test, tta=tta, plain=plain)
     probs = levels[tta]
     eval_seconds = time.perf_counter() - t
