@@ -16,11 +16,11 @@ st.caption(
     "Each stage changes one idea. Dashed grey: the seed deck's reported figure. Blue: what this project's "
     "code measured on the 10,000 CIFAR-10 test images, with the evidence on hover."
 )
-go1, go2, go3, go4 = st.columns(4)
-go1.page_link("pages/predict.py", label="Upload a photo: watch every stage answer", icon=":material/upload:")
-go2.page_link("pages/explorer.py", label="Explore a stage: its mistakes and curves", icon=":material/search:")
-go3.page_link("pages/inside.py", label="Inside the stages: feature maps, doubtful labels", icon=":material/scatter_plot:")
-go4.caption("Retrain any stage from the sidebar; a run's progress shows there and on the Training page.")
+# one link a line: a link's label does not wrap, and in four columns Streamlit cut these short with an ellipsis
+st.page_link("pages/predict.py", label="Upload a photo: watch every stage answer", icon=":material/upload:")
+st.page_link("pages/explorer.py", label="Explore a stage: its mistakes and curves", icon=":material/search:")
+st.page_link("pages/inside.py", label="Inside the stages: feature maps, doubtful labels", icon=":material/scatter_plot:")
+st.caption("Retrain any stage from the sidebar; a run's progress shows there and on the Training page.")
 st.plotly_chart(figures.growth_curve(res), key="growth_curve")
 for note in analysis.order_inversions(res):
     st.info(note, icon=":material/swap_vert:")

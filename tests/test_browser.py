@@ -129,6 +129,15 @@ def _no_exception(pg):
     assert errors.count() == 0, errors.first.inner_text()
 
 
+def _cut_link_labels(pg) -> list[str]:
+    """The page links whose label the browser cut short (a link's label does not wrap: it ends in an ellipsis)."""
+    return pg.evaluate(
+        """() => [...document.querySelectorAll("[data-testid='stPageLink-NavLink']")]
+            .filter(a => [...a.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1))
+            .map(a => a.innerText)"""
+    )
+
+
 @pytest.mark.parametrize("path, heading", PAGES)
 def test_every_page_opens(page, server, path, heading):
     page.goto(f"{server}/{path}")
@@ -136,7 +145,9 @@ def test_every_page_opens(page, server, path, heading):
     page.locator("[data-testid='stSidebar']").get_by_text("Retrain a stage").wait_for()  # on every page
     if path == "":
         page.locator(".js-plotly-plot").first.wait_for()
+        assert page.locator("[data-testid='stPageLink-NavLink']").count() >= 9  # six in the sidebar, three here
     _no_exception(page)
+    assert _cut_link_labels(page) == []
 
 
 def test_a_deep_link_opened_first_gets_navigation_and_sidebar(server, browser):
