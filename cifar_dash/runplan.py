@@ -35,7 +35,6 @@ class RunPlan:
     stage: stages.Stage
     recipe: stages.Recipe
     folder: Path
-    out: Path
     placement: distribute.Plan
     choice: object | None  # speed.Choice of a new run; None when resuming (the recipe keeps its own)
     info: dict | None  # the resumed run's train_info; None for a new run until ``describe`` makes it
@@ -80,7 +79,7 @@ def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=s
         print(f"{stage.key}: {choice.precision}, {xla_text} ({choice.source})", file=stream)
     if info is None:
         folder.mkdir(parents=True)
-    return RunPlan(request, stage, recipe, folder, out, placement, choice, info, progress, prior)
+    return RunPlan(request, stage, recipe, folder, placement, choice, info, progress, prior)
 
 
 def _xla_problem(recipe: stages.Recipe, placement: distribute.Plan) -> str:
@@ -165,9 +164,13 @@ def prepare(p: RunPlan) -> Prepared:
             + " or ".join(map(str, distribute.even_counts(n_devices, sizes)))
         )
     if p.info is None:  # what the new run trains on
-        info.update(n_train=len(x_tr), n_validation=len(x_val), data_source=cifar.source)
         info.update(
-            data_fingerprint=prints["all"], train_data_fingerprint=prints["train"], test_data_fingerprint=prints["test"]
+            n_train=len(x_tr),
+            n_validation=len(x_val),
+            data_source=cifar.source,
+            data_fingerprint=prints["all"],
+            train_data_fingerprint=prints["train"],
+            test_data_fingerprint=prints["test"],
         )
     else:  # where the rest of a resumed run trains: the devices (and XLA) may differ from where it started
         resumed = {"time": time.time(), "devices": p.placement.describe(), "jit_compile": p.recipe.jit_compile}

@@ -76,7 +76,7 @@ def continuation_start(value, stage: str, where: Path) -> Path:
     or a folder."""
     if str(value) == "published":
         return Path(where)
-    if valid_run_id(str(value)) and (folder := runs_root(stage, where=where) / str(value)).is_dir():
+    if valid_run_id(str(value)) and (folder := run_dir(stage, str(value), where=where)).is_dir():
         return folder
     return Path(value)
 
