@@ -84,7 +84,7 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> d
     if info.get("continued_from"):
         record["continued_from"] = info["continued_from"]
     return {
-        "learning_rate": _resume_rate(recipe, history, sum(done)),
+        "learning_rate": plateau.continued_rate(recipe, history, sum(done)),
         "folder": str(folder),
         "epochs": sum(done),
         "history": history,
@@ -93,18 +93,6 @@ def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> d
         "train_data_fingerprint": info.get("train_data_fingerprint"),
         "record": record,
     }
-
-
-def _resume_rate(recipe: stages.Recipe, history: list, done: int) -> float | None:
-    """The rate a continuation's optimizer starts at when it goes on inside a phase (``continued_rate`` of that
-    phase's epochs so far); None when it starts a phase afresh."""
-    start = 0
-    for phase in recipe.phases:
-        end = start + phase.epochs
-        if start < done < end:
-            return continued_rate(recipe, phase, [r for r in history if start < r["epoch"] <= done])
-        start = end
-    return None
 
 
 def extension_problem(done: Sequence[int], wanted: Sequence[int]) -> str | None:
@@ -120,13 +108,6 @@ def extension_problem(done: Sequence[int], wanted: Sequence[int]) -> str | None:
         f"the published run has {per_phase} epochs per phase; a continuation adds epochs to the last phase only, "
         f"not {','.join(map(str, wanted))} (e.g. {','.join(map(str, done[:-1]))},{done[-1] + 1})"
     )
-
-
-def continued_rate(recipe, phase, rows) -> float:
-    """The learning rate a continued run's history reached: the plateau rule's next rate, or the last one logged."""
-    if recipe.lr_schedule == "reduce_on_plateau":
-        return plateau.fold(rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)[1]
-    return rows[-1].get("learning_rate", phase.learning_rate)
 
 
 # ---- what the sidebar offers --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ validation accuracy has not improved by more than 1e-4 for ``patience`` epochs. 
 the ResNet recipes use it (monitor val_accuracy, mode max, no cooldown, min_lr 1e-7; the shipped runs trained with
 Keras' callback), written out here so that its memory (best, wait) is plain data of this project's: the training
 callback (``callbacks.PlateauRule``) steps it at each epoch end, and a resumed or continued run folds it over the
-epochs its log already holds. tests/test_plateau.py holds it against Keras' own callback. No Keras here."""
+epochs its log already holds (``continued_rate``: the rate a continuation goes on at). tests/test_plateau.py holds it
+against Keras' own callback. No Keras here."""
 
 from __future__ import annotations
 
@@ -40,3 +41,19 @@ def fold(rows, rate: float, factor: float, patience: int) -> tuple[Memory, float
         rate = float(row.get("learning_rate", rate))
         memory, rate = step(memory, row["val_accuracy"], rate, factor, patience)
     return memory, rate
+
+
+def continued_rate(recipe, history: list, done: int) -> float | None:
+    """The rate a continuation of a run with ``done`` epochs (its ``history`` rows) starts at when it goes on inside a
+    phase of ``recipe``: the plateau rule's next rate after that phase's epochs so far, or the last rate logged under
+    other schedules. None when it starts a phase afresh."""
+    start = 0
+    for phase in recipe.phases:
+        end = start + phase.epochs
+        if start < done < end:
+            rows = [r for r in history if start < r["epoch"] <= done]
+            if recipe.lr_schedule == "reduce_on_plateau":
+                return fold(rows, phase.learning_rate, recipe.plateau_factor, recipe.plateau_patience)[1]
+            return rows[-1].get("learning_rate", phase.learning_rate)
+        start = end
+    return None

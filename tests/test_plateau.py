@@ -77,3 +77,25 @@ def test_a_resumed_phase_starts_from_the_memory_of_its_finished_epochs():
     assert _rate(fresh) == pytest.approx(1e-3)
     rule.on_epoch_end(1, {})  # no validation accuracy: nothing to react to
     assert _rate(fresh) == pytest.approx(1e-3)
+
+
+def test_a_continuation_goes_on_at_the_rate_its_phase_reached():
+    """Two phases of 2 and 3 epochs. A run stopped after 4 epochs goes on inside the second phase: under the plateau
+    rule at the rate its two epochs there lead to (0.6 then 0.5 with patience 1: halved), under a constant schedule at
+    the last rate logged. Stopped at a phase boundary (2 or 5 epochs), it starts a phase afresh: None."""
+    from cifar_dash.stages import Phase, Recipe
+
+    phases = (Phase("head", 2, 1e-2), Phase("fine", 3, 1e-3))
+    history = [
+        {"epoch": 1, "val_accuracy": 0.3, "learning_rate": 1e-2},
+        {"epoch": 2, "val_accuracy": 0.4, "learning_rate": 1e-2},
+        {"epoch": 3, "val_accuracy": 0.6, "learning_rate": 1e-3},
+        {"epoch": 4, "val_accuracy": 0.5, "learning_rate": 1e-3},
+    ]
+    on_plateau = Recipe(phases, lr_schedule="reduce_on_plateau", plateau_factor=0.5, plateau_patience=1)
+    assert plateau.continued_rate(on_plateau, history, 4) == pytest.approx(5e-4)
+    assert plateau.continued_rate(Recipe(phases, plateau_patience=2), history, 4) == pytest.approx(1e-3)
+    logged = [*history[:3], {"epoch": 4, "val_accuracy": 0.5, "learning_rate": 7e-4}]
+    assert plateau.continued_rate(Recipe(phases), logged, 4) == pytest.approx(7e-4)
+    assert plateau.continued_rate(on_plateau, history, 2) is None
+    assert plateau.continued_rate(on_plateau, history[:3], 3) == pytest.approx(1e-3)  # one epoch in: no wait yet
