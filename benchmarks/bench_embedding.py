@@ -49,7 +49,7 @@ print(f"{seconds:.1f} {rss:.0f} {acc:.3f}")
 def features(stage: str, data_path) -> tuple[Path, Path]:
     from cifar_dash import artifacts
     from cifar_dash import data as data_mod
-    from cifar_dash.features import features_and_probs
+    from cifar_dash.inference import features_and_probs
 
     cache = artifacts.cache_root() / "features"
     cache.mkdir(parents=True, exist_ok=True)

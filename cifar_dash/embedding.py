@@ -1,7 +1,7 @@
 """Each stage's feature space on the test images: a 2-D map (``embedding.npz``) and one number for how well the
 classes separate there.
 
-The features are the penultimate ones (features.py: the input of the last Dense layer, one pass, no test-time
+The features are the penultimate ones (inference.py: the input of the last Dense layer, one pass, no test-time
 augmentation), L2-normalised, reduced to 50 dimensions by PCA and laid out in 2-D by openTSNE (chosen by measured
 time and memory on 2 cores: docs/embedding.md). The separation number is the leave-one-out k-nearest-neighbour
 accuracy (k = 10, cosine distance) of the true labels in the full feature space, not in the 2-D map.
@@ -139,7 +139,7 @@ def embed_folder(folder: Path, x_test, stream=sys.stderr) -> dict | None:
         print(problem, file=stream)
         return None
     model = artifacts.load_model(folder / artifacts.MODEL)
-    from .features import features_and_probs
+    from .inference import features_and_probs
 
     t = time.perf_counter()
     feats, _ = features_and_probs(model, np.asarray(x_test)[preds.indices])

@@ -11,98 +11,7 @@ import numpy as np
 
 from . import artifacts, calibration, metrics, models, runtime, stages
 from . import data as data_mod
-from .features import features_and_probs
-
-
-def tta_mode(tta) -> str:
-    """A recipe's ``tta`` value as "none", "flip" or "flip_shift" (older metrics store True for "flip")."""
-    if tta in (None, False, "none"):
-        return "none"
-    if tta is True or tta == "flip":
-        return "flip"
-    if tta == "flip_shift":
-        return "flip_shift"
-    raise ValueError(f"unknown test-time augmentation {tta!r}")
-
-
-TTA_VIEWS = {"none": 1, "flip": 2, "flip_shift": 6}
-
-
-def tta_of(info: dict):
-    """The test-time augmentation a train_info / metrics dict's recipe asks for."""
-    return tta_mode((info.get("recipe") or {}).get("tta", False))
-
-
-def predict_probs(model, x, batch_size: int = 256, tta=False) -> np.ndarray:
-    """Softmax probabilities for raw uint8 images. ``tta``: "flip" (or True) averages with the horizontally flipped
-    view; "flip_shift" averages that (weight 1/2) with the flip-averaged views shifted one pixel up-left and
-    down-right under reflect padding (weight 1/4 each), as airbench94 does."""
-    mode = tta_mode(tta)
-    return tta_levels(model, x, batch_size, mode)[mode]
-
-
-def padded(batch: np.ndarray, cap: int = 256) -> np.ndarray:
-    """``batch`` padded with blank images to the next power of two (at most ``cap``): every new batch size traces a
-    model's predict function again (about a second), so a handful of sizes keeps it to a handful of traces."""
-    size = min(max(cap, len(batch)), 1 << max(len(batch) - 1, 0).bit_length())
-    return np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
-
-
-def tta_levels(model, x, batch_size: int = 256, tta="none", plain=None) -> dict[str, np.ndarray]:
-    """Probabilities at every test-time augmentation level up to ``tta`` (the views are shared, so the lower levels
-    cost nothing extra): {"none": ..., "flip": ..., "flip_shift": ...}. ``plain``: the unaugmented view's
-    probabilities where the caller has them already (``measure``'s feature pass), so that view is not run again."""
-    mode = tta_mode(tta)
-    x = np.asarray(x, dtype=np.float32)
-
-    def run(batch):
-        if len(batch) <= batch_size:  # one batch: skip predict()'s per-call dataset set-up (~50 ms)
-            return np.asarray(model.predict_on_batch(padded(batch, batch_size)), dtype=np.float32)[: len(batch)]
-        return np.asarray(model.predict(batch, batch_size=batch_size, verbose=0), dtype=np.float32)
-
-    def flipped(batch):
-        return run(np.ascontiguousarray(batch[:, :, ::-1]))
-
-    levels = {"none": run(x) if plain is None else np.asarray(plain, dtype=np.float32)}
-    if mode == "none":
-        return levels
-    levels["flip"] = (levels["none"] + flipped(x)) / 2
-    if mode == "flip_shift":
-        framed = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-        h, w = x.shape[1:3]
-        views = [framed[:, :h, :w], framed[:, 2 : h + 2, 2 : w + 2]]
-        shifted = sum((run(v) + flipped(v)) / 2 for v in views) / 2
-        levels["flip_shift"] = (levels["flip"] + shifted) / 2
-    return levels
-
-
-def inference_ms(model, x, tta=False, batch1_reps: int = 20) -> dict:
-    """Milliseconds per image at batch 1 (median of repeated calls) and at batch 256 (best of two), times the number
-    of test-time views."""
-    x1 = np.asarray(x[:1], dtype=np.float32)
-    for _ in range(3):
-        model.predict_on_batch(x1)
-    times = []
-    for _ in range(batch1_reps):
-        t = time.perf_counter()
-        model.predict_on_batch(x1)
-        times.append(time.perf_counter() - t)
-    n = min(256, len(x))
-    xb = np.asarray(x[:n], dtype=np.float32)
-    model.predict_on_batch(xb)
-    best = min(_timed(model.predict_on_batch, xb) for _ in range(2))
-    factor = TTA_VIEWS[tta_mode(tta)]
-    return {
-        "batch_1_ms": factor * 1000 * float(np.median(times)),
-        "batch_256_ms_per_image": factor * 1000 * best / n,
-        "batch_256_n": n,
-    }
-
-
-def _timed(fn, *args):
-    t = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t
+from .inference import features_and_probs, inference_ms, predict_probs, tta_levels, tta_of
 
 
 @dataclass
@@ -132,22 +41,23 @@ def measure(model, train_info: dict, test, validation=None, features: bool = Fal
     eval_seconds = time.perf_counter() - t
     val_probs = predict_probs(model, validation[0], tta=tta) if validation is not None and len(validation[0]) else None
     timing = inference_ms(model, x_test, tta=tta)
+    total, _ = models.count_params(model)
+    flops = models.flops_per_image(model)
+    result = metrics.summarize(probs, y_test)
     fitted = None
     if validation is not None:
         fitted = calibration.calibrate(probs, y_test, val_probs, np.asarray(validation[1]).reshape(-1))
-    result = metrics.summarize(probs, y_test)
     if fitted:
         result["calibration"] = {**result["calibration"], **fitted}
     if len(levels) > 1:  # what test-time augmentation is worth: accuracy at each level, from the same views
         result["tta_accuracy"] = {k: float((v.argmax(1) == y_test).mean()) for k, v in levels.items()}
-    total, _ = models.count_params(model)
     machine = runtime.info()
     result.update(
         {
             "stage": train_info["stage"],
             "run_id": train_info.get("run_id"),
             "params": total,
-            "flops_per_image": models.flops_per_image(model),
+            "flops_per_image": flops,
             "inference": timing,
             "eval_seconds": round(eval_seconds, 2),
             "tta": tta,

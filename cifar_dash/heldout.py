@@ -34,7 +34,7 @@ def calibrate_folder(folder: Path, x_val, y_val, stream=sys.stderr) -> dict:
     """Fit the temperature of the stage in ``folder`` on its validation images ``x_val`` (none: two-fold
     cross-fitting on the test set) and write it into its metrics.json (``calibration``). The validation predictions
     stored by an earlier fit of the same model are reused; else the model runs and they are stored."""
-    from .evaluate import predict_probs, tta_of
+    from .inference import predict_probs, tta_of
 
     info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
     metrics = artifacts.read_json(folder / artifacts.METRICS)
@@ -75,7 +75,7 @@ def _stored_val_probs(folder: Path, y_val: np.ndarray) -> np.ndarray | None:
 
 def fit_detector(cifar, root: Path, stream=sys.stderr) -> dict:
     """Fit the detector (ood.py) from the published ``ood.STAGE`` and write ood.json and its bank into ``root``."""
-    from .features import layer_features
+    from .inference import layer_features
 
     model = artifacts.load_model(artifacts.stage_dir(ood.STAGE, root) / artifacts.MODEL)
     info = artifacts.read_json(artifacts.stage_dir(ood.STAGE, root) / artifacts.TRAIN_INFO)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .calibration import reliability
 from .data import CLASS_NAMES, NUM_CLASSES
 
 
@@ -35,36 +36,6 @@ def per_class(cm: np.ndarray) -> list[dict]:
     ]
 
 
-def calibration(probs: np.ndarray, y_true, n_bins: int = 15) -> dict:
-    """Expected calibration error over equal-width confidence bins (top-1 confidence vs top-1 accuracy)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    y_true = np.asarray(y_true)
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y_true
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # bin i holds confidences in (edges[i], edges[i+1]]; confidence 0 falls in bin 0
-    idx = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
-    bins, ece, n = [], 0.0, len(y_true)
-    for i in range(n_bins):
-        m = idx == i
-        count = int(m.sum())
-        acc = float(correct[m].mean()) if count else None
-        conf = float(confidence[m].mean()) if count else None
-        if count:
-            ece += count / n * abs(acc - conf)
-        bins.append(
-            {"lower": float(edges[i]), "upper": float(edges[i + 1]), "count": count, "accuracy": acc, "confidence": conf}
-        )
-    return {
-        "ece": float(ece),
-        "n_bins": n_bins,
-        "bins": bins,
-        "mean_confidence": float(confidence.mean()) if n else None,
-        "mean_confidence_correct": float(confidence[correct].mean()) if correct.any() else None,
-        "mean_confidence_wrong": float(confidence[~correct].mean()) if (~correct).any() else None,
-    }
-
-
 def summarize(probs: np.ndarray, y_true) -> dict:
     y_true = np.asarray(y_true).reshape(-1)
     y_pred = np.asarray(probs).argmax(axis=1)
@@ -74,7 +45,7 @@ def summarize(probs: np.ndarray, y_true) -> dict:
         "n_test": int(len(y_true)),
         "per_class": per_class(cm),
         "confusion_matrix": cm.tolist(),
-        "calibration": calibration(probs, y_true),
+        "calibration": reliability(probs, y_true),
     }
 
 

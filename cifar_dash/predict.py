@@ -15,13 +15,14 @@ import numpy as np
 
 from . import artifacts
 from .data import CLASS_NAMES
+from .inference import layer_model, padded, predict_probs, tta_of, with_features
 
 
 @dataclass
 class LoadedStage:
     key: str
     model: object
-    tta: str  # test-time augmentation mode (evaluate.tta_mode)
+    tta: str  # test-time augmentation mode (inference.tta_mode)
     _parts: dict = field(default_factory=dict, repr=False)  # layer name -> a model ending at that layer
 
     def probs_and_features(self, layer: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -31,11 +32,7 @@ class LoadedStage:
             return predict(self, images), self.layer_features(layer, images)
         both = f"{layer}+probs"
         if both not in self._parts:
-            from .features import with_features
-
             self._parts[both] = with_features(self.model, layer)
-        from .evaluate import padded
-
         x = np.asarray(images, dtype=np.float32).reshape(-1, 32, 32, 3)
         feats, probs = self._parts[both].predict_on_batch(padded(x, 64))
         return np.asarray(probs, np.float32)[: len(x)], np.asarray(feats, np.float32)[: len(x)].reshape(len(x), -1)
@@ -43,11 +40,7 @@ class LoadedStage:
     def layer_features(self, layer: str, images: np.ndarray) -> np.ndarray:
         """(n, d) float32 outputs of the named layer for raw uint8 images (the sub-model is built once)."""
         if layer not in self._parts:
-            from .features import layer_model
-
             self._parts[layer] = layer_model(self.model, layer)
-        from .evaluate import padded
-
         x = np.asarray(images, dtype=np.float32).reshape(-1, 32, 32, 3)
         out = np.asarray(self._parts[layer].predict_on_batch(padded(x, 64)), np.float32)
         return out[: len(x)].reshape(len(x), -1)
@@ -55,8 +48,6 @@ class LoadedStage:
 
 def load_stage(key: str, root: Path | None = None) -> LoadedStage:
     folder = artifacts.stage_dir(key, root)
-    from .evaluate import tta_of  # Keras is imported where models run, not by the pages that only read files
-
     model = artifacts.load_model(folder / artifacts.MODEL)
     tta = "none"
     try:
@@ -67,8 +58,6 @@ def load_stage(key: str, root: Path | None = None) -> LoadedStage:
 
 
 def predict(loaded: LoadedStage, images: np.ndarray) -> np.ndarray:
-    from .evaluate import predict_probs
-
     images = np.asarray(images, dtype=np.uint8).reshape(-1, 32, 32, 3)
     return predict_probs(loaded.model, images, batch_size=64, tta=loaded.tta)
 

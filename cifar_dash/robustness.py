@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 
 from . import artifacts, runtime, stages
 from . import data as data_mod
-from .evaluate import predict_probs, tta_of
+from .inference import predict_probs, tta_of
 
 
 def _per_image(x, fn):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .evaluate import predict_probs
+from .inference import predict_probs
 
 
 def occlusion_batch(img: np.ndarray, patch: int = 8, stride: int = 4, fill: float | None = None):

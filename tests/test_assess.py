@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from cifar_dash import artifacts, assess, calibration, embedding, evaluate, features
+from cifar_dash import artifacts, assess, calibration, embedding, inference
 
 
 def _model():
@@ -34,15 +34,15 @@ def test_assessment_equals_the_separate_steps_and_writes_every_file(tmp_path):
     test, val = _images(64, 1), _images(30, 2)
     a, _ = assess.assess(model, INFO, test, val, tmp_path, stream=io.StringIO())
     # the same figures as each step on its own
-    probs = evaluate.predict_probs(model, test[0], tta="flip")
+    probs = inference.predict_probs(model, test[0], tta="flip")
     np.testing.assert_allclose(a.probs, probs, atol=1e-5)
-    np.testing.assert_allclose(a.val_probs, evaluate.predict_probs(model, val[0], tta="flip"), atol=1e-5)
+    np.testing.assert_allclose(a.val_probs, inference.predict_probs(model, val[0], tta="flip"), atol=1e-5)
     assert a.metrics["test_accuracy"] == pytest.approx(float((probs.argmax(1) == test[1]).mean()))
     fitted = calibration.calibrate(probs, test[1], a.val_probs, val[1])
     assert a.metrics["calibration"]["temperature"] == pytest.approx(fitted["temperature"], rel=1e-4)
     assert a.metrics["calibration"]["fit_on"] == "validation" and a.metrics["calibration"]["n_fit"] == 30
     assert "ece" in a.metrics["calibration"]  # the raw figures stay beside the scaled ones
-    feats, _ = features.features_and_probs(model, test[0])
+    feats, _ = inference.features_and_probs(model, test[0])
     assert a.metrics["separation"]["knn_accuracy"] == pytest.approx(embedding.separation(feats, test[1]))
     assert a.metrics["tta"] == "flip" and a.metrics["run_id"] == "r1" and a.metrics["test_data_fingerprint"] == "abc"
     stored = artifacts.load_predictions(tmp_path / artifacts.PREDICTIONS)

@@ -1,7 +1,20 @@
 import numpy as np
 import pytest
 
-from cifar_dash import calibration, metrics
+from cifar_dash import calibration
+
+
+def test_ece_by_hand():
+    # four predictions: confidences 0.95, 0.95 (one right, one wrong) and 0.55, 0.55 (both right)
+    probs = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.55, 0.45]])
+    y = np.array([0, 1, 0, 0])
+    cal = calibration.reliability(probs, y, n_bins=10)
+    # bin (0.9, 1.0]: acc 0.5 conf 0.95 -> |0.45| * 2/4; bin (0.5, 0.6]: acc 1 conf 0.55 -> 0.45 * 2/4
+    assert cal["ece"] == pytest.approx(0.45)
+    counts = [b["count"] for b in cal["bins"]]
+    assert counts[9] == 2 and counts[5] == 2 and sum(counts) == 4
+    assert cal["mean_confidence_wrong"] == pytest.approx(0.95)
+    assert cal["mean_confidence_correct"] == pytest.approx((0.95 + 0.55 + 0.55) / 3)
 
 
 def _sample(n=20_000, true_t=1.0, shown_t=1.0, seed=0):
@@ -25,8 +38,8 @@ def test_the_fit_recovers_a_known_temperature(overconfident_by):
 def test_scaling_lowers_the_ece_on_held_out_images():
     probs, y = _sample(n=30_000, shown_t=0.4)
     t = calibration.fit_temperature(probs[:10_000], y[:10_000])
-    before = metrics.calibration(probs[10_000:], y[10_000:])["ece"]
-    after = metrics.calibration(calibration.scale(probs[10_000:], t), y[10_000:])["ece"]
+    before = calibration.reliability(probs[10_000:], y[10_000:])["ece"]
+    after = calibration.reliability(calibration.scale(probs[10_000:], t), y[10_000:])["ece"]
     assert before > 0.1 and after < 0.02 and after < before / 5
 
 
@@ -47,7 +60,7 @@ def test_calibrate_on_validation_and_by_cross_fitting():
     on_val = calibration.calibrate(test, yt, val, yv)
     assert on_val["fit_on"] == "validation" and on_val["n_fit"] == 5000
     assert on_val["temperature"] == pytest.approx(2.0, rel=0.1)
-    assert on_val["ece_scaled"] < metrics.calibration(test, yt)["ece"] and on_val["nll_scaled"] < on_val["nll"]
+    assert on_val["ece_scaled"] < calibration.reliability(test, yt)["ece"] and on_val["nll_scaled"] < on_val["nll"]
     crossed = calibration.calibrate(test, yt)  # no validation images: two folds of the test set
     assert crossed["fit_on"].startswith("test, two-fold") and len(crossed["fold_temperatures"]) == 2
     # each half was scaled by the other half's temperature: recompute one half independently
@@ -69,5 +82,5 @@ def test_the_ece_floor_is_the_noise_of_a_perfectly_calibrated_model():
     floor = calibration.ece_floor(probs)
     # labels truly drawn from these probabilities: their ECE sits around the floor, and the floor shrinks with n
     _, y = _sample(n=10_000, true_t=1.0, shown_t=1.0, seed=3)
-    assert 0.002 < floor < 0.02 and abs(metrics.calibration(probs, y)["ece"] - floor) < 0.01
+    assert 0.002 < floor < 0.02 and abs(calibration.reliability(probs, y)["ece"] - floor) < 0.01
     assert calibration.ece_floor(probs[:1000]) > floor

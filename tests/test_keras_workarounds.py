@@ -105,7 +105,7 @@ def test_models_made_for_predictions_predict_without_the_faulty_xla(monkeypatch,
         pytest.skip("the fault is TensorFlow's XLA")
     from keras.src.trainers.trainer import Trainer
 
-    from cifar_dash import artifacts, features
+    from cifar_dash import artifacts, inference
 
     monkeypatch.setattr(Trainer, "_resolve_auto_jit_compile", lambda self: True)  # as on a GPU
     monkeypatch.setattr(kw, "xla_bilinear_error", lambda: 250.0)
@@ -113,9 +113,9 @@ def test_models_made_for_predictions_predict_without_the_faulty_xla(monkeypatch,
     x = keras.layers.UpSampling2D(2, interpolation="bilinear", name="upsample")(inp)
     x = keras.layers.Dense(4, name="features")(keras.layers.GlobalAveragePooling2D()(x))
     model = keras.Model(inp, keras.layers.Dense(10, activation="softmax", name="probs")(x))
-    assert features.with_features(model).jit_compile is False
-    assert features.layer_model(model, "upsample").jit_compile is False
+    assert inference.with_features(model).jit_compile is False
+    assert inference.layer_model(model, "upsample").jit_compile is False
     model.save(tmp_path / "model.keras")
     assert artifacts.load_model(tmp_path / "model.keras").jit_compile is False
     plain = keras.Model(inp, keras.layers.Flatten()(inp))
-    assert features.layer_model(plain, plain.layers[-1].name).jit_compile is True  # nothing to guard: Keras' choice
+    assert inference.layer_model(plain, plain.layers[-1].name).jit_compile is True  # nothing to guard: Keras' choice

@@ -22,19 +22,6 @@ def test_per_class_precision_recall_f1_by_hand():
     assert rows[2]["precision"] == pytest.approx(1.0) and rows[2]["support"] == 4
 
 
-def test_ece_by_hand():
-    # four predictions: confidences 0.95, 0.95 (one right, one wrong) and 0.55, 0.55 (both right)
-    probs = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.55, 0.45]])
-    y = np.array([0, 1, 0, 0])
-    cal = metrics.calibration(probs, y, n_bins=10)
-    # bin (0.9, 1.0]: acc 0.5 conf 0.95 -> |0.45| * 2/4; bin (0.5, 0.6]: acc 1 conf 0.55 -> 0.45 * 2/4
-    assert cal["ece"] == pytest.approx(0.45)
-    counts = [b["count"] for b in cal["bins"]]
-    assert counts[9] == 2 and counts[5] == 2 and sum(counts) == 4
-    assert cal["mean_confidence_wrong"] == pytest.approx(0.95)
-    assert cal["mean_confidence_correct"] == pytest.approx((0.95 + 0.55 + 0.55) / 3)
-
-
 def test_summarize_accuracy():
     probs = np.eye(10)[[0, 1, 2, 3]]
     out = metrics.summarize(probs, [0, 1, 2, 0])

@@ -439,48 +439,6 @@ def test_lookahead_follows_its_rule_through_the_public_optimizer_api():
     assert not any(v is model.weights[0] for v in opt.variables)  # the model's weight is not optimizer state
 
 
-class _RecordingModel:
-    """Stands in for a Keras model: 'probabilities' read from the top-left pixel, every call recorded."""
-
-    def __init__(self):
-        self.calls = []
-
-    def predict_on_batch(self, batch):
-        self.calls.append(np.array(batch))
-        v = batch[:, 0, 0, 0] / 255.0
-        return np.stack([v, 1 - v], axis=1)
-
-
-def test_tta_modes_average_the_views_airbench_weights():
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(5, 32, 32, 3)).astype("uint8")
-    assert evaluate.tta_mode(True) == "flip" and evaluate.tta_mode(False) == "none"
-    with pytest.raises(ValueError):
-        evaluate.tta_mode("rotate")
-    f = _RecordingModel()
-    got = evaluate.predict_probs(f, x, tta="flip_shift")
-    assert len(f.calls) == 6
-
-    def p(b):
-        v = b[:, 0, 0, 0].astype("float64") / 255.0
-        return np.stack([v, 1 - v], axis=1)
-
-    def mirror(b):
-        return (p(b) + p(b[:, :, ::-1])) / 2
-
-    padded = np.pad(x.astype("float32"), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-    want = 0.5 * mirror(x) + 0.25 * mirror(padded[:, :32, :32]) + 0.25 * mirror(padded[:, 2:, 2:])
-    np.testing.assert_allclose(got, want, rtol=1e-6)
-    f = _RecordingModel()
-    evaluate.predict_probs(f, x, tta=True)
-    assert len(f.calls) == 2
-    levels = evaluate.tta_levels(_RecordingModel(), x, tta="flip_shift")
-    assert set(levels) == {"none", "flip", "flip_shift"}
-    np.testing.assert_allclose(levels["none"], p(x), rtol=1e-6)
-    np.testing.assert_allclose(levels["flip"], mirror(x), rtol=1e-6)
-    np.testing.assert_allclose(levels["flip_shift"], got)
-
-
 def test_backbone_stand_in_and_bfloat16_are_said_plainly():
     from cifar_dash import analysis, report
 

@@ -23,7 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from cifar_dash import artifacts, calibration, data, features, heldout, ood  # noqa: E402
+from cifar_dash import artifacts, calibration, data, heldout, inference, ood  # noqa: E402
 from cifar_dash.predict import load_stage  # noqa: E402
 
 MSP_ONLY = ("mlp", "deep_mlp", "cnn", "vgg_aug")
@@ -67,26 +67,24 @@ def main() -> None:
         metrics = artifacts.read_json(folder / artifacts.METRICS)
         temperature = calibration.temperature_of(metrics) or 1.0
         stage = load_stage(key)
-        from cifar_dash.evaluate import predict_probs
-
         val = artifacts.load_predictions(folder / artifacts.VAL_PREDICTIONS).probs
         test = artifacts.load_predictions(folder / artifacts.PREDICTIONS).probs
-        other = predict_probs(stage.model, x_ood, tta=stage.tta)
+        other = inference.predict_probs(stage.model, x_ood, tta=stage.tta)
         msp = [-calibration.scale(x, temperature).max(1) for x in (val, test, other)]
         out["rows"].append({"stage": key, "score": "MSP (calibrated)", **rates(*msp, sets, sel)})
         info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
         x_val, _ = heldout.validation_split(info, cifar)
         for layer in WITH_FEATURES.get(key, ()):
             name = (
-                f"the input of {features.last_dense(stage.model).name}"
+                f"the input of {inference.last_dense(stage.model).name}"
                 if layer == "penultimate"
                 else "the ImageNet backbone, pooled"
             )
 
             def feats(x, layer=layer, model=stage.model):
                 if layer == "penultimate":
-                    return features.features_and_probs(model, x)[0]
-                return features.layer_features(model, layer, x)
+                    return inference.features_and_probs(model, x)[0]
+                return inference.layer_features(model, layer, x)
 
             bank, fv, ft, fo = (feats(x) for x in (cifar.x_train[:BANK], x_val, cifar.x_test, x_ood))
             b = ood.normalise(bank)
