@@ -126,13 +126,15 @@ for it in items:
     b += 1
 
 
-def _card(key: str, p: np.ndarray, label, differs: bool = False) -> str:
+def _card(key: str, p: np.ndarray, label, differs: bool | None = None) -> str:
+    """A stage's card: its answer, then right/wrong for a test image, else whether it agrees with the weighted
+    summary (``differs`` None: not known yet). Every card of a row then has as many lines: the grid stays even."""
     top = int(np.argmax(p))
     mark = ""  # colour and a word, not an emoji alone (no emoji font on many machines)
     if label is not None:
         mark = "  \n:green[right]" if top == label else "  \n:red[wrong]"
-    elif differs:
-        mark = "  \n:orange[differs from the summary]"
+    elif differs is not None:
+        mark = "  \n:orange[differs from the summary]" if differs else "  \n:gray[agrees with the summary]"
     text = f"**{labels[key]}**  \n{CLASS_NAMES[top]} · {p[top]:.0%}{mark}"
     if show_details:
         text += "  \n:gray[" + " · ".join(f"{c} {q:.0%}" for c, q in predict.top_k(p[None], 3)[0]) + "]"

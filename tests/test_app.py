@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cifar_dash import analysis, claims, results
+from cifar_dash import analysis, claims, results, stages
 from cifar_dash.data import CLASS_NAMES
 from tests.conftest import ROOT
 
@@ -782,6 +782,19 @@ def test_upload_page_shows_scaled_probabilities_the_weighted_summary_and_the_fla
     card = next(m.value for m in at.markdown if m.value.startswith("**CNN**"))
     assert f"{CLASS_NAMES[int(scaled.argmax())]} · {scaled.max():.0%}" in card
     assert "Not calibrated" not in " ".join(c.value for c in at.caption)
+    # every stage's card says whether it agrees with the weighted summary, so the cards of a row are equally tall
+    cards = {s.key: m.value for s in stages.STAGES for m in at.markdown if m.value.startswith(f"**{s.label}**")}
+    assert len(cards) >= 2 and all(c.count("\n") == 2 for c in cards.values()), cards
+    differs = {k for k, c in cards.items() if c.endswith(":orange[differs from the summary]")}
+    agrees = {k for k, c in cards.items() if c.endswith(":gray[agrees with the summary]")}
+    assert differs | agrees == set(cards) and not differs & agrees
+    per_stage = {}
+    for k in cards:
+        raw = predict.predict(predict.load_stage(k), arr[None])[0]
+        t = calibration.temperature_of(json.loads((detector_root / k / "metrics.json").read_text()))
+        per_stage[k] = calibration.scale(raw, t) if t else raw
+    accuracy = {k: json.loads((detector_root / k / "metrics.json").read_text())["test_accuracy"] for k in cards}
+    assert differs == set(analysis.weighted_vote(per_stage, accuracy)["differs"])
     # the file name is shown as text, never as Markdown
     captions = [i.proto.imgs[0].caption for i in at.get("image") if i.proto.imgs]
     assert "\\*\\*b\\*\\* \\[x\\]\\(y\\)\\.png" in captions, captions
