@@ -31,6 +31,20 @@ def plural(n, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def label_positions(values) -> list[str]:
+    """Where each point's label sits clear of the line through the points: above a peak and at the ends (and beside a
+    gap); elsewhere above and toward the lower neighbour, whose segment runs below the label."""
+    out = []
+    for i, v in enumerate(values):
+        prev = values[i - 1] if i and values[i - 1] is not None else None
+        after = values[i + 1] if i + 1 < len(values) and values[i + 1] is not None else None
+        if v is None or prev is None or after is None or prev <= v >= after:
+            out.append("top center")
+        else:
+            out.append("top left" if prev < after else "top right")
+    return out
+
+
 def growth_curve(results) -> go.Figure:
     """The seed's accuracy growth curve: reported figure per stage beside our measured one."""
     keys = [r.stage.key for r in results]
@@ -70,7 +84,7 @@ def growth_curve(results) -> go.Figure:
             line=dict(color=MEASURED_COLOR, width=3),
             marker=dict(size=10),
             text=[f"{v:.1f}" if v is not None else "" for v in measured],
-            textposition="top center",
+            textposition=label_positions(measured),
             hovertext=hover,
             hoverinfo="text",
             connectgaps=False,
