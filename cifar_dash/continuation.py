@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 
 from . import artifacts, plateau, stages
 
@@ -23,29 +22,13 @@ def _comparable(*recipes: dict) -> list[dict]:
     return out
 
 
-def _read_finished(folder: Path) -> tuple[dict, list, float | None]:
-    """The finished run in ``folder``: its train_info, its history rows and the test accuracy it measured (its own
-    evaluation, not a stale one; None when there is none)."""
-    try:
-        info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
-        history = artifacts.read_json(folder / artifacts.HISTORY)["epochs"]
-    except (artifacts.ArtifactError, KeyError, TypeError) as e:
-        raise ContinueError(f"{folder} holds no finished run to continue ({e})") from e
-    try:
-        metrics = artifacts.read_json(folder / artifacts.METRICS)
-        test_accuracy = metrics.get("test_accuracy") if metrics.get("run_id") == info.get("run_id") else None
-    except (artifacts.ArtifactError, AttributeError):
-        test_accuracy = None
-    return info, history, test_accuracy
-
-
-def read_continuation(folder, stage_key: str, recipe: stages.Recipe, limit) -> dict:
-    """Check that the published run in ``folder`` is ``recipe`` cut short (same stage, limit, settings; fewer epochs
-    in its last phase, every earlier phase complete) and return what a continuation needs from it: its weights'
-    folder, epochs, history and the rate it goes on at, the fingerprint of the data it was trained on
-    (runplan.prepare compares it with the data loaded) and the ``record`` the continuing run's train_info keeps."""
-    folder = Path(folder)
-    info, history, test_accuracy = _read_finished(folder)
+def prior_of(finished, stage_key: str, recipe: stages.Recipe, limit) -> dict:
+    """Check that the finished run (runs.FinishedRun: its folder and files) is ``recipe`` cut short (same stage,
+    limit, settings; fewer epochs in its last phase, every earlier phase complete) and return what a continuation
+    needs from it: its weights' folder, epochs, history and the rate it goes on at, the fingerprint of the data it was
+    trained on (runplan.prepare compares it with the data loaded) and the ``record`` the continuing run's train_info
+    keeps."""
+    folder, info, history, test_accuracy = finished
     if not (folder / artifacts.MODEL).exists():
         raise ContinueError(f"{folder / artifacts.MODEL} is missing: nothing to continue")
     if info.get("stage") != stage_key:
@@ -115,7 +98,7 @@ def extension_problem(done: Sequence[int], wanted: Sequence[int]) -> str | None:
 
 def continuation_problems(published_metrics: dict, stage: stages.Stage, epochs, limit) -> list[str]:
     """Why a continuation of the published run (its ``metrics.json``) with ``epochs`` and ``limit`` would be refused,
-    in words for the sidebar; empty when it can go ahead (read_continuation checks the rest when it starts)."""
+    in words for the sidebar; empty when it can go ahead (prior_of checks the rest when it starts)."""
     done = [p["epochs"] for p in (published_metrics.get("recipe") or {}).get("phases", [])]
     wanted = [p.epochs for p in stages.recipe_for(stage, epochs).phases]
     problems = [p for p in [extension_problem(done, wanted)] if p]

@@ -47,7 +47,9 @@ class Plan:
             return contextlib.nullcontext()
         return self._distribution.scope()
 
-    def describe(self) -> dict | None:
+    @property
+    def record(self) -> dict | None:
+        """Where the run trains, as train_info records it: None on Keras' default single device."""
         if not self.devices:
             return None
         kind = "DataParallel" if self.backend == "jax" else "MirroredStrategy"

@@ -19,7 +19,7 @@ import keras
 from . import artifacts, distribute, keras_workarounds, models, runs, runtime, stages
 from . import data as data_mod
 from . import speed as speed_mod
-from .continuation import ContinueError, read_continuation
+from .continuation import ContinueError, prior_of
 from .request import TrainingRequest
 
 VALIDATION_BATCH = 256
@@ -39,7 +39,7 @@ class RunPlan:
     choice: object | None  # speed.Choice of a new run; None when resuming (the recipe keeps its own)
     info: dict | None  # the resumed run's train_info; None for a new run until ``describe`` makes it
     progress: dict  # the resumed run's progress.json as it was (put back when the resumption is refused); {} if new
-    prior: dict | None  # the run a continuation starts from (continuation.read_continuation), read before the folder
+    prior: dict | None  # the run a continuation starts from (continuation.prior_of), read before the folder
 
 
 def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=sys.stderr) -> RunPlan:
@@ -61,8 +61,11 @@ def plan(request: TrainingRequest, recipe: stages.Recipe | None = None, stream=s
             raise ValueError(f"run {folder.name} already exists in {root}")
     prior = None
     if request.continue_from:
-        start = runs.continuation_start(request.continue_from, stage.key, out)
-        prior = read_continuation(start, stage.key, recipe, request.limit)
+        try:
+            finished = runs.finished_run(request.continue_from, stage.key, out)
+        except runs.RunError as e:
+            raise ContinueError(str(e)) from e
+        prior = prior_of(finished, stage.key, recipe, request.limit)
     placement = distribute.plan(request.devices, recipe.batch_size)  # a bad setting fails before a new run's folder
     xla_off = _xla_problem(recipe, placement)
     if xla_off:
@@ -173,7 +176,7 @@ def prepare(p: RunPlan) -> Prepared:
             test_data_fingerprint=prints["test"],
         )
     else:  # where the rest of a resumed run trains: the devices (and XLA) may differ from where it started
-        resumed = {"time": time.time(), "devices": p.placement.describe(), "jit_compile": p.recipe.jit_compile}
+        resumed = {"time": time.time(), "devices": p.placement.record, "jit_compile": p.recipe.jit_compile}
         info["resumed"] = [*info.get("resumed", []), {**resumed, "machine": runtime.info()["machine"]}]
     artifacts.write_json(p.folder / artifacts.TRAIN_INFO, info)
     return Prepared(*splits, info)
@@ -198,7 +201,7 @@ def describe(p: RunPlan) -> dict:
         "started": time.time(),
         "finished": None,
         "train_runtime": runtime.info(),
-        "devices": p.placement.describe(),
+        "devices": p.placement.record,
         "request": {
             "devices": req.devices,
             "limit": req.limit,

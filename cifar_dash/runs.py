@@ -22,6 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from . import artifacts, runlog
 from .artifacts import write_json
@@ -71,14 +72,34 @@ def run_dir(stage: str, run_id: str, root: Path | None = None, where: Path | Non
     return runs_root(stage, root, where) / str(run_id)
 
 
-def continuation_start(value, stage: str, where: Path) -> Path:
-    """The folder a ``--continue-from`` value names: "published" (the stage folder ``where``), a run id of the stage,
-    or a folder."""
+class FinishedRun(NamedTuple):
+    """The files of a finished run that a continuation reads (``finished_run``)."""
+
+    folder: Path
+    info: dict  # train_info.json
+    history: list  # history.json's epoch rows
+    test_accuracy: float | None  # its own evaluation's (None: not evaluated, or metrics.json of another run)
+
+
+def finished_run(value, stage: str, where: Path) -> FinishedRun:
+    """The finished run a ``--continue-from`` value names: "published" (the stage folder ``where``), a run id of the
+    stage, or a folder; RunError when it holds none."""
+    folder = Path(value)
     if str(value) == "published":
-        return Path(where)
-    if valid_run_id(str(value)) and (folder := run_dir(stage, str(value), where=where)).is_dir():
-        return folder
-    return Path(value)
+        folder = Path(where)
+    elif valid_run_id(str(value)) and (run := run_dir(stage, str(value), where=where)).is_dir():
+        folder = run
+    try:
+        info = artifacts.read_json(folder / artifacts.TRAIN_INFO)
+        history = artifacts.read_json(folder / artifacts.HISTORY)["epochs"]
+    except (artifacts.ArtifactError, KeyError, TypeError) as e:
+        raise RunError(f"{folder} holds no finished run to continue ({e})") from e
+    try:
+        metrics = artifacts.read_json(folder / artifacts.METRICS)
+        test_accuracy = metrics.get("test_accuracy") if metrics.get("run_id") == info.get("run_id") else None
+    except (artifacts.ArtifactError, AttributeError):
+        test_accuracy = None
+    return FinishedRun(folder, info, history, test_accuracy)
 
 
 # ---- liveness and progress ---------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def one_step(spec):
         m.compile(keras.optimizers.SGD(0.5), loss="categorical_crossentropy")
         start = len(seen)
         m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
-    return [np.asarray(w) for w in m.get_weights()], plan.describe(), seen[start:]
+    return [np.asarray(w) for w in m.get_weights()], plan.record, seen[start:]
 
 w1, d1, s1 = one_step("1")
 w2, d2, s2 = one_step("all")

@@ -284,3 +284,24 @@ def test_resume_finds_the_runs_the_listing_calls_interrupted_without_reading_the
     listed = [r.folder for r in runs.list_runs("mlp", where=out) if r.resumable]
     assert [d.name for d in listed] == ["x-cancelled", "x-not-evaluated", "x-killed"]
     assert runs.interrupted_folders("mlp", where=out) == listed
+
+
+def test_a_continuation_reads_the_finished_run_its_value_names(stage, tmp_path):
+    """ "published" is the stage folder (run A), a run id its run folder (B), anything else a folder; each with its
+    train_info, history and its own measured accuracy. A folder that holds no finished run is refused by name, and
+    a metrics.json of another run gives no accuracy."""
+    out, a, b = stage
+    published = runs.finished_run("published", "mlp", out)
+    assert published.folder == out and published.info["run_id"] == a and len(published.history) == 2
+    assert published.test_accuracy == json.loads((out / "metrics.json").read_text())["test_accuracy"]
+    by_id = runs.finished_run(b, "mlp", out)
+    assert by_id.folder == out / "runs" / b and by_id.info["run_id"] == b and len(by_id.history) == 1
+    assert runs.finished_run(str(out / "runs" / b), "mlp", tmp_path / "elsewhere").info["run_id"] == b  # a folder
+    metrics = json.loads((out / "runs" / b / "metrics.json").read_text())
+    (out / "runs" / b / "metrics.json").write_text(json.dumps({**metrics, "run_id": a}))
+    assert runs.finished_run(b, "mlp", out).test_accuracy is None
+    with pytest.raises(runs.RunError, match="holds no finished run to continue"):
+        runs.finished_run(tmp_path / "nothing", "mlp", out)
+    (out / "runs" / b / "history.json").write_text("{")
+    with pytest.raises(runs.RunError, match="holds no finished run to continue"):
+        runs.finished_run(b, "mlp", out)
