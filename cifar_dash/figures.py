@@ -7,28 +7,10 @@ import plotly.graph_objects as go
 
 from .analysis import backbone_label
 from .data import CLASS_NAMES
+from .markdown import plural, seconds
 
 REPORTED_COLOR = "#9aa5b1"
 MEASURED_COLOR = "#1f77b4"
-
-
-def _fmt_seconds(s, like=None):
-    """Seconds in s, min or h by size; ``like``: the value whose unit to use, so figures side by side compare."""
-    if s is None:
-        return "-"
-    ref = s if like is None else like
-    return f"{s / 3600:.1f} h" if ref >= 5400 else (f"{s / 60:.1f} min" if ref >= 90 else f"{s:.0f} s")
-
-
-def fmt_seconds_pair(a, b) -> str:
-    """ "A / B" in one unit (the larger one's): never "63 s / 1.6 min"."""
-    known = [v for v in (a, b) if v is not None]
-    like = max(known) if known else None
-    return f"{_fmt_seconds(a, like)} / {_fmt_seconds(b, like)}"
-
-
-def plural(n, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def label_positions(values) -> list[str]:
@@ -55,7 +37,7 @@ def growth_curve(results) -> go.Figure:
         measured.append(100 * m["test_accuracy"] if m else None)
         evidence = (
             f"measured {100 * m['test_accuracy']:.2f}% on {m['n_test']:,} test images<br>"
-            f"{plural(m.get('epochs'), 'epoch')}, {_fmt_seconds(m.get('train_seconds'))} on {m.get('train_machine')}"
+            f"{plural(m.get('epochs'), 'epoch')}, {seconds(m.get('train_seconds'))} on {m.get('train_machine')}"
             + (f"<br>backbone: {backbone_label(r)}" if m.get("backbone") else "")
             if m
             else f"not measured ({r.status})"

@@ -13,13 +13,14 @@ from cifar_dash import (
     data,
     figures,
     jobs,
+    markdown,
     runs,
     runtime,
     speed,
     stages,
 )
 from cifar_dash.request import TrainingRequest
-from pages._shared import all_results, fmt_seconds, md_escape, stage_label
+from pages._shared import all_results, md_escape, stage_label
 
 NAV = (
     ("pages/journey.py", "Journey", ":material/trending_up:"),
@@ -62,7 +63,7 @@ def _job_banner():
         p = s.progress
         text = f"Training {s.stage}"
         if p.get("epochs") and p.get("steps"):
-            text += f": epoch {p.get('epoch')}/{p.get('epochs')}, ETA {fmt_seconds(p.get('eta_seconds'))}"
+            text += f": epoch {p.get('epoch')}/{p.get('epochs')}, ETA {markdown.seconds(p.get('eta_seconds'))}"
         else:
             text += f": {s.state}"
         row = st.columns([4, 1], vertical_alignment="center")
@@ -282,7 +283,7 @@ def _job_card(s: jobs.JobStatus):
         if p.get("steps"):
             box.progress(
                 _done(p),
-                text=f"step {p.get('step')}/{p.get('steps')} · ETA {fmt_seconds(p.get('eta_seconds'))}",
+                text=f"step {p.get('step')}/{p.get('steps')} · ETA {markdown.seconds(p.get('eta_seconds'))}",
             )
             m = p.get("metrics") or {}
             if m:

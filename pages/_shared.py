@@ -11,7 +11,6 @@ import streamlit as st
 from cifar_dash import (
     artifacts,
     data,
-    figures,
     ood,
     predict,
     results,
@@ -166,7 +165,3 @@ def stage_runs(key: str) -> list:
 def stage_label(key: str) -> str:
     s = stages.get(key)
     return f"{key} — {s.title}"
-
-
-def fmt_seconds(s) -> str:
-    return figures._fmt_seconds(s)

@@ -6,11 +6,12 @@ import numpy as np
 import streamlit as st
 
 from cifar_dash import (
+    markdown,
     predict,
     stages,
     testimages,
 )
-from pages._shared import fmt_seconds, md_escape, stage_model, stage_stamp, test_set, trained_results
+from pages._shared import md_escape, stage_model, stage_stamp, test_set, trained_results
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -160,7 +161,7 @@ def runs_table(listed: list) -> None:
                 "started": d["started"],
                 "epochs": str(d["epochs"] or "-"),
                 "test accuracy": f"{100 * d['test accuracy']:.2f}%" if d["test accuracy"] is not None else "-",
-                "training time": fmt_seconds(d["train seconds"]) if d["train seconds"] is not None else "-",
+                "training time": markdown.seconds(d["train seconds"]) if d["train seconds"] is not None else "-",
                 "machine": d["machine"] or "-",
                 "note": d["note"] or "",
             }

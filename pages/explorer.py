@@ -1,7 +1,7 @@
 import pandas as pd
 import streamlit as st
 
-from cifar_dash import analysis, artifacts, figures, report, stages
+from cifar_dash import analysis, artifacts, figures, markdown, report, stages
 from cifar_dash.data import CLASS_NAMES
 from pages import _frame, _shared, _widgets
 
@@ -53,8 +53,8 @@ if r.status == "stale":
 
 m = r.metrics
 ev = (
-    f"{m['n_test']:,} test images · {figures.plural(m.get('epochs'), 'epoch')} · "
-    f"{_shared.fmt_seconds(m.get('train_seconds'))} "
+    f"{m['n_test']:,} test images · {markdown.plural(m.get('epochs'), 'epoch')} · "
+    f"{markdown.seconds(m.get('train_seconds'))} "
     f"training on {m.get('train_machine')} · {m['params']:,} parameters ({m['trainable_params']:,} trainable) · "
     f"Keras {m.get('keras_version')} ({m.get('backend')})"
 )

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cifar_dash import artifacts, embedding, figures, inside_figures, label_issues, stages
+from cifar_dash import artifacts, embedding, inside_figures, label_issues, markdown, stages
 from cifar_dash.data import CLASS_NAMES
 from pages import _frame, _shared, _widgets
 
@@ -127,7 +127,7 @@ for key, picked in selected.items():
     correct = int((preds.predicted[rows] == preds.labels[rows]).sum())
     counts = pd.Series([CLASS_NAMES[preds.labels[j]] for j in rows]).value_counts()
     st.markdown(
-        f"**Selected on the {key} map: {figures.plural(len(rows), 'image')}**, {correct:,} predicted right "
+        f"**Selected on the {key} map: {markdown.plural(len(rows), 'image')}**, {correct:,} predicted right "
         f"({100 * correct / max(len(rows), 1):.0f}%); true classes: " + ", ".join(f"{c} {n}" for c, n in counts.items())
     )
     shown = rows[:48]

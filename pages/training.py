@@ -3,7 +3,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from cifar_dash import figures, jobs, publish, runs, stages
+from cifar_dash import figures, jobs, markdown, publish, runs, stages
 from pages import _frame, _shared, _widgets
 
 _frame.page_setup("Training")
@@ -29,7 +29,7 @@ def _table():
                 "state": s.state,
                 "run": (s.job or {}).get("run_id") or p.get("run_id") or "",
                 "epoch": f"{p.get('epoch')}/{p.get('epochs')}" if p.get("epochs") else "",
-                "ETA": _shared.fmt_seconds(p.get("eta_seconds")) if s.active else "",
+                "ETA": markdown.seconds(p.get("eta_seconds")) if s.active else "",
                 "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(s.job["started"]))
                 if s.job
                 else ("outside the dashboard" if s.external else ""),
@@ -59,7 +59,7 @@ if not listed:
     st.info(f"No runs of {stage} yet. Start one from the sidebar.")
     st.stop()
 # a line between the selector and the table: the table's toolbar (on hover, at its top right) covered the selector
-st.caption(f"{figures.plural(len(listed), 'run')} of {stage}, oldest first; the published one is marked.")
+st.caption(f"{markdown.plural(len(listed), 'run')} of {stage}, oldest first; the published one is marked.")
 _widgets.runs_table(listed)
 st.caption(f"Open every run's curves in TensorBoard: `tensorboard --logdir checkpoints/{stage}/runs`.")
 
@@ -85,7 +85,7 @@ else:
     m3.metric("Epochs (A / B)", f"{d['epochs'][0]} / {d['epochs'][1]}")
     m4.metric(
         "Training time (A / B)",
-        figures.fmt_seconds_pair(*d["train_seconds"]),
+        markdown.seconds_pair(*d["train_seconds"]),
     )
     if d["n_test"][0] != d["n_test"][1]:
         st.warning(f"The runs were tested on different numbers of images ({d['n_test'][0]:,} and {d['n_test'][1]:,}).")
@@ -114,16 +114,14 @@ def _promote_dialog(new, old):
     c1, c2 = st.columns(2)
     if old is not None:
         c1.metric(f"Published now: {old.run_id}", f"{100 * old.test_accuracy:.2f}%" if old.test_accuracy else "-")
-        c1.caption(
-            f"{figures.plural(old.epochs, 'epoch')} · {_shared.fmt_seconds(old.train_seconds)} · {old.machine or '-'}"
-        )
+        c1.caption(f"{markdown.plural(old.epochs, 'epoch')} · {markdown.seconds(old.train_seconds)} · {old.machine or '-'}")
     diff = (new.test_accuracy - old.test_accuracy) if old is not None and old.test_accuracy else None
     c2.metric(
         f"Would become: {new.run_id}",
         f"{100 * new.test_accuracy:.2f}%",
         delta=f"{100 * diff:+.2f} points" if diff is not None else None,
     )
-    c2.caption(f"{figures.plural(new.epochs, 'epoch')} · {_shared.fmt_seconds(new.train_seconds)} · {new.machine or '-'}")
+    c2.caption(f"{markdown.plural(new.epochs, 'epoch')} · {markdown.seconds(new.train_seconds)} · {new.machine or '-'}")
     if diff is not None and diff < 0:
         st.warning("This run scores lower than the published one.")
     st.caption("The published run is kept as a run: promote it again to undo.")
