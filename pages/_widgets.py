@@ -161,7 +161,7 @@ def runs_table(listed: list) -> None:
                 "started": d["started"],
                 "epochs": str(d["epochs"] or "-"),
                 "test accuracy": f"{100 * d['test accuracy']:.2f}%" if d["test accuracy"] is not None else "-",
-                "training time": markdown.seconds(d["train seconds"]) if d["train seconds"] is not None else "-",
+                "training time": markdown.seconds(d["train seconds"]),
                 "machine": d["machine"] or "-",
                 "note": d["note"] or "",
             }

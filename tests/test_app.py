@@ -755,7 +755,7 @@ def test_upload_page_without_a_detector_or_temperatures_says_how_to_fit_them(che
 def test_upload_page_shows_scaled_probabilities_the_weighted_summary_and_the_flag(detector_root, cifar_npz, monkeypatch):
     from PIL import Image
 
-    from cifar_dash import calibration, images, ood, predict
+    from cifar_dash import answers, calibration, images, ood, predict
 
     monkeypatch.setenv("CIFAR_DASH_CHECKPOINTS", str(detector_root))
     monkeypatch.setenv("CIFAR10_PATH", str(cifar_npz))
@@ -788,12 +788,9 @@ def test_upload_page_shows_scaled_probabilities_the_weighted_summary_and_the_fla
     differs = {k for k, c in cards.items() if c.endswith(":orange[differs from the summary]")}
     agrees = {k for k, c in cards.items() if c.endswith(":gray[agrees with the summary]")}
     assert differs | agrees == set(cards) and not differs & agrees
-    per_stage = {}
-    for k in cards:
-        raw = predict.predict(predict.load_stage(k), arr[None])[0]
-        t = calibration.temperature_of(json.loads((detector_root / k / "metrics.json").read_text()))
-        per_stage[k] = calibration.scale(raw, t) if t else raw
-    accuracy = {k: json.loads((detector_root / k / "metrics.json").read_text())["test_accuracy"] for k in cards}
+    stored = {k: json.loads((detector_root / k / "metrics.json").read_text()) for k in cards}
+    per_stage = {k: answers.calibrated(predict.predict(predict.load_stage(k), arr[None])[0], stored[k])[0] for k in cards}
+    accuracy = {k: m["test_accuracy"] for k, m in stored.items()}
     assert differs == set(analysis.weighted_vote(per_stage, accuracy)["differs"])
     # the file name is shown as text, never as Markdown
     captions = [i.proto.imgs[0].caption for i in at.get("image") if i.proto.imgs]
